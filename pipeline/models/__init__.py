@@ -1,0 +1,1 @@
+"""STORM model parts: SigLIP encoder, Mamba temporal encoder, token reduction, projector, LLM."""

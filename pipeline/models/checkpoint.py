@@ -1,0 +1,113 @@
+"""The trainable STORM parts and their checkpoints.
+
+STORM trains only what sits between the frozen SigLIP and the frozen LLM:
+downsample + Linear, the Mamba layers, and the projector into the LLM. They save
+as `model.safetensors` + `storm_config.json` and load back; a checkpoint built for
+another geometry is one clear error, never a half-loaded model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from pipeline.errors import CheckpointError
+from pipeline.models.projector import Projector
+from pipeline.models.temporal import TemporalEncoder
+
+CONFIG_NAME = "storm_config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class StormSpec:
+    """Everything that decides the shapes of the trainable parts."""
+
+    vision_dim: int
+    llm_hidden: int
+    d_model: int = 576
+    n_layers: int = 4
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    bidirectional: bool = True
+
+
+class StormConnector(nn.Module):
+    """Temporal encoder + projector: (T, H, W, C_vision) -> tokens in the LLM's space."""
+
+    def __init__(self, spec: StormSpec, mode: str, scan_impl: str = "torch"):
+        super().__init__()
+        if (mode != "stream") != spec.bidirectional:
+            raise CheckpointError(
+                f"temporal.mode={mode} is {'bidirectional' if mode != 'stream' else 'forward-only'} "
+                f"but the STORM parts are {'bidirectional' if spec.bidirectional else 'forward-only'}; "
+                "use a checkpoint trained for this mode"
+            )
+        self.spec = spec
+        self.temporal = TemporalEncoder(
+            spec.vision_dim,
+            spec.d_model,
+            spec.n_layers,
+            mode,
+            spec.d_state,
+            spec.d_conv,
+            spec.expand,
+            scan_impl=scan_impl,
+        )
+        self.projector = Projector(spec.d_model, spec.llm_hidden)
+
+
+def save_storm(model: StormConnector, folder: str | Path) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "vidstorm.storm.v1"})
+    (folder / CONFIG_NAME).write_text(json.dumps(asdict(model.spec), indent=2, sort_keys=True))
+    return folder
+
+
+def read_spec(folder: str | Path) -> StormSpec:
+    folder = Path(folder)
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"STORM checkpoint {folder} has no {CONFIG_NAME}")
+    try:
+        return StormSpec(**json.loads(path.read_text()))
+    except (TypeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"STORM checkpoint {path} is not a valid config: {err}") from None
+
+
+def load_storm(folder: str | Path, expected: StormSpec, mode: str, scan_impl: str = "torch") -> StormConnector:
+    """Load a checkpoint that must match `expected` (from the config and the models)."""
+    folder = Path(folder)
+    found = read_spec(folder)
+    diffs = [
+        f"{k}={getattr(found, k)} (config wants {getattr(expected, k)})"
+        for k in asdict(expected)
+        if getattr(found, k) != getattr(expected, k)
+    ]
+    if diffs:
+        raise CheckpointError(f"STORM checkpoint {folder} does not match the configured model: {', '.join(diffs)}")
+    model = StormConnector(found, mode, scan_impl)
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"STORM checkpoint {folder} has no {WEIGHTS_NAME}")
+    state = load_file(str(weights))
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad_shape = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or bad_shape:
+        first = (missing or unexpected or bad_shape)[0]
+        raise CheckpointError(
+            f"STORM checkpoint {weights} does not fit: {len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(bad_shape)} mis-shaped tensors (first: {first})"
+        )
+    model.load_state_dict(state)
+    return model

@@ -1,0 +1,156 @@
+"""SigLIP image encoder: uint8 frames (T, H, W, 3) -> patch-token grid (T, h, w, C).
+
+Wraps transformers' `SiglipVisionModel`, loaded with `from_pretrained` from a hub
+id or a local folder. Pre-processing is plain torch (no torchvision): bilinear
+resize to the checkpoint's image size, scale to [0, 1], normalise with the
+checkpoint's mean/std.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.errors import WeightsError
+
+SIGLIP_MEAN_STD = ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])  # SigLIP's processors all use these
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return TORCH_DTYPES[name]
+
+
+def _mean_std(model_ref: str) -> tuple[list[float], list[float]]:
+    """The checkpoint's normalisation, from preprocessor_config.json when it has one."""
+    path = Path(model_ref) / "preprocessor_config.json"
+    if not path.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(model_ref, "preprocessor_config.json")
+            path = Path(cached) if isinstance(cached, str) else path
+        except Exception:
+            pass
+    if path.is_file():
+        spec = json.loads(path.read_text())
+        return spec.get("image_mean", SIGLIP_MEAN_STD[0]), spec.get("image_std", SIGLIP_MEAN_STD[1])
+    return SIGLIP_MEAN_STD
+
+
+class SiglipEncoder:
+    """Batched SigLIP vision tower. Not an nn.Module: it owns a frozen model."""
+
+    def __init__(
+        self,
+        model_ref: str,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 16,
+        select_layer: int = -2,
+    ):
+        from transformers import SiglipVisionModel
+
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.batch_size = batch_size
+        try:
+            model = SiglipVisionModel.from_pretrained(model_ref, dtype=self.dtype)
+        except (OSError, ValueError) as err:
+            raise WeightsError(
+                f"cannot load SigLIP weights from {model_ref!r} ({str(err).splitlines()[0][:160]}); "
+                "set encoder.model to a local folder or a hub id that is reachable"
+            ) from None
+        self.model = model.to(self.device).eval().requires_grad_(False)
+        vision = getattr(self.model, "vision_model", self.model)  # transformers 4.x nests it
+        n_layers = len(vision.encoder.layers)
+        if not -n_layers <= select_layer < n_layers:
+            raise WeightsError(f"encoder.select_layer={select_layer} is outside the model's {n_layers} layers")
+        # Layers after the selected one are never needed: drop them instead of running them.
+        keep = select_layer % n_layers + 1
+        vision.encoder.layers = vision.encoder.layers[:keep]
+        self.use_post_layernorm = keep == n_layers
+        self._vision = vision
+        cfg = self.model.config
+        self.image_size = int(cfg.image_size)
+        self.patch_size = int(cfg.patch_size)
+        self.hidden_size = int(cfg.hidden_size)
+        self.grid = self.image_size // self.patch_size
+        mean, std = _mean_std(model_ref)
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+
+    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (T, H, W, 3) -> normalised (T, 3, S, S) in the model dtype."""
+        x = frames.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            size = (self.image_size, self.image_size)
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return ((x - self.mean) / self.std).to(self.dtype)
+
+    @torch.inference_mode()
+    def encode(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """uint8 frames (T, H, W, 3), or one image (H, W, 3) -> fp32 (T, h, w, C) on CPU."""
+        frames = torch.as_tensor(frames)
+        if frames.dim() == 3:
+            frames = frames[None]
+        if frames.dim() != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"expected uint8 frames (T, H, W, 3), got shape {tuple(frames.shape)}")
+        grids = []
+        for start in range(0, frames.shape[0], self.batch_size):
+            pixels = self.preprocess(frames[start : start + self.batch_size])
+            hidden = self._vision.encoder(inputs_embeds=self._vision.embeddings(pixels)).last_hidden_state
+            if self.use_post_layernorm:
+                hidden = self._vision.post_layernorm(hidden)
+            grids.append(hidden.float().cpu())
+        tokens = torch.cat(grids)  # (T, h*w, C)
+        return tokens.reshape(tokens.shape[0], self.grid, self.grid, self.hidden_size)
+
+
+def build_random_siglip(
+    path: str | Path,
+    hidden_size: int = 768,
+    num_layers: int = 12,
+    num_heads: int = 12,
+    intermediate_size: int = 3072,
+    image_size: int = 224,
+    patch_size: int = 16,
+    seed: int = 0,
+) -> Path:
+    """Save a randomly initialised SigLIP vision model where from_pretrained can load it.
+
+    No SigLIP weights are reachable offline, so demos and tests build one with this
+    (defaults: SigLIP-B/16 at 224 px) and load it through the same path as a real one.
+    """
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    config = SiglipVisionConfig(
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+    SiglipVisionModel(config).save_pretrained(path)
+    mean, std = SIGLIP_MEAN_STD
+    (path / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": mean, "image_std": std, "size": {"height": image_size, "width": image_size}})
+    )
+    (path / "VIDSTORM_RANDOM_WEIGHTS").write_text("randomly initialised; captions are not meaningful\n")
+    return path

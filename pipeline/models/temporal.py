@@ -1,0 +1,305 @@
+"""STORM's temporal encoder: downsample + Linear, then L pre-norm Mamba layers.
+
+Tokens are scanned row-major inside a frame, then frame after frame, so a
+(T, h, w) grid becomes one sequence of T*h*w tokens. A single image is a one-frame
+video and the same module is a purely spatial scanner.
+
+State is explicit and owned by the caller (one encoder serves many streams):
+`forward(tokens, state) -> (out, new_state)`. The state holds, per layer, the
+forward direction's conv_state and ssm_state, plus the stream position.
+
+Modes:
+  stream               forward direction only; state carried chunk to chunk.
+                       Running in pieces equals one pass over the whole sequence.
+  chunk_bidirectional  forward state carried; a backward mixer scans inside each chunk.
+  offline              forward and backward over everything given; nothing carried.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from pipeline.models.scan import SCAN_IMPLS, ScanFn, selective_scan_blocked
+
+MODES = ("stream", "chunk_bidirectional", "offline")
+STATE_FORMAT = "vidstorm.temporal_state.v1"
+
+
+@dataclass
+class MixerState:
+    """Recurrent state of one Mamba mixer for a batch of B streams."""
+
+    conv: torch.Tensor  # (B, D_inner, d_conv - 1): last inputs to the causal conv
+    ssm: torch.Tensor  # (B, D_inner, N): selective-scan hidden state
+
+
+@dataclass
+class TemporalState:
+    """Everything needed to continue a stream exactly where it stopped."""
+
+    layers: list[MixerState]
+    frames_seen: int = 0
+    tokens_seen: int = 0
+    meta: dict = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        """safetensors bytes: tensors + a JSON header. Never pickle."""
+        tensors = {}
+        for i, layer in enumerate(self.layers):
+            tensors[f"layer{i}.conv"] = layer.conv.detach().float().cpu().contiguous()
+            tensors[f"layer{i}.ssm"] = layer.ssm.detach().float().cpu().contiguous()
+        header = {
+            "format": STATE_FORMAT,
+            "n_layers": str(len(self.layers)),
+            "frames_seen": str(self.frames_seen),
+            "tokens_seen": str(self.tokens_seen),
+            "meta": json.dumps(self.meta, sort_keys=True),
+        }
+        return st_save(tensors, metadata=header)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "TemporalState":
+        header = _safetensors_header(data)
+        if header.get("format") != STATE_FORMAT:
+            raise ValueError(f"not a vidstorm temporal state (format={header.get('format')!r})")
+        tensors = st_load(data)
+        n_layers = int(header["n_layers"])
+        layers = [MixerState(tensors[f"layer{i}.conv"], tensors[f"layer{i}.ssm"]) for i in range(n_layers)]
+        return cls(
+            layers=layers,
+            frames_seen=int(header["frames_seen"]),
+            tokens_seen=int(header["tokens_seen"]),
+            meta=json.loads(header["meta"]),
+        )
+
+    def to(self, device) -> "TemporalState":
+        layers = [MixerState(s.conv.to(device), s.ssm.to(device)) for s in self.layers]
+        return TemporalState(layers, self.frames_seen, self.tokens_seen, dict(self.meta))
+
+
+def _safetensors_header(data: bytes) -> dict:
+    if len(data) < 8:
+        raise ValueError("temporal state is truncated")
+    n = int.from_bytes(data[:8], "little")
+    if n <= 0 or 8 + n > len(data):
+        raise ValueError("temporal state header is corrupt")
+    try:
+        return json.loads(data[8 : 8 + n]).get("__metadata__", {})
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError("temporal state header is not JSON") from err
+
+
+class MambaMixer(nn.Module):
+    """Mamba selective SSM block with explicit state.
+
+    Parameter names and shapes equal transformers' `MambaMixer`, so
+    `our_mixer.load_state_dict(hf_mixer.state_dict())` works.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | None = None,
+        conv_bias: bool = True,
+        bias: bool = False,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+    ):
+        super().__init__()
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = dt_rank or math.ceil(d_model / 16)
+        self.in_proj = nn.Linear(d_model, self.d_inner * 2, bias=bias)
+        self.conv1d = nn.Conv1d(
+            self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1, bias=conv_bias
+        )
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        self.A_log = nn.Parameter(torch.empty(self.d_inner, d_state))
+        self.D = nn.Parameter(torch.empty(self.d_inner))
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+        self._init_ssm(dt_min, dt_max, dt_init_floor)
+
+    @torch.no_grad()
+    def _init_ssm(self, dt_min, dt_max, dt_init_floor):
+        # S4D-real A, unit D, and dt bias = softplus^-1 of a log-uniform dt (Mamba's init).
+        A = torch.arange(1, self.d_state + 1, dtype=torch.float32).expand(self.d_inner, -1)
+        self.A_log.copy_(torch.log(A))
+        self.D.fill_(1.0)
+        std = self.dt_rank**-0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+    def zero_state(self, batch: int, device=None) -> MixerState:
+        device = device or self.A_log.device
+        return MixerState(
+            conv=torch.zeros(batch, self.d_inner, self.d_conv - 1, device=device),
+            ssm=torch.zeros(batch, self.d_inner, self.d_state, device=device),
+        )
+
+    def forward(
+        self, x: torch.Tensor, state: MixerState | None = None, scan: ScanFn = selective_scan_blocked
+    ) -> tuple[torch.Tensor, MixerState]:
+        """x: (B, L, d_model) -> out: (B, L, d_model), state after the last token."""
+        batch, seq_len, _ = x.shape
+        if state is None:
+            state = self.zero_state(batch, x.device)
+
+        # 1. gated projection
+        xz = self.in_proj(x).transpose(1, 2)  # (B, 2*D_inner, L)
+        u, gate = xz.chunk(2, dim=1)  # (B, D_inner, L) each
+
+        # 2. causal depthwise conv, continuing from the carried inputs
+        conv_in = torch.cat([state.conv.to(u.dtype), u], dim=-1)  # (B, D_inner, K-1+L)
+        new_conv = conv_in[:, :, conv_in.shape[-1] - (self.d_conv - 1) :]
+        u = F.silu(F.conv1d(conv_in, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner))
+
+        # 3. input-dependent dt, B, C
+        dt, B, C = torch.split(self.x_proj(u.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = (dt @ self.dt_proj.weight.T).transpose(1, 2)  # (B, D_inner, L); bias added in the scan
+
+        # 4. selective scan from the carried state
+        A = -torch.exp(self.A_log.float())  # (D_inner, N)
+        y, new_ssm = scan(
+            u,
+            dt,
+            A,
+            B.transpose(1, 2),
+            C.transpose(1, 2),
+            D=self.D,
+            z=gate,
+            delta_bias=self.dt_proj.bias,
+            delta_softplus=True,
+            initial_state=state.ssm,
+        )
+
+        # 5. output projection
+        out = self.out_proj(y.transpose(1, 2))  # (B, L, d_model)
+        return out, MixerState(conv=new_conv.detach(), ssm=new_ssm.detach())
+
+
+class TemporalLayer(nn.Module):
+    """Pre-norm residual: x = x + Mixer(LayerNorm(x)), bidirectional if asked."""
+
+    def __init__(self, d_model: int, bidirectional: bool, **mixer_kwargs):
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.fwd = MambaMixer(d_model, **mixer_kwargs)
+        self.bwd = MambaMixer(d_model, **mixer_kwargs) if bidirectional else None
+
+    def forward(self, x, state: MixerState | None, scan: ScanFn):
+        """x: (B, L, D). The backward mixer starts fresh: it sees only what is given."""
+        h = self.norm(x)
+        out, new_state = self.fwd(h, state, scan)
+        if self.bwd is not None:
+            out_bwd, _ = self.bwd(h.flip(1), None, scan)
+            out = 0.5 * (out + out_bwd.flip(1))
+        return x + out, new_state
+
+
+def pixel_shuffle_down(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
+    """(B, T, H, W, C) -> (B, T, ceil(H/f), ceil(W/f), f*f*C).
+
+    An odd grid is padded by repeating its last row/column, so nothing is dropped.
+    """
+    b, t, h, w, c = x.shape
+    pad_h, pad_w = (-h) % factor, (-w) % factor
+    if pad_h or pad_w:
+        x = F.pad(x.permute(0, 1, 4, 2, 3).reshape(b * t, c, h, w), (0, pad_w, 0, pad_h), mode="replicate")
+        x = x.reshape(b, t, c, h + pad_h, w + pad_w).permute(0, 1, 3, 4, 2)
+        h, w = h + pad_h, w + pad_w
+    x = x.reshape(b, t, h // factor, factor, w // factor, factor, c)
+    x = x.permute(0, 1, 2, 4, 3, 5, 6)  # (B, T, h', w', f, f, C)
+    return x.reshape(b, t, h // factor, w // factor, factor * factor * c)
+
+
+class TemporalEncoder(nn.Module):
+    """Downsample (2x2 pixel shuffle) + Linear, then L Mamba layers, then a final norm."""
+
+    def __init__(
+        self,
+        vision_dim: int,
+        d_model: int = 576,
+        n_layers: int = 4,
+        mode: str = "chunk_bidirectional",
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        downsample: int = 2,
+        scan_impl: str = "torch",
+    ):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"temporal mode must be one of {', '.join(MODES)}, got {mode!r}")
+        self.mode = mode
+        self.downsample = downsample
+        self.scan_impl = scan_impl
+        self.proj = nn.Linear(downsample * downsample * vision_dim, d_model)
+        self.layers = nn.ModuleList(
+            TemporalLayer(d_model, mode != "stream", d_state=d_state, d_conv=d_conv, expand=expand)
+            for _ in range(n_layers)
+        )
+        self.norm_f = nn.LayerNorm(d_model)
+
+    @property
+    def bidirectional(self) -> bool:
+        return self.mode != "stream"
+
+    def initial_state(self, batch: int = 1) -> TemporalState:
+        return TemporalState([layer.fwd.zero_state(batch) for layer in self.layers])
+
+    def forward(
+        self, tokens: torch.Tensor, state: TemporalState | None = None
+    ) -> tuple[torch.Tensor, TemporalState]:
+        """tokens: (T, H, W, C) or (B, T, H, W, C) vision patch grid.
+
+        Returns (out, new_state): out is (T, h, w, d_model) or (B, T, h, w, d_model) with
+        h = ceil(H/2), w = ceil(W/2).
+        """
+        unbatched = tokens.dim() == 4
+        x = tokens[None] if unbatched else tokens
+        b, t = x.shape[:2]
+
+        # 1. downsample + Linear
+        x = self.proj(pixel_shuffle_down(x, self.downsample))  # (B, T, h, w, D)
+        _, _, h, w, d = x.shape
+
+        # 2. scan row-major within a frame, then frame to frame
+        seq, new_state = self.forward_tokens(x.reshape(b, t * h * w, d), state)
+        out = seq.reshape(b, t, h, w, d)
+        new_state.frames_seen += t
+        return (out[0] if unbatched else out), new_state
+
+    def forward_tokens(
+        self, seq: torch.Tensor, state: TemporalState | None = None
+    ) -> tuple[torch.Tensor, TemporalState]:
+        """The Mamba stack on an already projected, flattened sequence.
+
+        seq: (B, L, d_model) -> (B, L, d_model) after the final norm. Any split of a
+        sequence into pieces gives the same result as one pass in `stream` mode.
+        """
+        b, seq_len, _ = seq.shape
+        if self.mode == "offline" or state is None:
+            state = self.initial_state(b)
+        state = state.to(seq.device)
+        scan = SCAN_IMPLS[self.scan_impl]
+        new_layers = []
+        for layer, layer_state in zip(self.layers, state.layers):
+            seq, new_layer_state = layer(seq, layer_state, scan)
+            new_layers.append(new_layer_state)
+        new_state = TemporalState(new_layers, state.frames_seen, state.tokens_seen + seq_len, dict(state.meta))
+        return self.norm_f(seq), new_state

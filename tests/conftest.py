@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny real models built in-process, saved and loaded like real checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip(tmp_path_factory):
+    """A small random SigLIP vision model saved with save_pretrained: 56 px, 14 px patches (4x4 grid)."""
+    from pipeline.models.siglip import build_random_siglip
+
+    path = tmp_path_factory.mktemp("siglip") / "tiny-siglip"
+    return build_random_siglip(
+        path, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, image_size=56, patch_size=14
+    )
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real offline SmolLM2-135M-Instruct (loaded once per session)."""
+    from pipeline.models.summarizer import Summarizer
+
+    return Summarizer("smollm2", device="cpu", dtype="fp32", max_new_tokens=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory):
+    """A tiny random Llama + the SmolLM2 tokenizer, saved as a local folder."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from pipeline.models.summarizer import packaged_smollm2, resolve_llm
+
+    path = tmp_path_factory.mktemp("llm") / "tiny-llama"
+    tokenizer = AutoTokenizer.from_pretrained(resolve_llm("smollm2"))
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    assert packaged_smollm2().is_file()
+    return path

@@ -1,0 +1,167 @@
+"""The recurrent temporal encoder: HF-compatible mixer, chunked == full pass, state round trip, modes."""
+
+import pytest
+import torch
+from transformers import MambaConfig
+from transformers.models.mamba.modeling_mamba import MambaMixer as HFMambaMixer
+
+from pipeline.models.temporal import MambaMixer, TemporalEncoder, TemporalState, pixel_shuffle_down
+
+VISION_DIM = 8
+
+
+def _encoder(mode, seed=0, **kw):
+    torch.manual_seed(seed)
+    enc = TemporalEncoder(VISION_DIM, d_model=16, n_layers=2, mode=mode, d_state=4, **kw).eval()
+    # Random (not init-time) SSM parameters, so every path of the mixer is exercised.
+    with torch.no_grad():
+        for name, p in enc.named_parameters():
+            if name.endswith("A_log"):
+                p.copy_(torch.randn_like(p) * 0.5)
+            elif name.endswith(".D"):
+                p.copy_(torch.randn_like(p))
+    return enc
+
+
+def _frames(t, h=4, w=4, seed=1):
+    return torch.randn(t, h, w, VISION_DIM, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("seq_len", [1, 5, 37])
+def test_mixer_matches_transformers_mamba_mixer(seq_len):
+    config = MambaConfig(hidden_size=24, state_size=8, conv_kernel=4, expand=2, use_conv_bias=True, use_bias=False)
+    hf = HFMambaMixer(config, layer_idx=0).eval()
+    with torch.no_grad():
+        hf.A_log.copy_(torch.randn_like(hf.A_log))
+        hf.D.copy_(torch.randn_like(hf.D))
+        hf.dt_proj.bias.copy_(torch.randn_like(hf.dt_proj.bias))
+    ours = MambaMixer(24, d_state=8, d_conv=4, expand=2, dt_rank=hf.time_step_rank)
+    ours.load_state_dict(hf.state_dict())  # strict: same names and shapes
+    x = torch.randn(2, seq_len, 24)
+    with torch.no_grad():
+        expected = hf(x)
+        got, state = ours(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert state.conv.shape == (2, 48, 3) and state.ssm.shape == (2, 48, 8)
+
+
+@pytest.mark.parametrize("splits", [[1] * 12, [1, 5, 17, 1, 40], [7, 7, 7, 7, 7, 8, 1], [63, 1]])
+def test_stream_chunks_of_any_size_equal_one_pass(splits):
+    enc = _encoder("stream")
+    seq = torch.randn(1, sum(splits), 16)
+    with torch.no_grad():
+        full, full_state = enc.forward_tokens(seq)
+        state, outs = None, []
+        for piece in torch.split(seq, splits, dim=1):
+            out, state = enc.forward_tokens(piece, state)
+            outs.append(out)
+    torch.testing.assert_close(torch.cat(outs, dim=1), full, rtol=1e-5, atol=1e-5)
+    for a, b in zip(state.layers, full_state.layers):
+        torch.testing.assert_close(a.ssm, b.ssm, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a.conv, b.conv)
+    assert state.tokens_seen == sum(splits)
+
+
+def test_stream_frame_chunks_equal_one_pass_and_resume_from_bytes():
+    enc = _encoder("stream")
+    frames = _frames(10)
+    with torch.no_grad():
+        full, _ = enc(frames)
+        first, state = enc(frames[:3])
+        mid, state = enc(frames[3:4], state)
+
+        blob = state.to_bytes()
+        assert isinstance(blob, bytes) and b"pickle" not in blob
+        fresh = _encoder("stream", seed=99)
+        fresh.load_state_dict(enc.state_dict())
+        restored = TemporalState.from_bytes(blob)
+        rest, end_state = fresh(frames[4:], restored)
+
+    assert restored.frames_seen == 4 and restored.tokens_seen == 4 * 4
+    torch.testing.assert_close(torch.cat([first, mid, rest]), full, rtol=1e-5, atol=1e-5)
+    assert end_state.frames_seen == 10
+
+
+def test_state_bytes_reject_garbage():
+    with pytest.raises(ValueError):
+        TemporalState.from_bytes(b"\x00garbage")
+    with pytest.raises(ValueError):
+        TemporalState.from_bytes((10**6).to_bytes(8, "little") + b"{}")
+
+
+@pytest.mark.parametrize("mode,first_frame_changes", [("stream", False), ("chunk_bidirectional", True), ("offline", True)])
+def test_only_bidirectional_modes_see_the_future(mode, first_frame_changes):
+    enc = _encoder(mode)
+    frames = _frames(6)
+    changed = frames.clone()
+    changed[-1] += 1.0
+    with torch.no_grad():
+        a, _ = enc(frames)
+        b, _ = enc(changed)
+    diff = (a[0] - b[0]).abs().max().item()
+    assert (diff > 1e-4) == first_frame_changes, diff
+    assert (a[-1] - b[-1]).abs().max() > 1e-4  # the changed frame itself always changes
+
+
+def test_chunk_bidirectional_carries_forward_state():
+    """The forward direction continues across chunks, so chunk 2 depends on chunk 1."""
+    enc = _encoder("chunk_bidirectional")
+    frames = _frames(8)
+    other_past = _frames(4, seed=7)
+    with torch.no_grad():
+        _, state_a = enc(frames[:4])
+        _, state_b = enc(other_past)
+        out_a, _ = enc(frames[4:], state_a)
+        out_b, _ = enc(frames[4:], state_b)
+        out_none, _ = enc(frames[4:], None)
+    assert (out_a - out_b).abs().max() > 1e-4
+    assert (out_a - out_none).abs().max() > 1e-4
+
+
+def test_offline_ignores_carried_state():
+    enc = _encoder("offline")
+    frames = _frames(4)
+    with torch.no_grad():
+        _, state = enc(_frames(4, seed=5))
+        a, _ = enc(frames, state)
+        b, _ = enc(frames, None)
+    torch.testing.assert_close(a, b)
+
+
+def test_single_image_is_a_one_frame_video():
+    enc = _encoder("chunk_bidirectional")
+    image = _frames(1, h=6, w=6)
+    with torch.no_grad():
+        out, state = enc(image)
+    assert out.shape == (1, 3, 3, 16)
+    assert state.frames_seen == 1 and state.tokens_seen == 9
+
+
+def test_batched_streams_equal_separate_streams():
+    enc = _encoder("stream")
+    a, b = _frames(3, seed=1), _frames(3, seed=2)
+    with torch.no_grad():
+        both, _ = enc(torch.stack([a, b]))
+        sep_a, _ = enc(a)
+        sep_b, _ = enc(b)
+    torch.testing.assert_close(both[0], sep_a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(both[1], sep_b, rtol=1e-5, atol=1e-5)
+
+
+def test_loop_and_torch_scan_give_the_same_encoder_output():
+    enc = _encoder("chunk_bidirectional")
+    frames = _frames(3)
+    with torch.no_grad():
+        a, _ = enc(frames)
+        enc.scan_impl = "loop"
+        b, _ = enc(frames)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_pixel_shuffle_keeps_every_token_of_an_odd_grid():
+    x = torch.arange(1 * 1 * 7 * 7 * 1, dtype=torch.float32).reshape(1, 1, 7, 7, 1)
+    y = pixel_shuffle_down(x)
+    assert y.shape == (1, 1, 4, 4, 4)
+    assert set(x.flatten().tolist()) <= set(y.flatten().tolist())
+    # the bottom-right output token holds the last input token
+    assert y[0, 0, 3, 3, 0].item() == 48.0
