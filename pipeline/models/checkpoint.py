@@ -111,3 +111,35 @@ def load_storm(folder: str | Path, expected: StormSpec, mode: str, scan_impl: st
         )
     model.load_state_dict(state)
     return model
+
+
+def build_connector(
+    temporal_cfg, vision_dim: int, llm_hidden: int, device: str | torch.device = "cpu", log=print
+) -> StormConnector:
+    """The configured STORM parts: loaded from temporal.checkpoint, else seeded random init.
+
+    The scan implementation is decided here, once, and said out loud.
+    """
+    from pipeline.models.scan import resolve_scan_impl
+
+    scan_impl = resolve_scan_impl(temporal_cfg.scan_impl, device)
+    spec = StormSpec(
+        vision_dim=vision_dim,
+        llm_hidden=llm_hidden,
+        d_model=temporal_cfg.d_model,
+        n_layers=temporal_cfg.n_layers,
+        d_state=temporal_cfg.d_state,
+        d_conv=temporal_cfg.d_conv,
+        expand=temporal_cfg.expand,
+        bidirectional=temporal_cfg.mode != "stream",
+    )
+    if temporal_cfg.checkpoint:
+        model = load_storm(temporal_cfg.checkpoint, spec, temporal_cfg.mode, scan_impl)
+        origin = temporal_cfg.checkpoint
+    else:
+        torch.manual_seed(temporal_cfg.seed)
+        model = StormConnector(spec, temporal_cfg.mode, scan_impl)
+        origin = f"random init (seed {temporal_cfg.seed}; untrained)"
+    if log:
+        log(f"temporal encoder: {temporal_cfg.mode}, {spec.n_layers} layers, scan={scan_impl}, weights: {origin}")
+    return model.to(device).eval().requires_grad_(False)

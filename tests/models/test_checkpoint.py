@@ -54,3 +54,22 @@ def test_missing_or_broken_config(tmp_path):
     (tmp_path / "storm_config.json").write_text(json.dumps({"vision_dim": 8, "colour": "red"}))
     with pytest.raises(CheckpointError, match="not a valid config"):
         load_storm(tmp_path, SPEC, "stream")
+
+
+def test_build_connector_from_config_seeded_and_from_checkpoint(tmp_path):
+    from pipeline.config import load_config
+    from pipeline.models.checkpoint import build_connector
+
+    cfg = load_config(None, ["temporal.d_model=16", "temporal.n_layers=2", "temporal.d_state=4"]).temporal
+    said = []
+    a = build_connector(cfg, vision_dim=8, llm_hidden=12, log=said.append)
+    b = build_connector(cfg, vision_dim=8, llm_hidden=12, log=None)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert "scan=torch" in said[0] and "untrained" in said[0]
+
+    save_storm(a, tmp_path / "ckpt")
+    cfg.checkpoint, cfg.seed = str(tmp_path / "ckpt"), 123
+    c = build_connector(cfg, vision_dim=8, llm_hidden=12, log=None)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
+    with pytest.raises(CheckpointError, match="llm_hidden=12 \\(config wants 64\\)"):
+        build_connector(cfg, vision_dim=8, llm_hidden=64, log=None)
