@@ -29,6 +29,8 @@ class DecodeConfig:
     chunk_frames: int = 16  # frames per chunk; a multiple of pooling k*s
     threads: int = 0  # PyAV decoder threads; 0 lets FFmpeg choose
     keyframes_only: bool = False  # decode only keyframes (very sparse sampling)
+    open_timeout: float = 10.0  # seconds to reach a live source (refusals are retried)
+    read_timeout: float = 10.0  # seconds without data before a live source counts as ended
 
 
 @dataclass
@@ -75,12 +77,27 @@ class SummarizerConfig:
 
 
 @dataclass
+class SummaryConfig:
+    window_seconds: float = 300.0  # a window summary every this much video time
+    max_items_per_prompt: int = 16  # longer lists are summarised in groups, then again
+    window_prompt: str = "Summarize what happens in this part of a video, given captions of its clips in order:"
+    stream_prompt: str = "Summarize the whole video in two sentences, given summaries of its parts in order:"
+
+
+@dataclass
+class StoreConfig:
+    text_model: str = "minilm"  # sentence embeddings for meaning-based search (offline)
+
+
+@dataclass
 class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
     pooling: PoolingConfig = field(default_factory=PoolingConfig)
     summarizer: SummarizerConfig = field(default_factory=SummarizerConfig)
+    summary: SummaryConfig = field(default_factory=SummaryConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
 
 
 def _merge(base, layer, source: str):
@@ -147,8 +164,30 @@ def validate(cfg: Config, source: str = "config") -> None:
             fail(f"{section}.dtype must be one of {', '.join(DTYPES)}, got {part.dtype!r}")
         if part.device not in DEVICES and not part.device.startswith("cuda:"):
             fail(f"{section}.device must be one of {', '.join(DEVICES)} or cuda:N, got {part.device!r}")
+    if cfg.summary.window_seconds <= 0:
+        fail(f"summary.window_seconds must be > 0, got {cfg.summary.window_seconds}")
+    if cfg.summary.max_items_per_prompt < 2:
+        fail(f"summary.max_items_per_prompt must be >= 2, got {cfg.summary.max_items_per_prompt}")
     if cfg.encoder.batch_size < 1:
         fail(f"encoder.batch_size must be >= 1, got {cfg.encoder.batch_size}")
+
+
+def fingerprint(cfg: Config) -> str:
+    """Short hash of everything that changes what a stored row says."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    relevant = {
+        "decode": {"fps": cfg.decode.fps, "chunk_frames": cfg.decode.chunk_frames},
+        "encoder": {"model": cfg.encoder.model, "select_layer": cfg.encoder.select_layer},
+        "temporal": asdict(cfg.temporal),
+        "pooling": asdict(cfg.pooling),
+        "summarizer": {k: v for k, v in asdict(cfg.summarizer).items() if k not in ("device", "dtype")},
+        "summary": asdict(cfg.summary),
+    }
+    relevant["temporal"].pop("scan_impl")  # every implementation gives the same numbers
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def to_yaml(cfg: Config) -> str:

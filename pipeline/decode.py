@@ -1,0 +1,255 @@
+"""PyAV sources -> FrameChunk iterator, sampled by presentation time, resumable.
+
+A source is a file, a folder (recursive, stable order) or a live URL FFmpeg can
+open (rtsp, http(s), udp, tcp, ...). Frames are sampled at `fps` on a grid of
+presentation times: a frame is taken when its own PTS reaches the next grid
+point, and its exact PTS is reported, so variable-frame-rate files and files with
+a start offset get true times. Grid points skipped by a gap are not repeated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+
+from pipeline.errors import VidstormError
+from pipeline.types import FrameChunk
+
+VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".ts", ".mts", ".flv", ".mpg", ".mpeg", ".wmv"}
+LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt", "rtp")
+EPS = 5e-4  # seconds: PTS rounding tolerance when matching the sampling grid
+
+
+class SourceError(VidstormError):
+    """A source cannot be read. The message names the source and the problem."""
+
+    def __init__(self, source: str, problem: str):
+        super().__init__(f"{source}: {problem}")
+        self.source, self.problem = source, problem
+
+
+@dataclass(frozen=True)
+class Source:
+    uri: str  # a file path or a URL
+    stream_id: str
+    live: bool = False
+
+
+def is_url(text: str) -> bool:
+    return re.match(r"^([a-z][a-z0-9+.-]*)://", text, re.I) is not None
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "stream"
+
+
+def expand_sources(args: list[str], stream_id: str | None = None) -> tuple[list[Source], list[SourceError]]:
+    """Turn command-line arguments into sources; problems come back as errors, not raised."""
+    sources, errors = [], []
+    for arg in args:
+        if is_url(arg):
+            scheme = arg.split("://", 1)[0].lower()
+            if scheme == "file":
+                arg = arg[len("file://") :]
+            elif scheme not in LIVE_SCHEMES:
+                errors.append(SourceError(arg, f"unsupported URL scheme {scheme!r}"))
+                continue
+            else:
+                name = arg.split("://", 1)[1].split("?")[0]
+                sources.append(Source(arg, stream_id or slug(name), live=True))
+                continue
+        path = Path(arg)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS
+            )
+            if not found:
+                errors.append(SourceError(arg, "folder holds no video files"))
+            for p in found:
+                rel = p.relative_to(path).with_suffix("")
+                sources.append(Source(str(p), slug(f"{path.resolve().name}/{rel.as_posix()}")))
+        elif path.is_file():
+            sources.append(Source(str(path), stream_id or slug(path.stem)))
+        else:
+            errors.append(SourceError(arg, "no such file or folder"))
+    return sources, errors
+
+
+def fingerprint(path: str, block: int = 1 << 20) -> str:
+    """Content fingerprint of a file: size + first and last MiB (fast on hours of video)."""
+    size = os.path.getsize(path)
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        digest.update(fh.read(block))
+        if size > block:
+            fh.seek(max(block, size - block))
+            digest.update(fh.read(block))
+    return digest.hexdigest()[:32]
+
+
+def _describe(err: Exception) -> str:
+    text = str(err)
+    match = re.search(r"\]\s*(.*?)(?::\s*'[^']*')?$", text)
+    return (match.group(1) if match else text).strip() or type(err).__name__
+
+
+class VideoDecoder:
+    """Decode one source into FrameChunks of `chunk_frames` frames at `fps`.
+
+    Frames are resized (bilinear) to size x size RGB. The last partial chunk is
+    kept: padded by repeating its last frame up to a multiple of `pad_multiple`.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        size: int,
+        fps: float = 1.0,
+        chunk_frames: int = 16,
+        pad_multiple: int = 8,
+        threads: int = 0,
+        keyframes_only: bool = False,
+        open_timeout: float = 10.0,
+        read_timeout: float = 10.0,
+        start_at: float = 0.0,
+        first_chunk_seq: int = 0,
+    ):
+        self.source, self.size, self.period = source, size, 1.0 / fps
+        self.chunk_frames, self.pad_multiple = chunk_frames, pad_multiple
+        self.threads, self.keyframes_only = threads, keyframes_only
+        self.open_timeout, self.read_timeout = open_timeout, read_timeout
+        self.start_at, self.first_chunk_seq = start_at, first_chunk_seq
+        self.duration: float | None = None  # seconds, when the container knows it
+        self.frames_decoded = 0  # every decoded frame, sampled or not
+        self._container = None
+
+    # 1. open, with clear errors
+    def open(self):
+        uri = self.source.uri
+        if not self.source.live:
+            if not os.path.isfile(uri):
+                raise SourceError(uri, "no such file")
+            if os.path.getsize(uri) == 0:
+                raise SourceError(uri, "empty file (0 bytes)")
+        deadline = time.monotonic() + self.open_timeout
+        while True:
+            try:
+                container = av.open(uri, timeout=(self.open_timeout, self.read_timeout))
+                break
+            except av.error.ConnectionRefusedError as err:
+                if time.monotonic() >= deadline:  # a camera that is restarting gets a few tries
+                    raise SourceError(uri, f"connection refused ({_describe(err)})") from None
+                time.sleep(0.2)
+            except av.error.InvalidDataError as err:
+                raise SourceError(uri, f"not a readable video ({_describe(err)})") from None
+            except (av.error.FFmpegError, OSError) as err:
+                raise SourceError(uri, f"cannot open ({_describe(err)})") from None
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams}) or ["nothing"]
+            container.close()
+            raise SourceError(uri, f"has no video stream (only {', '.join(kinds)})")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        stream.thread_count = self.threads
+        if self.keyframes_only:
+            stream.codec_context.skip_frame = "NONKEY"
+        if stream.duration is not None and stream.time_base is not None:
+            self.duration = float(stream.duration * stream.time_base)
+        elif container.duration:
+            self.duration = container.duration / 1_000_000
+        self._container, self._stream = container, stream
+        return self
+
+    def close(self):
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+    # 2. decode and sample on the presentation-time grid
+    def _sampled_frames(self) -> Iterator[tuple[float, av.VideoFrame]]:
+        container, stream = self._container, self._stream
+        if self.start_at > 0 and not self.source.live:
+            container.seek(int(self.start_at / stream.time_base), stream=stream, backward=True)
+        next_t = None
+        try:
+            for frame in container.decode(stream):
+                self.frames_decoded += 1
+                if frame.pts is None:
+                    continue
+                t = float(frame.pts * stream.time_base)
+                if t < self.start_at - EPS:
+                    continue
+                if next_t is None:  # the grid starts at the resume point, else at the first frame
+                    next_t = self.start_at if self.start_at > 0 else t
+                if t < next_t - EPS:
+                    continue
+                yield t, frame
+                next_t += self.period
+                while next_t <= t + EPS:
+                    next_t += self.period
+        except av.error.FFmpegError as err:
+            if self.source.live and next_t is not None:
+                return  # a live stream that stops answering has ended
+            where = f" after {next_t:.1f}s" if next_t is not None else ""
+            raise SourceError(self.source.uri, f"corrupt or unreadable video data{where} ({_describe(err)})") from None
+
+    def chunks(self) -> Iterator[FrameChunk]:
+        """Yield chunks; raises SourceError for an unreadable or truncated source."""
+        if self._container is None:
+            self.open()
+        frames, stamps, seq = [], [], self.first_chunk_seq
+        wall0 = t_first = None
+        last_t = None
+        try:
+            for t, frame in self._sampled_frames():
+                if self.source.live and wall0 is None:
+                    wall0, t_first = time.time(), t
+                rgb = frame.to_ndarray(width=self.size, height=self.size, format="rgb24", interpolation="BILINEAR")
+                frames.append(rgb)
+                stamps.append(t)
+                last_t = t
+                if len(frames) == self.chunk_frames:
+                    yield self._chunk(seq, frames, stamps, wall0, t_first)
+                    frames, stamps, seq = [], [], seq + 1
+            if frames:
+                yield self._chunk(seq, frames, stamps, wall0, t_first)
+            if last_t is None:
+                raise SourceError(self.source.uri, "no decodable video frames")
+            self._check_complete(last_t)
+        finally:
+            self.close()
+
+    def _chunk(self, seq, frames, stamps, wall0, t_first) -> FrameChunk:
+        n_valid = len(frames)
+        padded = -(-n_valid // self.pad_multiple) * self.pad_multiple
+        frames = frames + [frames[-1]] * (padded - n_valid)
+        wall = None if wall0 is None else wall0 + (stamps[0] - t_first)
+        return FrameChunk(
+            stream_id=self.source.stream_id,
+            chunk_seq=seq,
+            frames=np.stack(frames),
+            timestamps=np.asarray(stamps, dtype=np.float64),
+            t_end=stamps[-1] + self.period,
+            wall_clock=wall,
+            source=self.source.uri,
+        )
+
+    def _check_complete(self, last_t: float):
+        """A file whose index promises more than could be decoded is truncated."""
+        if self.source.live or self.duration is None or self.keyframes_only:
+            return
+        stream = self._stream
+        start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        expected_end = start + self.duration
+        if last_t + max(2.0, 2 * self.period) < expected_end:
+            raise SourceError(
+                self.source.uri, f"truncated: video data ends at {last_t:.1f}s of {expected_end:.1f}s"
+            )

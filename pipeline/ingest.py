@@ -1,0 +1,189 @@
+"""Local ingestion: sources -> decoder -> StreamProcessor -> store, one process, no Ray.
+
+Each source is one job with a row in the jobs table (running, then done or
+failed). A bad source costs only its own job: its error is one line and the
+other sources still run. After every chunk the stream's state is checkpointed
+next to the store, so an interrupted ingest resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.config import Config, fingerprint
+from pipeline.decode import Source, SourceError, VideoDecoder, fingerprint as content_fingerprint
+from pipeline.errors import VidstormError
+from pipeline.processor import StreamProcessor, StreamState
+from pipeline.store import Store
+from pipeline.store.query import StoreQuery
+
+
+@dataclass
+class JobResult:
+    job_id: str
+    source: str
+    stream_id: str
+    status: str = "running"
+    error: str = ""
+    chunks: int = 0
+    segments: int = 0
+    summaries: int = 0
+    video_seconds: float = 0.0
+    started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    content_fingerprint: str = ""
+    config_fingerprint: str = ""
+    kind: str = "ingest"
+
+    def row(self) -> dict:
+        wall = (self.finished_at or time.time()) - self.started_at
+        return {**self.__dict__, "wall_seconds": wall}
+
+
+class Progress:
+    """One live line per source on a terminal; a closing line per source otherwise."""
+
+    def __init__(self, stream=sys.stderr):
+        self.out = stream
+        self.tty = stream.isatty()
+
+    def update(self, job: JobResult, frames: int, duration: float | None, t_video: float):
+        if not self.tty:
+            return
+        elapsed = max(time.time() - job.started_at, 1e-6)
+        rtf = job.video_seconds / elapsed
+        line = f"{job.stream_id[:24]:24s} {_hms(t_video)}"
+        if duration:
+            done = min(job.video_seconds / duration, 1.0)
+            bar = "#" * int(done * 20)
+            eta = (duration - job.video_seconds) / rtf if rtf > 0 else 0
+            line += f"/{_hms(duration)} [{bar:20s}] ETA {_hms(eta)}"
+        line += f"  {frames / elapsed:5.1f} frames/s  {rtf:5.2f}x real time"
+        self.out.write("\r" + line[:150].ljust(150))
+        self.out.flush()
+
+    def done(self, job: JobResult):
+        if self.tty:
+            self.out.write("\r" + " " * 150 + "\r")
+        elapsed = (job.finished_at or time.time()) - job.started_at
+        if job.status == "done":
+            self.out.write(
+                f"{job.stream_id}: {job.chunks} chunks, {_hms(job.video_seconds)} of video in {elapsed:.1f}s "
+                f"({job.video_seconds / max(elapsed, 1e-6):.2f}x real time), "
+                f"{job.segments} segments + {job.summaries} summaries stored\n"
+            )
+        self.out.flush()
+
+
+def _hms(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class LocalIngest:
+    """Runs jobs one after another in this process."""
+
+    def __init__(self, cfg: Config, processor: StreamProcessor, data_dir: str | Path, progress=None, log=print):
+        self.cfg, self.processor = cfg, processor
+        self.data_dir = Path(data_dir)
+        self.store = Store(self.data_dir / "store")
+        self.state_dir = self.data_dir / "state"
+        self.progress = progress or Progress()
+        self.log = log
+        self.config_fp = fingerprint(cfg)
+
+    def _state_path(self, stream_id: str) -> Path:
+        return self.state_dir / f"{stream_id}.{self.config_fp}.state"
+
+    def _load_state(self, stream_id: str) -> StreamState | None:
+        path = self._state_path(stream_id)
+        if not path.is_file():
+            return None
+        try:
+            return StreamState.from_bytes(path.read_bytes())
+        except ValueError:
+            self.log(f"warning: ignoring unreadable checkpoint {path}")
+            return None
+
+    def _save_state(self, state: StreamState) -> None:
+        path = self._state_path(state.stream_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(state.to_bytes())
+        os.replace(tmp, path)
+
+    def already_done(self, source: Source, content_fp: str) -> bool:
+        jobs = StoreQuery(self.store.root).jobs()
+        return any(
+            j["status"] == "done" and j["stream_id"] == source.stream_id and j["content_fingerprint"] == content_fp
+            and j["config_fingerprint"] == self.config_fp
+            for j in jobs
+        )
+
+    def run(self, source: Source) -> JobResult:
+        job = JobResult(uuid.uuid4().hex[:12], source.uri, source.stream_id, config_fingerprint=self.config_fp)
+        try:
+            if not source.live and os.path.isfile(source.uri):
+                job.content_fingerprint = content_fingerprint(source.uri)
+                if self.already_done(source, job.content_fingerprint):
+                    self.log(f"{source.stream_id}: already ingested with this config; nothing to do")
+                    job.status = "skipped"
+                    return job
+            self.store.write_job(job.row())
+            self._ingest(source, job)
+            job.status = "done"
+        except (SourceError, VidstormError, ValueError) as err:
+            job.status, job.error = "failed", str(err)
+        except Exception as err:  # a bug must not take the other sources down
+            first_line = (str(err).strip().splitlines() or [""])[0]
+            job.status, job.error = "failed", f"{source.uri}: internal error: {type(err).__name__}: {first_line}"
+        job.finished_at = time.time()
+        if job.status in ("done", "failed"):
+            self.store.write_job(job.row())
+        if job.status == "failed":
+            self.log(f"vidstorm: error: {job.error}")
+        self.progress.done(job)
+        return job
+
+    def _ingest(self, source: Source, job: JobResult) -> None:
+        d = self.cfg.decode
+        state = None if source.live else self._load_state(source.stream_id)
+        start_at = state.t_end if state and state.t_end is not None else 0.0
+        decoder = VideoDecoder(
+            source,
+            size=self.processor.encoder.image_size,
+            fps=d.fps,
+            chunk_frames=d.chunk_frames,
+            pad_multiple=self.processor.reducer.frames_per_group,
+            threads=d.threads,
+            keyframes_only=d.keyframes_only,
+            open_timeout=d.open_timeout,
+            read_timeout=d.read_timeout,
+            start_at=start_at,
+            first_chunk_seq=state.next_chunk_seq if state else 0,
+        )
+        if state:
+            self.log(f"{source.stream_id}: resuming at chunk {state.next_chunk_seq} ({start_at:.1f}s)")
+        frames = 0
+        for chunk in decoder.chunks():
+            records, state = self.processor.step(chunk, state)
+            self._store(records, job)
+            job.chunks += 1
+            frames += chunk.n_valid
+            job.video_seconds += chunk.t_end - chunk.t_start
+            if not source.live:
+                self._save_state(state)
+            self.progress.update(job, frames, decoder.duration, chunk.t_end)
+        records, state = self.processor.finish(state)
+        self._store(records, job)
+        self._state_path(source.stream_id).unlink(missing_ok=True)
+
+    def _store(self, records: list, job: JobResult) -> None:
+        self.store.write_records(records)
+        job.segments += sum(1 for r in records if getattr(r, "level", "") == "chunk")
+        job.summaries += sum(1 for r in records if getattr(r, "level", "") != "chunk")

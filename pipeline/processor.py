@@ -1,0 +1,194 @@
+"""StreamProcessor: the whole STORM path for one stream, in one process. No Ray, no Redis.
+
+    step(chunk, state) -> (records, state)
+        SigLIP -> temporal encoder (state carried) -> pooling -> projector -> LLM caption
+    finish(state) -> (records, state)
+        flush the open window, then a whole-stream summary
+
+Captions roll up hierarchically: chunk captions -> a window summary every
+`window_seconds` of video -> a stream summary at the end, each level written by
+the LLM from the level below. All per-stream state is in StreamState, which the
+caller owns and which serialises to bytes (no pickle), so a stream can move
+between processes and resume exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from pipeline.models.temporal import TemporalState
+from pipeline.types import FrameChunk, Segment, Summary, pack, unpack
+
+
+@dataclass
+class StreamState:
+    stream_id: str
+    temporal: TemporalState | None = None
+    next_chunk_seq: int = 0
+    t0: float | None = None  # start of the first chunk
+    t_end: float | None = None  # end of the last chunk processed
+    window_index: int = 0
+    window_captions: list[dict] = field(default_factory=list)  # {chunk_seq, t_start, t_end, caption, wall}
+    window_summaries: list[dict] = field(default_factory=list)  # {seq, t_start, t_end, text}
+
+    def to_bytes(self) -> bytes:
+        header = {k: v for k, v in self.__dict__.items() if k != "temporal"}
+        header["type"] = "stream_state"
+        arrays = {}
+        if self.temporal is not None:
+            arrays["temporal"] = np.frombuffer(self.temporal.to_bytes(), dtype=np.uint8)
+        return pack(header, arrays)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "StreamState":
+        meta, arrays = unpack(data)
+        if meta.pop("type", None) != "stream_state":
+            raise ValueError("not a stream_state message")
+        temporal = TemporalState.from_bytes(arrays["temporal"].tobytes()) if "temporal" in arrays else None
+        try:
+            return cls(temporal=temporal, **meta)
+        except TypeError as err:
+            raise ValueError(f"stream_state has unexpected fields: {err}") from None
+
+
+@dataclass(frozen=True)
+class RollupSettings:
+    window_seconds: float = 300.0
+    max_items_per_prompt: int = 16
+    window_prompt: str = "Summarize what happens in this part of a video, given captions of its clips in order:"
+    stream_prompt: str = "Summarize the whole video in two sentences, given summaries of its parts in order:"
+
+
+class StreamProcessor:
+    """Holds the (shared, stateless) models; the per-stream state is passed in and out."""
+
+    def __init__(self, encoder, connector, reducer, summarizer, embedder, caption_prompt: str,
+                 rollup: RollupSettings, config_fingerprint: str, device: str | torch.device = "cpu"):
+        self.encoder, self.connector, self.reducer = encoder, connector, reducer
+        self.summarizer, self.embedder = summarizer, embedder
+        self.caption_prompt, self.rollup = caption_prompt, rollup
+        self.config_fingerprint = config_fingerprint
+        self.device = torch.device(device)
+
+    # --- the stages, separately callable (the distributed runtime splits them) ---
+
+    def encode(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 (T, S, S, 3) -> SigLIP patch grid (T, g, g, C)."""
+        return self.encoder.encode(frames)
+
+    @torch.inference_mode()
+    def temporal(self, tokens: torch.Tensor, state: TemporalState | None) -> tuple[torch.Tensor, TemporalState]:
+        """(T, g, g, C) -> pooled (T', h', w', D), with the stream's recurrent state carried."""
+        out, new_state = self.connector.temporal(tokens.to(self.device), state)
+        return self.reducer(out).cpu(), new_state
+
+    @torch.inference_mode()
+    def caption(self, pooled: torch.Tensor) -> str:
+        visual = self.connector.projector(pooled.reshape(-1, pooled.shape[-1]).to(self.device))
+        return self.summarizer.caption(visual, self.caption_prompt)
+
+    def summarize(self, texts: list[str], prompt: str) -> str:
+        """Hierarchical: more texts than fit one prompt are summarised in groups first."""
+        limit = self.rollup.max_items_per_prompt
+        while len(texts) > limit:
+            texts = [self.summarizer.summarize(texts[i : i + limit], prompt) for i in range(0, len(texts), limit)]
+        return self.summarizer.summarize(texts, prompt)
+
+    # --- one stream, chunk by chunk ---
+
+    def step(self, chunk: FrameChunk, state: StreamState | None) -> tuple[list, StreamState]:
+        state = state or StreamState(chunk.stream_id)
+        if chunk.chunk_seq < state.next_chunk_seq:
+            return [], state  # a replayed chunk: already applied, nothing new to say
+        if chunk.chunk_seq != state.next_chunk_seq:
+            raise ValueError(
+                f"stream {chunk.stream_id}: chunk {chunk.chunk_seq} arrived before chunk {state.next_chunk_seq}"
+            )
+        # 1-3. encode, temporal, pool
+        pooled, temporal_state = self.temporal(self.encode(chunk.frames), state.temporal)
+        # 4. caption
+        caption = self.caption(pooled)
+        segment = Segment(
+            stream_id=chunk.stream_id,
+            chunk_seq=chunk.chunk_seq,
+            t_start=chunk.t_start,
+            t_end=chunk.t_end,
+            caption=caption,
+            visual_embedding=pooled.float().mean(dim=(0, 1, 2)).numpy(),
+            text_embedding=self.embedder.embed([caption])[0],
+            n_frames=chunk.n_valid,
+            config_fingerprint=self.config_fingerprint,
+            source=chunk.source,
+            wall_clock=chunk.wall_clock,
+            created_at=time.time(),
+        )
+        return self.after_caption(segment, state, temporal_state)
+
+    def after_caption(self, segment: Segment, state: StreamState, temporal_state=None) -> tuple[list, StreamState]:
+        """Advance the stream's roll-up with one captioned chunk (closing a window if it ended)."""
+        records: list = [segment]
+        if state.t0 is None:
+            state.t0 = segment.t_start
+        window = math.floor((segment.t_start - state.t0) / self.rollup.window_seconds)
+        if window > state.window_index and state.window_captions:
+            records.append(self._close_window(state))
+        state.window_index = max(window, state.window_index)
+        state.window_captions.append(
+            {"chunk_seq": segment.chunk_seq, "t_start": segment.t_start, "t_end": segment.t_end,
+             "caption": segment.caption, "wall": segment.wall_clock}
+        )
+        if temporal_state is not None:
+            state.temporal = temporal_state
+        state.next_chunk_seq = segment.chunk_seq + 1
+        state.t_end = segment.t_end
+        return records, state
+
+    def _close_window(self, state: StreamState) -> Summary:
+        items = state.window_captions
+        text = self.summarize([c["caption"] for c in items], self.rollup.window_prompt)
+        summary = Summary(
+            stream_id=state.stream_id,
+            level="window",
+            seq=state.window_index,
+            t_start=items[0]["t_start"],
+            t_end=items[-1]["t_end"],
+            text=text,
+            text_embedding=self.embedder.embed([text])[0],
+            config_fingerprint=self.config_fingerprint,
+            wall_clock=items[0]["wall"],
+            created_at=time.time(),
+        )
+        state.window_summaries.append(
+            {"seq": summary.seq, "t_start": summary.t_start, "t_end": summary.t_end, "text": text}
+        )
+        state.window_captions = []
+        return summary
+
+    def finish(self, state: StreamState | None) -> tuple[list, StreamState | None]:
+        """End of stream: the last window's summary, then the whole-stream summary."""
+        if state is None or state.t0 is None:
+            return [], state
+        records = []
+        if state.window_captions:
+            records.append(self._close_window(state))
+        windows = state.window_summaries
+        text = self.summarize([w["text"] for w in windows], self.rollup.stream_prompt)
+        records.append(
+            Summary(
+                stream_id=state.stream_id,
+                level="stream",
+                seq=0,
+                t_start=state.t0,
+                t_end=state.t_end,
+                text=text,
+                text_embedding=self.embedder.embed([text])[0],
+                config_fingerprint=self.config_fingerprint,
+                created_at=time.time(),
+            )
+        )
+        return records, state

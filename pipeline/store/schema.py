@@ -1,0 +1,64 @@
+"""Arrow schemas of the three tables. Keys: segments (stream_id, chunk_seq, level),
+summaries (stream_id, seq, level), jobs (job_id; the latest row of a job wins)."""
+
+import pyarrow as pa
+
+TEXT_DIM = 384
+UTC_US = pa.timestamp("us", tz="UTC")
+
+SEGMENTS = pa.schema(
+    [
+        ("stream_id", pa.string()),
+        ("chunk_seq", pa.int64()),
+        ("level", pa.string()),
+        ("t_start", pa.float64()),
+        ("t_end", pa.float64()),
+        ("wall_clock", UTC_US),
+        ("caption", pa.string()),
+        ("visual_embedding", pa.list_(pa.float32())),
+        ("text_embedding", pa.list_(pa.float32(), TEXT_DIM)),
+        ("n_frames", pa.int32()),
+        ("config_fingerprint", pa.string()),
+        ("source", pa.string()),
+        ("created_at", UTC_US),
+    ]
+)
+
+SUMMARIES = pa.schema(
+    [
+        ("stream_id", pa.string()),
+        ("level", pa.string()),
+        ("seq", pa.int64()),
+        ("t_start", pa.float64()),
+        ("t_end", pa.float64()),
+        ("wall_clock", UTC_US),
+        ("text", pa.string()),
+        ("text_embedding", pa.list_(pa.float32(), TEXT_DIM)),
+        ("config_fingerprint", pa.string()),
+        ("created_at", UTC_US),
+    ]
+)
+
+JOBS = pa.schema(
+    [
+        ("job_id", pa.string()),
+        ("kind", pa.string()),
+        ("source", pa.string()),
+        ("stream_id", pa.string()),
+        ("status", pa.string()),  # running | done | failed
+        ("error", pa.string()),
+        ("content_fingerprint", pa.string()),
+        ("config_fingerprint", pa.string()),
+        ("chunks", pa.int64()),
+        ("segments", pa.int64()),
+        ("summaries", pa.int64()),
+        ("video_seconds", pa.float64()),
+        ("wall_seconds", pa.float64()),
+        ("started_at", UTC_US),
+        ("finished_at", UTC_US),
+        ("updated_at", UTC_US),
+    ]
+)
+
+KEYS = {"segments": ("chunk_seq", "level"), "summaries": ("seq", "level")}
+SCHEMAS = {"segments": SEGMENTS, "summaries": SUMMARIES, "jobs": JOBS}

@@ -1,0 +1,154 @@
+"""What crosses process boundaries, each with an explicit wire encoding (never pickle).
+
+Wire format of a packed message:
+
+    b"VST1" | u32 little-endian header length | JSON header | raw array bytes
+
+The header names each array's dtype, shape, offset and length inside the raw part.
+`unpack` validates all of it, so garbage raises ValueError instead of crashing a stage.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+MAGIC = b"VST1"
+ALLOWED_DTYPES = {"uint8", "float32", "float64", "int64"}
+MAX_HEADER = 1 << 20
+
+
+def pack(header: dict, arrays: dict[str, np.ndarray] | None = None) -> bytes:
+    """Encode a JSON-able header and named numpy arrays as one binary message."""
+    arrays = arrays or {}
+    specs, blobs, offset = {}, [], 0
+    for name, arr in arrays.items():
+        arr = np.ascontiguousarray(arr)
+        if arr.dtype.name not in ALLOWED_DTYPES:
+            raise TypeError(f"array {name!r} has unsupported dtype {arr.dtype}")
+        data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+        specs[name] = {"dtype": arr.dtype.name, "shape": list(arr.shape), "offset": offset, "nbytes": len(data)}
+        blobs.append(data)
+        offset += len(data)
+    head = json.dumps({"meta": header, "arrays": specs}, separators=(",", ":")).encode()
+    return MAGIC + struct.pack("<I", len(head)) + head + b"".join(blobs)
+
+
+def unpack(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
+    """Decode `pack` output. Raises ValueError on anything malformed."""
+    if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) < 8 or bytes(data[:4]) != MAGIC:
+        raise ValueError("not a vidstorm message (bad magic)")
+    (n,) = struct.unpack("<I", bytes(data[4:8]))
+    if n > MAX_HEADER or 8 + n > len(data):
+        raise ValueError("vidstorm message header is truncated or too large")
+    try:
+        head = json.loads(bytes(data[8 : 8 + n]))
+        meta, specs = head["meta"], head["arrays"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"vidstorm message header is not valid JSON: {err}") from None
+    body = memoryview(data)[8 + n :]
+    arrays = {}
+    for name, spec in specs.items():
+        try:
+            dtype = np.dtype(spec["dtype"]).newbyteorder("<")
+            shape, offset, nbytes = tuple(int(s) for s in spec["shape"]), int(spec["offset"]), int(spec["nbytes"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"array {name!r} has a bad spec: {err}") from None
+        if spec["dtype"] not in ALLOWED_DTYPES or offset < 0 or offset + nbytes > len(body):
+            raise ValueError(f"array {name!r} points outside the message")
+        if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != nbytes:
+            raise ValueError(f"array {name!r} size does not match its shape")
+        arrays[name] = np.frombuffer(body[offset : offset + nbytes], dtype=dtype).reshape(shape)
+    return meta, arrays
+
+
+@dataclass
+class FrameChunk:
+    """`chunk_frames` sampled frames of one stream, resized for the encoder.
+
+    frames may be padded (last frame repeated) up to a multiple of the pooling
+    group; `timestamps` covers only the `n_valid` real frames.
+    """
+
+    stream_id: str
+    chunk_seq: int
+    frames: np.ndarray  # (T, S, S, 3) uint8
+    timestamps: np.ndarray  # (n_valid,) float64 seconds of presentation time
+    t_end: float  # end of the span this chunk covers
+    wall_clock: float | None = None  # unix seconds of the first frame, for live sources
+    source: str = ""
+
+    @property
+    def n_valid(self) -> int:
+        return len(self.timestamps)
+
+    @property
+    def t_start(self) -> float:
+        return float(self.timestamps[0])
+
+    def to_bytes(self) -> bytes:
+        header = {
+            "type": "frame_chunk",
+            "stream_id": self.stream_id,
+            "chunk_seq": self.chunk_seq,
+            "t_end": self.t_end,
+            "wall_clock": self.wall_clock,
+            "source": self.source,
+        }
+        return pack(header, {"frames": self.frames, "timestamps": np.asarray(self.timestamps, np.float64)})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "FrameChunk":
+        meta, arrays = unpack(data)
+        if meta.get("type") != "frame_chunk":
+            raise ValueError(f"expected a frame_chunk message, got {meta.get('type')!r}")
+        frames = arrays.get("frames")
+        if frames is None or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError("frame_chunk frames must be uint8 (T, H, W, 3)")
+        return cls(
+            stream_id=str(meta["stream_id"]),
+            chunk_seq=int(meta["chunk_seq"]),
+            frames=frames,
+            timestamps=arrays["timestamps"],
+            t_end=float(meta["t_end"]),
+            wall_clock=None if meta.get("wall_clock") is None else float(meta["wall_clock"]),
+            source=str(meta.get("source", "")),
+        )
+
+
+@dataclass
+class Segment:
+    """One chunk's caption and embeddings: a row of the segments table."""
+
+    stream_id: str
+    chunk_seq: int
+    t_start: float
+    t_end: float
+    caption: str
+    visual_embedding: np.ndarray  # (d_model,) float32, mean of the pooled visual tokens
+    text_embedding: np.ndarray  # (384,) float32, L2-normalised caption embedding
+    n_frames: int
+    config_fingerprint: str
+    source: str = ""
+    wall_clock: float | None = None  # unix seconds, live sources
+    created_at: float = 0.0  # unix seconds
+    level: str = "chunk"
+
+
+@dataclass
+class Summary:
+    """A roll-up written by the LLM from the level below: window, stream, or period."""
+
+    stream_id: str
+    level: str  # "window" | "stream" | "period"
+    seq: int  # window index for "window"; 0 for "stream"
+    t_start: float
+    t_end: float
+    text: str
+    text_embedding: np.ndarray
+    config_fingerprint: str
+    wall_clock: float | None = None
+    created_at: float = 0.0
