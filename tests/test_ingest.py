@@ -1,0 +1,134 @@
+"""`vidstorm ingest --local` end to end: real files, real Parquet, clean failures, resume, live streams."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.decode import Source
+from pipeline.ingest import LocalIngest
+from pipeline.store.query import StoreQuery
+from pipeline.synth import write_clip
+
+from test_decode import BIKES, _bad_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def vidstorm(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "actors.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout)
+
+
+def test_bad_sources_fail_cleanly_while_good_ones_are_stored(tmp_path, tiny_overrides):
+    good, bad = _bad_inputs(tmp_path)
+    data = tmp_path / "data"
+    args = ["ingest", str(good), *map(str, bad), str(tmp_path / "no-such-folder"), "tcp://127.0.0.1:9",
+            str(BIKES), "--local", "--data", str(data), *tiny_overrides, "decode.open_timeout=0.5"]
+    done = vidstorm(*args)
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("vidstorm: error:")]
+    assert len(errors) == len(bad) + 2, done.stderr
+    for path, problem in bad.items():
+        assert any(str(path) in e and problem in e for e in errors), (path, errors)
+    assert "Traceback" not in done.stderr
+    assert "vidstorm: 7 of 9 sources failed" in done.stderr
+
+    q = StoreQuery(data / "store")
+    # a file cut short keeps what could be decoded before the cut; its job still fails
+    assert {s["stream_id"] for s in q.streams()} == {"good", "bikes", "cut-faststart"}
+    assert max(r["t_end"] for r in q.segments("cut-faststart")) < 30
+    jobs = q.jobs()
+    (cut_job,) = [j for j in jobs if j["stream_id"] == "cut-faststart"]
+    assert cut_job["status"] == "failed" and "truncated" in cut_job["error"]
+    failed = [j for j in jobs if j["status"] == "failed"]
+    assert len(failed) == 7 and all(j["error"] for j in failed)
+    assert sum(j["status"] == "done" for j in jobs) == 2
+
+    # the same command again adds no rows
+    counts = (len(q.segments()), len(q.summaries()))
+    again = vidstorm(*args)
+    assert again.returncode == 1
+    assert "already ingested" in again.stderr
+    q = StoreQuery(data / "store")
+    assert (len(q.segments()), len(q.summaries())) == counts
+
+    listed = json.loads(vidstorm("segments", "--json", "--stream", "good", "--data", str(data)).stdout)
+    assert [r["chunk_seq"] for r in listed] == [0, 1]
+    assert {"stream_id", "chunk_seq", "t_start", "t_end", "caption"} <= set(listed[0])
+    assert listed[1]["t_start"] == 8.0 and listed[1]["t_end"] == 12.0
+
+
+class CrashAt:
+    """A processor whose step fails once at one chunk: a crash halfway through a job."""
+
+    def __init__(self, inner, chunk_seq):
+        self.inner, self.chunk_seq, self.crashed = inner, chunk_seq, False
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def step(self, chunk, state):
+        if chunk.chunk_seq == self.chunk_seq and not self.crashed:
+            self.crashed = True
+            raise RuntimeError("worker died")
+        return self.inner.step(chunk, state)
+
+
+def test_a_crashed_ingest_resumes_where_it_stopped(tmp_path, tiny_overrides, tiny_processor):
+    cfg = load_config(None, tiny_overrides)
+    clip = write_clip(tmp_path / "cam.mp4", seconds=40, fps=4)
+    said = []
+    straight = LocalIngest(cfg, tiny_processor, tmp_path / "straight", log=said.append)
+    assert straight.run(Source(str(clip), "cam")).status == "done"
+
+    flaky = LocalIngest(cfg, CrashAt(tiny_processor, 3), tmp_path / "resumed", log=said.append)
+    first = flaky.run(Source(str(clip), "cam"))
+    assert first.status == "failed" and "worker died" in first.error
+    second = flaky.run(Source(str(clip), "cam"))
+    assert second.status == "done" and second.chunks == 2
+    assert any("resuming at chunk 3" in s for s in said)
+
+    a, b = StoreQuery(tmp_path / "straight" / "store"), StoreQuery(tmp_path / "resumed" / "store")
+    key = lambda r: (r["chunk_seq"], r["t_start"], r["t_end"], r["caption"])  # noqa: E731
+    assert [key(r) for r in a.segments()] == [key(r) for r in b.segments()]
+    skey = lambda r: (r["level"], r["seq"], r["t_start"], r["t_end"], r["text"])  # noqa: E731
+    assert [skey(r) for r in a.summaries()] == [skey(r) for r in b.summaries()]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_live_stream_is_ingested_while_it_plays(tmp_path, tiny_overrides):
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "helpers" / "live_server.py"), f"tcp://127.0.0.1:{port}?listen=1", "10"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert server.stdout.readline().strip() == "listening"
+        data = tmp_path / "data"
+        done = vidstorm("ingest", f"tcp://127.0.0.1:{port}", "--stream", "lobby", "--local", "--data", str(data),
+                        *tiny_overrides, "decode.fps=2", "decode.chunk_frames=8", timeout=120)
+        server_out = server.communicate(timeout=30)[0]
+    finally:
+        server.kill()
+    assert done.returncode == 0, done.stderr
+    ended = float(server_out.split("ended", 1)[1])
+    rows = StoreQuery(data / "store").segments("lobby")
+    # 10 s at 2 fps = 20 frames: chunks of 8, 8 and the partial 4 at the end
+    assert [r["chunk_seq"] for r in rows] == [0, 1, 2]
+    assert [r["n_frames"] for r in rows] == [8, 8, 4]
+    assert rows[0]["wall_clock"] is not None
+    # the first segment was stored while the stream was still playing
+    assert rows[0]["created_at"].timestamp() < ended - 2
+    (whole,) = StoreQuery(data / "store").summaries("lobby", level="stream")
+    assert whole["t_end"] >= 9.5
