@@ -89,15 +89,40 @@ def cmd_ingest(args) -> int:
                          "stream_id": "", "status": "failed", "error": str(err), "started_at": now,
                          "finished_at": now, "chunks": 0, "segments": 0, "summaries": 0})
     failed = len(errors)
-    if sources:
-        log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    if sources and args.local:
         runner = LocalIngest(cfg, build_processor(cfg, log=log), data, log=log)
         for source in sources:
             if runner.run(source).status == "failed":
                 failed += 1
+    elif sources:
+        failed += _ingest_distributed(cfg, sources, data, log)
     if failed:
         print(f"vidstorm: {failed} of {len(sources) + len(errors)} sources failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _ingest_distributed(cfg, sources, data, log) -> int:
+    """Through Ray actors and Redis Streams (embedded or a cluster). Returns failures."""
+    from actors.runtime import Cluster, DistributedIngest
+    from pipeline.ingest import _hms
+
+    with Cluster(cfg, data, log=log) as cluster:
+        ingest = DistributedIngest(cluster, cfg, log=log)
+        try:
+            rows = ingest.run(sources)
+        finally:
+            ingest.shutdown()
+    failed = 0
+    for row in rows:
+        if row["status"] == "failed":
+            failed += 1
+            log(f"vidstorm: error: {row['error']}")
+        else:
+            log(f"{row['stream_id']}: {row['chunks']} chunks, {_hms(row['video_seconds'])} of video in "
+                f"{row['wall_seconds']:.1f}s ({row['video_seconds'] / max(row['wall_seconds'], 1e-6):.2f}x real time), "
+                f"{row['segments']} segments + {row['summaries']} summaries stored")
+    return failed
 
 
 def _query(args):
@@ -194,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser("ingest", help="decode, encode, caption and store video sources")
     ingest.add_argument("sources", nargs="+", metavar="SOURCE", help="file, folder, live URL, or key=value override")
     ingest.add_argument("--config", metavar="FILE", help="YAML overrides (see configs/)")
-    ingest.add_argument("--local", action="store_true", help="run every stage in this process")
+    ingest.add_argument("--local", action="store_true",
+                        help="run every stage in this process (default: Ray actors + Redis Streams)")
     ingest.add_argument("--stream", help="stream id for a single source (default: from its name)")
     _data_arg(ingest)
     ingest.set_defaults(func=cmd_ingest)

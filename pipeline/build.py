@@ -15,24 +15,33 @@ from pipeline.processor import RollupSettings, StreamProcessor
 RANDOM_MARKER = "VIDSTORM_RANDOM_WEIGHTS"
 
 
-def build_processor(cfg: Config, log=print) -> StreamProcessor:
-    encoder = SiglipEncoder(
-        cfg.encoder.model,
-        device=cfg.encoder.device,
-        dtype=cfg.encoder.dtype,
-        batch_size=cfg.encoder.batch_size,
-        select_layer=cfg.encoder.select_layer,
-    )
-    s = cfg.summarizer
-    summarizer = Summarizer(s.model, s.device, s.dtype, s.max_new_tokens, s.system_prompt)
-    device = resolve_device(cfg.encoder.device)
-    connector = build_connector(cfg.temporal, encoder.hidden_size, summarizer.hidden_size, device, log=log)
+ALL_PARTS = ("encoder", "temporal", "llm")
+
+
+def build_processor(cfg: Config, log=print, parts: tuple[str, ...] = ALL_PARTS) -> StreamProcessor:
+    """The models for `parts`; a stage that runs only some of them loads only those.
+
+    Geometry of a part that is not loaded is read from its config file (no weights).
+    """
+    from pipeline.models.siglip import vision_geometry
+    from pipeline.models.summarizer import llm_hidden_size
+
+    e, s = cfg.encoder, cfg.summarizer
+    encoder = summarizer = embedder = None
+    if "encoder" in parts:
+        encoder = SiglipEncoder(e.model, e.device, e.dtype, e.batch_size, e.select_layer)
+    if "llm" in parts:
+        summarizer = Summarizer(s.model, s.device, s.dtype, s.max_new_tokens, s.system_prompt)
+        embedder = TextEmbedder(cfg.store.text_model)
+    vision_dim = encoder.hidden_size if encoder else vision_geometry(e.model)[1]
+    llm_hidden = summarizer.hidden_size if summarizer else llm_hidden_size(s.model)
+    device = resolve_device(e.device)
+    connector = build_connector(cfg.temporal, vision_dim, llm_hidden, device, log=log)
     reducer = TokenReducer(cfg.pooling.temporal_k, cfg.pooling.sample_s, cfg.pooling.spatial_p)
     r = cfg.summary
     rollup = RollupSettings(r.window_seconds, r.max_items_per_prompt, r.window_prompt, r.stream_prompt)
     return StreamProcessor(
-        encoder, connector, reducer, summarizer, TextEmbedder(cfg.store.text_model),
-        s.caption_prompt, rollup, fingerprint(cfg), device,
+        encoder, connector, reducer, summarizer, embedder, s.caption_prompt, rollup, fingerprint(cfg), device
     )
 
 

@@ -90,6 +90,40 @@ class StoreConfig:
 
 
 @dataclass
+class RedisConfig:
+    # Empty: start a real redis-server of our own in the data directory (embedded default).
+    # Else a URL, password and TLS included: redis://:PASSWORD@host:6379/0, rediss://...
+    url: str = ""
+    appendfsync: str = "always"  # embedded server: fsync every write, so a restart loses nothing
+
+
+@dataclass
+class RayConfig:
+    address: str = ""  # empty: a local Ray for this command; "auto" or ray://host:10001 for a cluster
+    namespace: str = "vidstorm"
+
+
+@dataclass
+class QueueConfig:
+    prefix: str = "vs"  # key prefix of every stream and key vidstorm uses in Redis
+    max_in_flight: int = 8  # messages waiting at a stage before its producers wait (backpressure)
+    reclaim_idle_s: float = 30.0  # a message held this long by a silent consumer is taken over
+    max_deliveries: int = 5  # then it goes to the dead-letter stream
+    maxlen: int = 100000  # approximate XADD bound, far above max_in_flight
+
+
+@dataclass
+class WorkersConfig:
+    decoders: int = 2
+    encoders: int = 1
+    temporal: int = 1
+    summarizers: int = 1
+    streams_per_decoder: int = 4  # concurrent sources one decoder actor reads
+    gpus_per_encoder: float = 0.0  # request a GPU for each encoder when the cluster has them
+    gpus_per_summarizer: float = 0.0
+
+
+@dataclass
 class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -98,6 +132,10 @@ class Config:
     summarizer: SummarizerConfig = field(default_factory=SummarizerConfig)
     summary: SummaryConfig = field(default_factory=SummaryConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
 
 
 def _merge(base, layer, source: str):
@@ -168,6 +206,13 @@ def validate(cfg: Config, source: str = "config") -> None:
         fail(f"summary.window_seconds must be > 0, got {cfg.summary.window_seconds}")
     if cfg.summary.max_items_per_prompt < 2:
         fail(f"summary.max_items_per_prompt must be >= 2, got {cfg.summary.max_items_per_prompt}")
+    for name in ("decoders", "encoders", "temporal", "summarizers", "streams_per_decoder"):
+        if getattr(cfg.workers, name) < 1:
+            fail(f"workers.{name} must be >= 1, got {getattr(cfg.workers, name)}")
+    if cfg.queue.max_in_flight < 1 or cfg.queue.max_deliveries < 1 or cfg.queue.reclaim_idle_s <= 0:
+        fail("queue.max_in_flight and queue.max_deliveries must be >= 1 and queue.reclaim_idle_s > 0")
+    if cfg.redis.url and not cfg.redis.url.startswith(("redis://", "rediss://", "unix://")):
+        fail(f"redis.url must start with redis://, rediss:// or unix://, got {cfg.redis.url!r}")
     if cfg.encoder.batch_size < 1:
         fail(f"encoder.batch_size must be >= 1, got {cfg.encoder.batch_size}")
 
@@ -191,5 +236,8 @@ def fingerprint(cfg: Config) -> str:
 
 
 def to_yaml(cfg: Config) -> str:
-    """The resolved config, as written next to a run's results."""
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    """The resolved config, as written next to a run's results, with passwords masked."""
+    import re
+
+    text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    return re.sub(r"(rediss?://[^:/@\s]*:)[^@\s]+@", r"\1***@", text)

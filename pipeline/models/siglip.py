@@ -120,6 +120,20 @@ class SiglipEncoder:
         return tokens.reshape(tokens.shape[0], self.grid, self.grid, self.hidden_size)
 
 
+def vision_geometry(model_ref: str) -> tuple[int, int]:
+    """(image_size, hidden_size) of a SigLIP checkpoint, from its config alone."""
+    from transformers import SiglipVisionConfig
+
+    try:
+        config = SiglipVisionConfig.from_pretrained(model_ref)
+    except (OSError, ValueError) as err:
+        raise WeightsError(
+            f"cannot read the SigLIP config of {model_ref!r} ({str(err).splitlines()[0][:160]}); "
+            "set encoder.model to a local folder or a hub id that is reachable"
+        ) from None
+    return int(config.image_size), int(config.hidden_size)
+
+
 def build_random_siglip(
     path: str | Path,
     hidden_size: int = 768,

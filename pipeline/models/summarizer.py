@@ -76,6 +76,16 @@ def resolve_llm(model_ref: str) -> str:
     return model_ref
 
 
+def llm_hidden_size(model_ref: str) -> int:
+    """The LLM's embedding width, from its config alone (no weights)."""
+    from transformers import AutoConfig
+
+    try:
+        return int(AutoConfig.from_pretrained(resolve_llm(model_ref)).hidden_size)
+    except (OSError, ValueError) as err:
+        raise WeightsError(f"cannot read the LLM config of {model_ref!r} ({str(err).splitlines()[0][:160]})") from None
+
+
 class Summarizer:
     """Causal LM + tokenizer; writes captions from visual tokens and summaries from text."""
 

@@ -1,0 +1,289 @@
+"""The distributed runtime: Ray actors around the stages, Redis between them, a supervisor.
+
+Embedded default: with no `redis.url` a real redis-server starts in the data
+directory, and with no `ray.address` a local Ray starts; both stop on exit, on
+error and on Ctrl-C. A cluster is a config change (ray.address, redis.url).
+
+Actors restart when they die (max_restarts=-1); the supervisor sees the failed
+call and calls it again on the restarted actor. What the dead actor held is
+reclaimed from Redis, and the temporal owner resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.config import Config, fingerprint
+from pipeline.decode import Source, fingerprint as content_fingerprint
+from pipeline.errors import VidstormError
+from pipeline.queue import connect, retrying
+from pipeline.queue.server import EmbeddedRedis
+
+from actors import stages
+
+ACTOR_OPTIONS = {"max_restarts": -1, "max_task_retries": 0, "num_cpus": 0}
+
+
+class Cluster:
+    """Redis + Ray for one command. `with Cluster(cfg, data) as cluster: ...`"""
+
+    def __init__(self, cfg: Config, data_dir: str | Path, log=print):
+        self.cfg, self.data_dir, self.log = cfg, Path(data_dir), log
+        self.redis_server: EmbeddedRedis | None = None
+        self.started_ray = False
+        self.redis_url = cfg.redis.url
+
+    def start(self) -> "Cluster":
+        import ray
+
+        if not self.redis_url:
+            self.redis_server = EmbeddedRedis(self.data_dir / "redis", appendfsync=self.cfg.redis.appendfsync).start()
+            self.redis_url = self.redis_server.url
+        try:
+            retrying(lambda: connect(self.redis_url).ping(), give_up_after=10)
+        except Exception as err:
+            self.stop()
+            raise VidstormError(f"cannot reach Redis at {_masked(self.redis_url)}: {err}") from None
+        if not ray.is_initialized():
+            try:
+                ray.init(address=self.cfg.ray.address or None, namespace=self.cfg.ray.namespace,
+                         include_dashboard=False, log_to_driver=False, configure_logging=False)
+            except Exception as err:
+                self.stop()
+                raise VidstormError(f"cannot start or reach Ray ({self.cfg.ray.address or 'local'}): "
+                                    f"{str(err).splitlines()[0]}") from None
+            self.started_ray = True
+        return self
+
+    def stop(self) -> None:
+        import ray
+
+        if self.started_ray and ray.is_initialized():
+            ray.shutdown()
+            self.started_ray = False
+        if self.redis_server is not None:
+            self.redis_server.stop()
+            self.redis_server = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _masked(url: str) -> str:
+    import re
+
+    return re.sub(r"(://[^:/@]*:)[^@]+@", r"\1***@", url)
+
+
+@dataclass
+class Supervised:
+    """A long call on an actor that is made again whenever the actor dies."""
+
+    actor: object
+    method: str
+    args: tuple = ()
+    ref: object = None
+    restarts: int = 0
+    result: object = None
+    finished: bool = False
+
+    def launch(self):
+        self.ref = getattr(self.actor, self.method).remote(*self.args)
+
+
+@dataclass
+class Pipeline:
+    actors: dict = field(default_factory=dict)  # name -> handle
+    loops: list = field(default_factory=list)  # Supervised run() calls
+    decoders: list = field(default_factory=list)
+
+
+class DistributedIngest:
+    """`vidstorm ingest` through Ray actors and Redis Streams."""
+
+    def __init__(self, cluster: Cluster, cfg: Config, log=print):
+        self.cluster, self.cfg, self.log = cluster, cfg, log
+        self.keys = stages.Keys(cfg.queue.prefix)
+        self.r = connect(cluster.redis_url)
+        self.data_dir = str(cluster.data_dir)
+        self.pipeline: Pipeline | None = None
+
+    # --- actors ---
+
+    def _actor(self, cls, name: str, *args, gpus: float = 0.0, concurrency: int = 1):
+        import ray
+
+        options = dict(ACTOR_OPTIONS, name=name, namespace=self.cfg.ray.namespace, get_if_exists=False)
+        if gpus:
+            options["num_gpus"] = gpus
+        if concurrency > 1:
+            options["max_concurrency"] = concurrency
+        env = {"VIDSTORM_TORCH_THREADS": os.environ.get("VIDSTORM_TORCH_THREADS", "0")}
+        for var in ("VIDSTORM_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_VERBOSITY"):
+            if var in os.environ:
+                env[var] = os.environ[var]
+        options["runtime_env"] = {"env_vars": env}
+        return ray.remote(**options)(cls).remote(self.cfg, self.cluster.redis_url, name, *args)
+
+    def start_actors(self) -> Pipeline:
+        from pipeline.build import ALL_PARTS  # noqa: F401  (import check before spawning workers)
+        from pipeline.models.siglip import vision_geometry
+
+        w, prefix = self.cfg.workers, self.cfg.queue.prefix
+        image_size, _ = vision_geometry(self.cfg.encoder.model)  # fail here, once, on a bad model path
+        pad = self.cfg.pooling.temporal_k * self.cfg.pooling.sample_s
+        p = Pipeline()
+        p.actors[f"{prefix}-writer"] = self._actor(WriterActor, f"{prefix}-writer", stages.store_root(self.data_dir))
+        for i in range(w.summarizers):
+            p.actors[f"{prefix}-summarizer-{i}"] = self._actor(SummarizerActor, f"{prefix}-summarizer-{i}",
+                                                               gpus=w.gpus_per_summarizer)
+        for i in range(w.temporal):
+            p.actors[f"{prefix}-temporal-{i}"] = self._actor(TemporalActor, f"{prefix}-temporal-{i}", i)
+        for i in range(w.encoders):
+            p.actors[f"{prefix}-encoder-{i}"] = self._actor(EncoderActor, f"{prefix}-encoder-{i}",
+                                                            gpus=w.gpus_per_encoder)
+        for i in range(w.decoders):
+            p.decoders.append(self._actor(DecoderActor, f"{prefix}-decoder-{i}", image_size, pad,
+                                          concurrency=w.streams_per_decoder))
+            p.actors[f"{prefix}-decoder-{i}"] = p.decoders[-1]
+        for name, actor in p.actors.items():
+            if "decoder" not in name:
+                p.loops.append(Supervised(actor, "run"))
+        self.pipeline = p
+        return p
+
+    # --- jobs ---
+
+    def _prepare(self, sources: list[Source]) -> list[dict]:
+        from pipeline.store.query import StoreQuery
+
+        done_before = {
+            (j["stream_id"], j["content_fingerprint"], j["config_fingerprint"])
+            for j in StoreQuery(Path(self.data_dir) / "store").jobs() if j["status"] == "done"
+        }
+        config_fp, jobs = fingerprint(self.cfg), []
+        for source in sources:
+            content_fp = "" if source.live else content_fingerprint(source.uri)
+            if (source.stream_id, content_fp, config_fp) in done_before and content_fp:
+                self.log(f"{source.stream_id}: already ingested with this config; nothing to do")
+                continue
+            jobs.append({"job_id": uuid.uuid4().hex[:12], "source": source.uri, "stream_id": source.stream_id,
+                         "live": source.live, "content_fingerprint": content_fp,
+                         "config_fingerprint": config_fp, "started_at": time.time()})
+        return jobs
+
+    def _reset(self, jobs: list[dict]) -> None:
+        """A fresh start for every stream of this run, and no stop flag."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(self.keys.stop)
+        for job in jobs:
+            sid = job["stream_id"]
+            pipe.delete(*self.keys.stream_keys(sid))
+            pipe.hdel(self.keys.done, sid)
+            pipe.hdel(self.keys.ends, sid)
+            for level_seq in self.r.smembers(self.keys.rolled):
+                if level_seq.decode().startswith(f"{sid}|"):
+                    pipe.srem(self.keys.rolled, level_seq)
+            owner = zlib.crc32(sid.encode()) % self.cfg.workers.temporal  # stable across processes
+            for i in range(self.cfg.workers.temporal):
+                pipe.srem(self.keys.owner(i), sid)
+            pipe.sadd(self.keys.owner(owner), sid)
+        pipe.execute()
+
+    def run(self, sources: list[Source], on_start=None, poll: float = 0.3) -> list[dict]:
+        """Ingest sources as concurrent streams; returns the final job rows."""
+        from pipeline.store import Store
+
+        jobs = self._prepare(sources)
+        if not jobs:
+            return []
+        store = Store(Path(self.data_dir) / "store")
+        for job in jobs:
+            store.write_job({**job, "kind": "ingest", "status": "running"})
+        self._reset(jobs)
+        fresh = self.pipeline is None
+        p = self.pipeline or self.start_actors()
+        if fresh:
+            for loop in p.loops:
+                loop.launch()
+        for i, job in enumerate(jobs):
+            call = Supervised(p.decoders[i % len(p.decoders)], "decode", (job,))
+            call.launch()
+            p.loops.append(call)
+        if on_start:
+            on_start(self)
+        return self._supervise(jobs, poll)  # the actors stay up until shutdown()
+
+    def _supervise(self, jobs: list[dict], poll: float) -> list[dict]:
+        import ray
+
+        p = self.pipeline
+        streams = {j["stream_id"] for j in jobs}
+        while True:
+            refs = {loop.ref: loop for loop in p.loops if not loop.finished}
+            ready, _ = ray.wait(list(refs), timeout=poll, num_returns=len(refs)) if refs else ([], [])
+            for ref in ready:
+                loop = refs[ref]
+                try:
+                    loop.result, loop.finished = ray.get(ref), True
+                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                    loop.restarts += 1
+                    self.log(f"{loop.method} on a restarted actor (restart {loop.restarts})")
+                    loop.launch()
+                except ray.exceptions.RayTaskError as err:  # a bug in a stage: say it, keep the others going
+                    self.log(f"vidstorm: error: a {loop.method} call failed: {str(err).splitlines()[0]}")
+                    loop.launch()
+            done = retrying(lambda: self.r.hgetall(self.keys.done))
+            rows = {k.decode(): json.loads(v) for k, v in done.items()}
+            if streams <= set(rows):
+                return [rows[j["stream_id"]] for j in jobs]
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Ask every loop to stop, wait a little, then remove the actors."""
+        import ray
+
+        if self.pipeline is None:
+            return
+        retrying(lambda: self.r.set(self.keys.stop, "1"))
+        refs = [loop.ref for loop in self.pipeline.loops if loop.ref is not None and not loop.finished]
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        for actor in self.pipeline.actors.values():
+            ray.kill(actor, no_restart=True)
+        self.pipeline = None
+
+
+# Ray actor classes: the stages as they are, plus thread settings for a shared machine.
+class _ActorMixin:
+    def __init__(self, *args, **kwargs):
+        stages.configure_threads()
+        super().__init__(*args, **kwargs)
+
+
+class DecoderActor(_ActorMixin, stages.DecoderStage):
+    pass
+
+
+class EncoderActor(_ActorMixin, stages.EncoderStage):
+    pass
+
+
+class TemporalActor(_ActorMixin, stages.TemporalStage):
+    pass
+
+
+class SummarizerActor(_ActorMixin, stages.SummarizerStage):
+    pass
+
+
+class WriterActor(_ActorMixin, stages.WriterStage):
+    pass

@@ -1,0 +1,492 @@
+"""The pipeline's stages as queue workers: decode -> encode -> temporal -> summarize -> write.
+
+Each class is plain Python around pipeline/ objects (runtime.py makes them Ray
+actors). Stages talk only through Redis Streams:
+
+    {p}:frames          FrameChunk / end markers           group encoders
+    {p}:tokens:<stream> SigLIP grids of one stream          group temporal (its one owner)
+    {p}:pooled          pooled tokens + visual embedding    group summarizers
+    {p}:rollup          window / stream summary requests    group summarizers
+    {p}:results         segments, summaries, end markers    group writer
+
+Every stage hands its output on and acks its input in one MULTI/EXEC, so a stage
+killed at any instant leaves either both or neither; what it held unacked is
+reclaimed by a live consumer. The temporal owner writes the stream's state in the
+same transaction: a new owner resumes from exactly the last applied chunk. The
+writer stores idempotently, so redelivery never makes a second row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import Config
+from pipeline.queue import RedisQueue, connect, retrying
+from pipeline.types import FrameChunk, Segment, Summary, pack, unpack
+
+
+class Keys:
+    def __init__(self, prefix: str):
+        self.p = prefix
+
+    frames = property(lambda self: f"{self.p}:frames")
+    pooled = property(lambda self: f"{self.p}:pooled")
+    rollup = property(lambda self: f"{self.p}:rollup")
+    results = property(lambda self: f"{self.p}:results")
+    done = property(lambda self: f"{self.p}:done")  # hash stream -> final job row (JSON)
+    ends = property(lambda self: f"{self.p}:ends")  # hash stream -> end marker (JSON)
+    rolled = property(lambda self: f"{self.p}:rolled")  # set of requested roll-ups
+    stop = property(lambda self: f"{self.p}:stop")
+    progress = property(lambda self: f"{self.p}:progress")  # hash worker name -> messages handed on
+
+    def tokens(self, stream_id: str) -> str:
+        return f"{self.p}:tokens:{stream_id}"
+
+    def state(self, stream_id: str) -> str:
+        return f"{self.p}:state:{stream_id}"
+
+    def decoded(self, stream_id: str) -> str:
+        return f"{self.p}:decoded:{stream_id}"
+
+    def owner(self, index: int) -> str:
+        return f"{self.p}:owner:{index}"
+
+    def stream_keys(self, stream_id: str) -> list[str]:
+        return [self.tokens(stream_id), self.state(stream_id), self.decoded(stream_id)]
+
+
+def end_marker(stream_id: str, last_chunk_seq: int, status: str, error: str, job: dict) -> bytes:
+    return pack({"type": "end", "stream_id": stream_id, "last_chunk_seq": last_chunk_seq,
+                 "status": status, "error": error, "job": job})
+
+
+def encode_record(rec) -> bytes:
+    row = asdict(rec)
+    arrays = {k: np.asarray(row.pop(k), np.float32) for k in ("visual_embedding", "text_embedding") if k in row}
+    row["type"] = "segment" if isinstance(rec, Segment) else "summary"
+    return pack(row, arrays)
+
+
+def decode_record(meta: dict, arrays: dict):
+    kind = meta.pop("type")
+    cls = Segment if kind == "segment" else Summary
+    return cls(**meta, **{k: np.array(v) for k, v in arrays.items()})
+
+
+class Stage:
+    """A queue worker: run() loops over tick() until the stop key is set."""
+
+    role = "stage"
+
+    def __init__(self, cfg: Config, redis_url: str, name: str):
+        self.cfg, self.name = cfg, name
+        self.keys = Keys(cfg.queue.prefix)
+        self.q = RedisQueue(
+            connect(redis_url), group=self.role, consumer=f"{name}-{uuid.uuid4().hex[:6]}",
+            prefix=cfg.queue.prefix, maxlen=cfg.queue.maxlen,
+            reclaim_idle_ms=int(cfg.queue.reclaim_idle_s * 1000), max_deliveries=cfg.queue.max_deliveries,
+        )
+        self.r = self.q.r
+        self._stop_checked, self._stopping = 0.0, False
+
+    def stopping(self) -> bool:
+        now = time.monotonic()
+        if now - self._stop_checked > 0.3:
+            self._stop_checked = now
+            self._stopping = bool(retrying(lambda: self.r.exists(self.keys.stop)))
+        return self._stopping
+
+    def run(self) -> str:
+        while not self.stopping():
+            retrying(self.tick)
+        return f"{self.name} stopped"
+
+    def tick(self) -> None:
+        raise NotImplementedError
+
+    def wait_for_room(self, stream: str) -> None:
+        self.q.wait_for_room(stream, self.cfg.queue.max_in_flight, stop=self.stopping)
+
+    def handoff(self, msgs, outputs, extra=None) -> None:
+        """Publish outputs and ack inputs atomically, counting the work in {p}:progress."""
+        n = len(msgs) if isinstance(msgs, list) else 1
+
+        def with_count(pipe):
+            if extra is not None:
+                extra(pipe)
+            pipe.hincrby(self.keys.progress, self.name, n)
+
+        self.q.handoff(msgs, outputs, extra=with_count)
+
+    def ping(self) -> tuple[str, int]:
+        return self.name, os.getpid()
+
+
+class DecoderStage(Stage):
+    """Reads sources into FrameChunks. Progress is kept in Redis, so a restarted decoder
+    continues after the last chunk it published."""
+
+    role = "decoders"
+
+    def __init__(self, cfg, redis_url, name, image_size: int, pad_multiple: int):
+        super().__init__(cfg, redis_url, name)
+        self.image_size, self.pad_multiple = image_size, pad_multiple
+
+    def decode(self, job: dict) -> str:
+        from pipeline.decode import Source, SourceError, VideoDecoder
+
+        source = Source(job["source"], job["stream_id"], job["live"])
+        key = self.keys.decoded(source.stream_id)
+        progress = {k.decode(): v.decode() for k, v in retrying(lambda: self.r.hgetall(key)).items()}
+        if progress.get("finished"):
+            return "finished earlier"
+        next_seq = int(progress.get("next_chunk_seq", 0))
+        video_seconds = float(progress.get("video_seconds", 0.0))
+        d = self.cfg.decode
+        decoder = VideoDecoder(
+            source, self.image_size, d.fps, d.chunk_frames, self.pad_multiple, d.threads, d.keyframes_only,
+            d.open_timeout, d.read_timeout,
+            start_at=float(progress.get("t_end", 0.0)) if next_seq and not source.live else 0.0,
+            first_chunk_seq=next_seq,
+        )
+        status, error = "done", ""
+        try:
+            for chunk in decoder.chunks():
+                self.wait_for_room(self.keys.frames)
+                video_seconds += chunk.t_end - chunk.t_start
+                self._publish(chunk, key, video_seconds)
+                next_seq = chunk.chunk_seq + 1
+        except SourceError as err:
+            status, error = "failed", str(err)
+        except Exception as err:  # one bad source must not stop the others
+            status, error = "failed", f"{source.uri}: internal error: {type(err).__name__}: {str(err).splitlines()[0]}"
+        info = {**job, "video_seconds": video_seconds, "chunks": next_seq}
+        marker = end_marker(source.stream_id, next_seq - 1, status, error, info)
+
+        def finish():
+            pipe = self.r.pipeline(transaction=True)
+            self.q.publish(self.keys.frames, marker, pipe)
+            pipe.hset(key, "finished", "1")
+            pipe.execute()
+
+        retrying(finish)
+        return status
+
+    def _publish(self, chunk: FrameChunk, key: str, video_seconds: float) -> None:
+        payload = chunk.to_bytes()
+
+        def run():
+            pipe = self.r.pipeline(transaction=True)
+            self.q.publish(self.keys.frames, payload, pipe)
+            pipe.hset(key, mapping={"next_chunk_seq": chunk.chunk_seq + 1, "t_end": chunk.t_end,
+                                    "video_seconds": video_seconds})
+            pipe.execute()
+
+        retrying(run)
+
+
+def _parse(msg, expected: tuple[str, ...]):
+    """(meta, arrays) of a message, or ValueError for anything malformed."""
+    meta, arrays = unpack(msg.data)
+    if meta.get("type") not in expected:
+        raise ValueError(f"unexpected message type {meta.get('type')!r}")
+    return meta, arrays
+
+
+class EncoderStage(Stage):
+    """SigLIP on frame chunks, batching whole chunks across streams up to encoder.batch_size frames."""
+
+    role = "encoders"
+
+    def __init__(self, cfg, redis_url, name):
+        super().__init__(cfg, redis_url, name)
+        from pipeline.models.siglip import SiglipEncoder
+
+        e = cfg.encoder
+        self.encoder = SiglipEncoder(e.model, e.device, e.dtype, e.batch_size, e.select_layer)
+        self.chunks_per_batch = max(1, e.batch_size // cfg.decode.chunk_frames)
+
+    def tick(self) -> None:
+        msgs = self.q.consume([self.keys.frames], count=self.chunks_per_batch, block_ms=200)
+        chunks, outputs, good = [], [], []
+        for msg in msgs:
+            try:
+                if msg.data[:4] == b"VST1" and unpack(msg.data)[0].get("type") == "end":
+                    meta = unpack(msg.data)[0]
+                    outputs.append((self.keys.tokens(meta["stream_id"]), msg.data))
+                else:
+                    chunks.append(FrameChunk.from_bytes(msg.data))
+                good.append(msg)
+            except (ValueError, KeyError, TypeError) as err:
+                print(f"{self.name}: skipping malformed message {msg.id!r} on {msg.stream}: {err}", flush=True)
+        if chunks:
+            grids = self.encoder.encode(np.concatenate([c.frames for c in chunks]))  # (sum T, g, g, C)
+            start = 0
+            for c in chunks:
+                tokens = grids[start : start + len(c.frames)].numpy()
+                start += len(c.frames)
+                meta = {"type": "tokens", "stream_id": c.stream_id, "chunk_seq": c.chunk_seq, "t_start": c.t_start,
+                        "t_end": c.t_end, "n_valid": c.n_valid, "wall_clock": c.wall_clock, "source": c.source}
+                outputs.append((self.keys.tokens(c.stream_id), pack(meta, {"tokens": tokens})))
+        for stream in {s for s, _ in outputs}:
+            self.wait_for_room(stream)
+        if good:
+            self.handoff(good, outputs)
+
+
+class TemporalStage(Stage):
+    """Owns streams: applies each stream's chunks in chunk_seq order (reorder buffer),
+    runs the temporal encoder and pooling, checkpoints the state with every chunk."""
+
+    role = "temporal"
+
+    def __init__(self, cfg, redis_url, name, index: int):
+        super().__init__(cfg, redis_url, name)
+        from pipeline.build import build_processor
+
+        self.index = index
+        self.processor = build_processor(cfg, log=None, parts=("temporal",))
+        self.buffers: dict[str, dict[int, tuple]] = {}  # stream -> chunk_seq -> (msg, meta, arrays)
+        self.ends: dict[str, tuple] = {}
+        self.states: dict = {}
+
+    def _streams(self) -> list[str]:
+        return sorted(m.decode() for m in self.r.smembers(self.keys.owner(self.index)))
+
+    def _state(self, stream_id: str):
+        from pipeline.processor import StreamState
+
+        if stream_id not in self.states:
+            blob = self.r.get(self.keys.state(stream_id))
+            self.states[stream_id] = StreamState.from_bytes(blob) if blob else StreamState(stream_id)
+        return self.states[stream_id]
+
+    def tick(self) -> None:
+        streams = self._streams()
+        if not streams:
+            time.sleep(0.2)
+            return
+        for msg in self.q.consume([self.keys.tokens(s) for s in streams], count=4, block_ms=200):
+            try:
+                meta, arrays = _parse(msg, ("tokens", "end"))
+            except ValueError as err:
+                print(f"{self.name}: skipping malformed message {msg.id!r} on {msg.stream}: {err}", flush=True)
+                continue
+            stream_id = meta["stream_id"]
+            state = self._state(stream_id)
+            if meta["type"] == "end":
+                self.ends[stream_id] = (msg, meta)
+            elif meta["chunk_seq"] < state.next_chunk_seq:
+                self.q.ack(msg)  # already applied before a restart: a duplicate
+            else:
+                self.buffers.setdefault(stream_id, {})[meta["chunk_seq"]] = (msg, meta, arrays)
+        for stream_id in list(self.buffers) + list(self.ends):
+            self._drain(stream_id)
+
+    def _drain(self, stream_id: str) -> None:
+        state = self._state(stream_id)
+        buffer = self.buffers.get(stream_id, {})
+        while state.next_chunk_seq in buffer:
+            msg, meta, arrays = buffer.pop(state.next_chunk_seq)
+            pooled, temporal_state = self.processor.temporal(torch.from_numpy(arrays["tokens"].copy()), state.temporal)
+            state.temporal, state.next_chunk_seq = temporal_state, meta["chunk_seq"] + 1
+            out_meta = dict(meta, type="pooled")
+            payload = pack(out_meta, {"pooled": pooled.numpy(),
+                                      "visual_embedding": pooled.float().mean(dim=(0, 1, 2)).numpy()})
+            blob = state.to_bytes()
+            self.wait_for_room(self.keys.pooled)
+            self.handoff(msg, [(self.keys.pooled, payload)],
+                         extra=lambda pipe, k=self.keys.state(stream_id), b=blob: pipe.set(k, b))
+        end = self.ends.get(stream_id)
+        if end and end[1]["last_chunk_seq"] < state.next_chunk_seq:
+            msg, meta = self.ends.pop(stream_id)
+            self.handoff(msg, [(self.keys.pooled, msg.data)])
+            self.buffers.pop(stream_id, None)
+            self.states.pop(stream_id, None)
+
+
+class SummarizerStage(Stage):
+    """The LLM: a caption per pooled chunk, and the roll-ups the writer asks for."""
+
+    role = "summarizers"
+
+    def __init__(self, cfg, redis_url, name):
+        super().__init__(cfg, redis_url, name)
+        from pipeline.build import build_processor
+
+        self.processor = build_processor(cfg, log=None, parts=("temporal", "llm"))
+
+    def tick(self) -> None:
+        for msg in self.q.consume([self.keys.pooled, self.keys.rollup], count=1, block_ms=200):
+            try:
+                meta, arrays = _parse(msg, ("pooled", "end", "rollup"))
+            except ValueError as err:
+                print(f"{self.name}: skipping malformed message {msg.id!r} on {msg.stream}: {err}", flush=True)
+                continue
+            if meta["type"] == "end":
+                out = msg.data
+            elif meta["type"] == "pooled":
+                out = encode_record(self._segment(meta, arrays))
+            else:
+                out = encode_record(self._summary(meta))
+            self.wait_for_room(self.keys.results)
+            self.handoff(msg, [(self.keys.results, out)])
+
+    def _segment(self, meta, arrays) -> Segment:
+        caption = self.processor.caption(torch.from_numpy(arrays["pooled"].copy()))
+        return Segment(
+            stream_id=meta["stream_id"], chunk_seq=meta["chunk_seq"], t_start=meta["t_start"], t_end=meta["t_end"],
+            caption=caption, visual_embedding=arrays["visual_embedding"],
+            text_embedding=self.processor.embedder.embed([caption])[0], n_frames=meta["n_valid"],
+            config_fingerprint=self.processor.config_fingerprint, source=meta["source"],
+            wall_clock=meta["wall_clock"], created_at=time.time(),
+        )
+
+    def _summary(self, meta) -> Summary:
+        rollup = self.processor.rollup
+        prompt = rollup.window_prompt if meta["level"] == "window" else rollup.stream_prompt
+        text = self.processor.summarize(meta["texts"], prompt)
+        return Summary(
+            stream_id=meta["stream_id"], level=meta["level"], seq=meta["seq"], t_start=meta["t_start"],
+            t_end=meta["t_end"], text=text, text_embedding=self.processor.embedder.embed([text])[0],
+            config_fingerprint=self.processor.config_fingerprint, wall_clock=meta["wall_clock"],
+            created_at=time.time(),
+        )
+
+
+class WriterStage(Stage):
+    """Stores results idempotently and drives the roll-ups from what is stored, with
+    the same windows as --local: window w of a stream closes when a later chunk
+    arrives or the stream ends; the stream summary follows its last window."""
+
+    role = "writer"
+
+    def __init__(self, cfg, redis_url, name, store_root: str):
+        super().__init__(cfg, redis_url, name)
+        from pipeline.store import Store
+
+        self.store = Store(store_root)
+        self.window_seconds = cfg.summary.window_seconds
+        self.views: dict[str, dict] = {}
+
+    def _view(self, stream_id: str) -> dict:
+        """What the store holds for a stream, loaded once (a restarted writer rebuilds it)."""
+        if stream_id not in self.views:
+            from pipeline.store.query import StoreQuery
+
+            q = StoreQuery(self.store.root)
+            self.views[stream_id] = {
+                "chunks": {r["chunk_seq"]: r for r in q.segments(stream_id)},
+                "summaries": {(r["level"], r["seq"]): r for r in q.summaries(stream_id)},
+            }
+        return self.views[stream_id]
+
+    def tick(self) -> None:
+        msgs = self.q.consume([self.keys.results], count=16, block_ms=200)
+        records, touched, acks, ends = [], set(), [], {}
+        for msg in msgs:
+            try:
+                meta, arrays = _parse(msg, ("segment", "summary", "end"))
+                if meta["type"] == "end":
+                    ends[meta["stream_id"]] = json.dumps(meta)
+                else:
+                    records.append(decode_record(meta, arrays))
+                touched.add(meta["stream_id"])
+                acks.append(msg)
+            except (ValueError, TypeError, KeyError) as err:
+                print(f"{self.name}: skipping malformed message {msg.id!r} on {msg.stream}: {err}", flush=True)
+        if not acks:
+            return
+        for stream_id in touched:
+            self._view(stream_id)
+        self.store.write_records(records)  # durable (and idempotent) before the ack
+        for rec in records:
+            view = self.views[rec.stream_id]
+            if isinstance(rec, Segment):
+                view["chunks"][rec.chunk_seq] = {"t_start": rec.t_start, "t_end": rec.t_end,
+                                                 "caption": rec.caption, "wall_clock": rec.wall_clock}
+            else:
+                view["summaries"][(rec.level, rec.seq)] = {"text": rec.text}
+        self.handoff(acks, [], extra=(lambda pipe: pipe.hset(self.keys.ends, mapping=ends)) if ends else None)
+        for stream_id in touched:
+            self._plan(stream_id)
+
+    def _plan(self, stream_id: str) -> None:
+        view = self._view(stream_id)
+        chunks = view["chunks"]
+        end_raw = self.r.hget(self.keys.ends, stream_id)
+        end = json.loads(end_raw) if end_raw else None
+        prefix = []
+        while len(prefix) in chunks:
+            prefix.append(chunks[len(prefix)])
+        complete = end is not None and len(prefix) == end["last_chunk_seq"] + 1
+        windows: dict[int, list] = {}
+        if prefix:
+            t0 = prefix[0]["t_start"]
+            for row in prefix:
+                windows.setdefault(math.floor((row["t_start"] - t0) / self.window_seconds), []).append(row)
+        last_window = max(windows) if windows else None
+        requests = []
+        for w, rows in sorted(windows.items()):
+            closed = w < last_window or (complete and end["status"] == "done")
+            if closed and ("window", w) not in view["summaries"]:
+                requests.append({"type": "rollup", "stream_id": stream_id, "level": "window", "seq": w,
+                                 "t_start": rows[0]["t_start"], "t_end": rows[-1]["t_end"],
+                                 "wall_clock": _unix(rows[0]["wall_clock"]), "texts": [r["caption"] for r in rows]})
+        window_summaries = [view["summaries"].get(("window", w)) for w in sorted(windows)]
+        if complete and end["status"] == "done" and all(window_summaries) and ("stream", 0) not in view["summaries"]:
+            requests.append({"type": "rollup", "stream_id": stream_id, "level": "stream", "seq": 0,
+                             "t_start": prefix[0]["t_start"], "t_end": prefix[-1]["t_end"], "wall_clock": None,
+                             "texts": [s["text"] for s in window_summaries]})
+        for req in requests:
+            tag = f"{stream_id}|{req['level']}|{req['seq']}"
+            if self.r.sadd(self.keys.rolled, tag):  # ask once; the store dedupes any repeat anyway
+                self.q.publish(self.keys.rollup, pack(req))
+        if complete and not requests and not self.r.hexists(self.keys.done, stream_id):
+            pending_rollups = any(
+                ("window", w) not in view["summaries"] for w in windows if w < last_window
+            )
+            finished = end["status"] == "failed" or ("stream", 0) in view["summaries"]
+            if finished and not pending_rollups:
+                self._finish(stream_id, end, view)
+
+    def _finish(self, stream_id: str, end: dict, view: dict) -> None:
+        job = end["job"]
+        row = {
+            "job_id": job["job_id"], "kind": "ingest", "source": job["source"], "stream_id": stream_id,
+            "status": end["status"], "error": end["error"], "content_fingerprint": job.get("content_fingerprint", ""),
+            "config_fingerprint": job.get("config_fingerprint", ""), "chunks": end["last_chunk_seq"] + 1,
+            "segments": len(view["chunks"]), "summaries": len(view["summaries"]),
+            "video_seconds": job.get("video_seconds", 0.0), "started_at": job["started_at"],
+            "finished_at": time.time(),
+        }
+        row["wall_seconds"] = row["finished_at"] - row["started_at"]
+        self.store.write_job(row)
+        self.r.hset(self.keys.done, stream_id, json.dumps(row))
+        self.views.pop(stream_id, None)
+
+
+def _unix(value):
+    if value is None:
+        return None
+    return value.timestamp() if hasattr(value, "timestamp") else float(value)
+
+
+def configure_threads() -> None:
+    """Actors share the machine: let torch use what the environment allows, no more."""
+    threads = int(os.environ.get("VIDSTORM_TORCH_THREADS", "0"))
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def store_root(data_dir: str) -> str:
+    return str(Path(data_dir) / "store")
