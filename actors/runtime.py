@@ -127,7 +127,10 @@ class DistributedIngest:
             options["num_gpus"] = gpus
         if concurrency > 1:
             options["max_concurrency"] = concurrency
-        env = {"VIDSTORM_TORCH_THREADS": os.environ.get("VIDSTORM_TORCH_THREADS", "0")}
+        # Actors share cores: threads that spin while waiting would steal them from the others.
+        env = {"OMP_WAIT_POLICY": "PASSIVE"}
+        if self.cfg.workers.torch_threads > 0:
+            env["OMP_NUM_THREADS"] = str(self.cfg.workers.torch_threads)
         for var in ("VIDSTORM_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_VERBOSITY"):
             if var in os.environ:
                 env[var] = os.environ[var]
@@ -210,10 +213,9 @@ class DistributedIngest:
         for job in jobs:
             store.write_job({**job, "kind": "ingest", "status": "running"})
         self._reset(jobs)
-        fresh = self.pipeline is None
         p = self.pipeline or self.start_actors()
-        if fresh:
-            for loop in p.loops:
+        for loop in p.loops:
+            if loop.ref is None:  # loops already running from an earlier run() keep running
                 loop.launch()
         for i, job in enumerate(jobs):
             call = Supervised(p.decoders[i % len(p.decoders)], "decode", (job,))
@@ -264,13 +266,16 @@ class DistributedIngest:
 
 # Ray actor classes: the stages as they are, plus thread settings for a shared machine.
 class _ActorMixin:
-    def __init__(self, *args, **kwargs):
-        stages.configure_threads()
-        super().__init__(*args, **kwargs)
+    runs_models = True
+
+    def __init__(self, cfg, *args, **kwargs):
+        if self.runs_models:
+            stages.configure_threads(cfg.workers.torch_threads)
+        super().__init__(cfg, *args, **kwargs)
 
 
 class DecoderActor(_ActorMixin, stages.DecoderStage):
-    pass
+    runs_models = False
 
 
 class EncoderActor(_ActorMixin, stages.EncoderStage):
@@ -286,4 +291,4 @@ class SummarizerActor(_ActorMixin, stages.SummarizerStage):
 
 
 class WriterActor(_ActorMixin, stages.WriterStage):
-    pass
+    runs_models = False

@@ -27,7 +27,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pipeline.config import Config
 from pipeline.queue import RedisQueue, connect, retrying
@@ -297,6 +296,8 @@ class TemporalStage(Stage):
         buffer = self.buffers.get(stream_id, {})
         while state.next_chunk_seq in buffer:
             msg, meta, arrays = buffer.pop(state.next_chunk_seq)
+            import torch
+
             pooled, temporal_state = self.processor.temporal(torch.from_numpy(arrays["tokens"].copy()), state.temporal)
             state.temporal, state.next_chunk_seq = temporal_state, meta["chunk_seq"] + 1
             out_meta = dict(meta, type="pooled")
@@ -342,6 +343,8 @@ class SummarizerStage(Stage):
             self.handoff(msg, [(self.keys.results, out)])
 
     def _segment(self, meta, arrays) -> Segment:
+        import torch
+
         caption = self.processor.caption(torch.from_numpy(arrays["pooled"].copy()))
         return Segment(
             stream_id=meta["stream_id"], chunk_seq=meta["chunk_seq"], t_start=meta["t_start"], t_end=meta["t_end"],
@@ -481,11 +484,11 @@ def _unix(value):
     return value.timestamp() if hasattr(value, "timestamp") else float(value)
 
 
-def configure_threads() -> None:
-    """Actors share the machine: let torch use what the environment allows, no more."""
-    threads = int(os.environ.get("VIDSTORM_TORCH_THREADS", "0"))
-    if threads > 0:
-        torch.set_num_threads(threads)
+def configure_threads(threads: int = 0) -> None:
+    """Ray leaves actors that reserve no CPUs with one thread; give torch the node's cores."""
+    import torch  # only the stages that run models pay for importing torch
+
+    torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1))
 
 
 def store_root(data_dir: str) -> str:

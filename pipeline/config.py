@@ -121,6 +121,9 @@ class WorkersConfig:
     streams_per_decoder: int = 4  # concurrent sources one decoder actor reads
     gpus_per_encoder: float = 0.0  # request a GPU for each encoder when the cluster has them
     gpus_per_summarizer: float = 0.0
+    # torch threads in each actor. Ray sets OMP_NUM_THREADS=1 in workers that reserve no
+    # CPUs, which would leave SigLIP and the LLM single-threaded; 0 = every core of the node.
+    torch_threads: int = 0
 
 
 @dataclass

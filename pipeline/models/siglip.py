@@ -122,6 +122,12 @@ class SiglipEncoder:
 
 def vision_geometry(model_ref: str) -> tuple[int, int]:
     """(image_size, hidden_size) of a SigLIP checkpoint, from its config alone."""
+    local = Path(model_ref) / "config.json"
+    if local.is_file():  # a local folder: read it without importing transformers
+        spec = json.loads(local.read_text())
+        spec = spec.get("vision_config", spec)  # a full SiglipModel nests the vision part
+        if "image_size" in spec and "hidden_size" in spec:
+            return int(spec["image_size"]), int(spec["hidden_size"])
     from transformers import SiglipVisionConfig
 
     try:

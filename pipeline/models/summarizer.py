@@ -39,13 +39,12 @@ def packaged_smollm2() -> Path:
 
 def _dequantised_gguf(gguf: Path) -> Path:
     """Load a GGUF once, save it as config + safetensors in the cache, return that folder."""
-    from safetensors.torch import save_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     stat = gguf.stat()
     folder = cache_root() / "llm" / f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}"
     if (folder / "model.safetensors").is_file():
         return folder
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     staging = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
@@ -78,6 +77,11 @@ def resolve_llm(model_ref: str) -> str:
 
 def llm_hidden_size(model_ref: str) -> int:
     """The LLM's embedding width, from its config alone (no weights)."""
+    local = Path(resolve_llm(model_ref)) / "config.json"
+    if local.is_file():
+        spec = json.loads(local.read_text())
+        if "hidden_size" in spec:
+            return int(spec["hidden_size"])
     from transformers import AutoConfig
 
     try:
