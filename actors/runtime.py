@@ -141,19 +141,24 @@ class DistributedIngest:
         from pipeline.build import ALL_PARTS  # noqa: F401  (import check before spawning workers)
         from pipeline.models.siglip import vision_geometry
 
+        import ray
+
         w, prefix = self.cfg.workers, self.cfg.queue.prefix
         image_size, _ = vision_geometry(self.cfg.encoder.model)  # fail here, once, on a bad model path
+        has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+        encoder_gpus = w.gpus_per_encoder if w.gpus_per_encoder >= 0 else float(has_gpus)
+        summarizer_gpus = w.gpus_per_summarizer if w.gpus_per_summarizer >= 0 else float(has_gpus)
         pad = self.cfg.pooling.temporal_k * self.cfg.pooling.sample_s
         p = Pipeline()
         p.actors[f"{prefix}-writer"] = self._actor(WriterActor, f"{prefix}-writer", stages.store_root(self.data_dir))
         for i in range(w.summarizers):
             p.actors[f"{prefix}-summarizer-{i}"] = self._actor(SummarizerActor, f"{prefix}-summarizer-{i}",
-                                                               gpus=w.gpus_per_summarizer)
+                                                               gpus=summarizer_gpus)
         for i in range(w.temporal):
             p.actors[f"{prefix}-temporal-{i}"] = self._actor(TemporalActor, f"{prefix}-temporal-{i}", i)
         for i in range(w.encoders):
             p.actors[f"{prefix}-encoder-{i}"] = self._actor(EncoderActor, f"{prefix}-encoder-{i}",
-                                                            gpus=w.gpus_per_encoder)
+                                                            gpus=encoder_gpus)
         for i in range(w.decoders):
             p.decoders.append(self._actor(DecoderActor, f"{prefix}-decoder-{i}", image_size, pad,
                                           concurrency=w.streams_per_decoder))

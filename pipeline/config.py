@@ -119,8 +119,9 @@ class WorkersConfig:
     temporal: int = 1
     summarizers: int = 1
     streams_per_decoder: int = 4  # concurrent sources one decoder actor reads
-    gpus_per_encoder: float = 0.0  # request a GPU for each encoder when the cluster has them
-    gpus_per_summarizer: float = 0.0
+    # GPUs each encoder / summarizer actor reserves; -1 = one if the cluster has GPUs, else none
+    gpus_per_encoder: float = -1.0
+    gpus_per_summarizer: float = -1.0
     # torch threads in each actor. Ray sets OMP_NUM_THREADS=1 in workers that reserve no
     # CPUs, which would leave SigLIP and the LLM single-threaded; 0 = every core of the node.
     torch_threads: int = 0
@@ -212,6 +213,10 @@ def validate(cfg: Config, source: str = "config") -> None:
     for name in ("decoders", "encoders", "temporal", "summarizers", "streams_per_decoder"):
         if getattr(cfg.workers, name) < 1:
             fail(f"workers.{name} must be >= 1, got {getattr(cfg.workers, name)}")
+    for name in ("gpus_per_encoder", "gpus_per_summarizer"):
+        value = getattr(cfg.workers, name)
+        if value < 0 and value != -1:
+            fail(f"workers.{name} must be -1 (auto) or >= 0, got {value}")
     if cfg.queue.max_in_flight < 1 or cfg.queue.max_deliveries < 1 or cfg.queue.reclaim_idle_s <= 0:
         fail("queue.max_in_flight and queue.max_deliveries must be >= 1 and queue.reclaim_idle_s > 0")
     if cfg.redis.url and not cfg.redis.url.startswith(("redis://", "rediss://", "unix://")):
