@@ -236,6 +236,7 @@ class DistributedIngest:
 
         p = self.pipeline
         streams = {j["stream_id"] for j in jobs}
+        last_work, last_change = None, time.monotonic()
         while True:
             refs = {loop.ref: loop for loop in p.loops if not loop.finished}
             ready, _ = ray.wait(list(refs), timeout=poll, num_returns=len(refs)) if refs else ([], [])
@@ -254,6 +255,27 @@ class DistributedIngest:
             rows = {k.decode(): json.loads(v) for k, v in done.items()}
             if streams <= set(rows):
                 return [rows[j["stream_id"]] for j in jobs]
+            work = retrying(lambda: self.r.hgetall(self.keys.progress))
+            if work != last_work:
+                last_work, last_change = work, time.monotonic()
+            elif time.monotonic() - last_change > self.cfg.queue.stall_timeout_s:
+                return self._fail_stalled(jobs, rows)
+
+    def _fail_stalled(self, jobs: list[dict], rows: dict) -> list[dict]:
+        """Nothing moved for queue.stall_timeout_s (e.g. a chunk was dead-lettered): say so, don't hang."""
+        from pipeline.store import Store
+
+        store, dead = Store(Path(self.data_dir) / "store"), self.r.xlen(f"{self.cfg.queue.prefix}:dead")
+        for job in jobs:
+            if job["stream_id"] in rows:
+                continue
+            error = (f"{job['source']}: stalled for {self.cfg.queue.stall_timeout_s:.0f}s with no progress "
+                     f"({dead} message(s) in {self.cfg.queue.prefix}:dead)")
+            row = {**job, "kind": "ingest", "status": "failed", "error": error, "finished_at": time.time()}
+            store.write_job(row)
+            rows[job["stream_id"]] = {**row, "chunks": 0, "segments": 0, "summaries": 0, "video_seconds": 0.0,
+                                      "wall_seconds": row["finished_at"] - job["started_at"]}
+        return [rows[j["stream_id"]] for j in jobs]
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Ask every loop to stop, wait a little, then remove the actors."""

@@ -311,7 +311,9 @@ class TemporalStage(Stage):
         end = self.ends.get(stream_id)
         if end and end[1]["last_chunk_seq"] < state.next_chunk_seq:
             msg, meta = self.ends.pop(stream_id)
-            self.handoff(msg, [(self.keys.pooled, msg.data)])
+            # the stream is over for this owner: stop listening to it, in the same transaction
+            self.handoff(msg, [(self.keys.pooled, msg.data)],
+                         extra=lambda pipe: pipe.srem(self.keys.owner(self.index), stream_id))
             self.buffers.pop(stream_id, None)
             self.states.pop(stream_id, None)
 

@@ -110,6 +110,7 @@ class QueueConfig:
     reclaim_idle_s: float = 30.0  # a message held this long by a silent consumer is taken over
     max_deliveries: int = 5  # then it goes to the dead-letter stream
     maxlen: int = 100000  # approximate XADD bound, far above max_in_flight
+    stall_timeout_s: float = 900.0  # no stage hands anything on for this long: fail what is left
 
 
 @dataclass

@@ -80,7 +80,23 @@ def expand_sources(args: list[str], stream_id: str | None = None) -> tuple[list[
             sources.append(Source(str(path), stream_id or slug(path.stem)))
         else:
             errors.append(SourceError(arg, "no such file or folder"))
-    return sources, errors
+    return _unique_ids(sources), errors
+
+
+def _unique_ids(sources: list[Source]) -> list[Source]:
+    """Two sources must never share a stream id: their rows would collide in the store."""
+    seen: dict[str, int] = {}
+    out = []
+    for source in sources:
+        sid = source.stream_id
+        if sid in seen:
+            seen[sid] += 1
+            sid = f"{sid}-{seen[sid]}"
+            while sid in seen:
+                sid += "x"
+        seen.setdefault(sid, 1)
+        out.append(Source(source.uri, sid, source.live))
+    return out
 
 
 def fingerprint(path: str, block: int = 1 << 20) -> str:

@@ -76,6 +76,11 @@ def test_folder_sources_are_recursive_and_stable(tmp_path):
     (tmp_path / "empty").mkdir()
     _, errors = expand_sources([str(tmp_path / "empty")])
     assert "holds no video files" in str(errors[0])
+    for rel in ["x/cam.mp4", "y/cam.mp4"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    sources, _ = expand_sources([str(tmp_path / "x/cam.mp4"), str(tmp_path / "y/cam.mp4")])
+    assert [s.stream_id for s in sources] == ["cam", "cam-2"]  # never two sources in one stream
     sources, _ = expand_sources(["rtsp://cam.local:554/live?x=1"])
     assert sources[0].live and sources[0].stream_id == "cam.local-554-live"
 

@@ -188,3 +188,28 @@ def test_malformed_payload_is_dead_lettered_while_the_stream_proceeds(cluster, c
     origins = sorted(entry[1][b"origin"].decode() for entry in dead)
     assert origins == sorted([keys.frames, keys.pooled]), dead
     assert all(b"delivered 3 times" in entry[1][b"reason"] for entry in dead)
+
+
+def test_a_stalled_stream_fails_instead_of_hanging(cluster, clips, tiny_overrides, tmp_path):
+    """A chunk that can never be applied (its message is gone) must end the run with a clear error."""
+    cfg = _config(tiny_overrides, "queue.stall_timeout_s=4")
+    keys = Keys(cfg.queue.prefix)
+
+    def lose_a_chunk(ing):
+        # swallow chunk 1 of the stream before any encoder sees it, as a dead-lettered message would be
+        while True:
+            for entry_id, fields in ing.r.xrange(keys.frames):
+                try:
+                    from pipeline.types import FrameChunk
+
+                    if FrameChunk.from_bytes(fields[b"data"]).chunk_seq == 1:
+                        ing.r.xdel(keys.frames, entry_id)
+                        return
+                except ValueError:
+                    pass
+            time.sleep(0.005)
+
+    rows, _ = _run(cluster, cfg, tmp_path, [Source(str(clips["cam-a"]), "cam-a")], during=lose_a_chunk)
+    assert rows[0]["status"] == "failed" and "stalled" in rows[0]["error"]
+    (job,) = [j for j in StoreQuery(tmp_path / "store").jobs() if j["stream_id"] == "cam-a"]
+    assert job["status"] == "failed"
