@@ -140,6 +140,8 @@ def cmd_segments(args) -> int:
         return 0
     if not rows:
         print("no segments stored" + (f" for stream {args.stream}" if args.stream else ""))
+    else:
+        print(f"{'stream':28s} {'seq':5s} {'video time':17s} caption")
     for row in rows:
         print(f"{row['stream_id'][:28]:28s} #{row['chunk_seq']:<4d} {_span(row)}  {row['caption']}")
     return 0
