@@ -19,7 +19,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config import Config, fingerprint
+from pipeline.config import Config, fingerprint, mask_secrets
 from pipeline.decode import Source, fingerprint as content_fingerprint
 from pipeline.errors import VidstormError
 from pipeline.queue import connect, retrying
@@ -49,7 +49,7 @@ class Cluster:
             retrying(lambda: connect(self.redis_url).ping(), give_up_after=10)
         except Exception as err:
             self.stop()
-            raise VidstormError(f"cannot reach Redis at {_masked(self.redis_url)}: {err}") from None
+            raise VidstormError(f"cannot reach Redis at {mask_secrets(self.redis_url)}: {err}") from None
         if not ray.is_initialized():
             try:
                 ray.init(address=self.cfg.ray.address or None, namespace=self.cfg.ray.namespace,
@@ -76,12 +76,6 @@ class Cluster:
 
     def __exit__(self, *exc):
         self.stop()
-
-
-def _masked(url: str) -> str:
-    import re
-
-    return re.sub(r"(://[^:/@]*:)[^@]+@", r"\1***@", url)
 
 
 @dataclass
@@ -138,7 +132,6 @@ class DistributedIngest:
         return ray.remote(**options)(cls).remote(self.cfg, self.cluster.redis_url, name, *args)
 
     def start_actors(self) -> Pipeline:
-        from pipeline.build import ALL_PARTS  # noqa: F401  (import check before spawning workers)
         from pipeline.models.siglip import vision_geometry
 
         import ray
@@ -172,16 +165,13 @@ class DistributedIngest:
     # --- jobs ---
 
     def _prepare(self, sources: list[Source]) -> list[dict]:
-        from pipeline.store.query import StoreQuery
+        from pipeline.ingest import ingested_before
 
-        done_before = {
-            (j["stream_id"], j["content_fingerprint"], j["config_fingerprint"])
-            for j in StoreQuery(Path(self.data_dir) / "store").jobs() if j["status"] == "done"
-        }
+        done_before = ingested_before(Path(self.data_dir) / "store")
         config_fp, jobs = fingerprint(self.cfg), []
         for source in sources:
             content_fp = "" if source.live else content_fingerprint(source.uri)
-            if (source.stream_id, content_fp, config_fp) in done_before and content_fp:
+            if (source.stream_id, content_fp, config_fp) in done_before:
                 self.log(f"{source.stream_id}: already ingested with this config; nothing to do")
                 continue
             jobs.append({"job_id": uuid.uuid4().hex[:12], "source": source.uri, "stream_id": source.stream_id,

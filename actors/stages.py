@@ -19,7 +19,6 @@ writer stores idempotently, so redelivery never makes a second row.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import uuid
@@ -220,11 +219,11 @@ class EncoderStage(Stage):
         chunks, outputs, good = [], [], []
         for msg in msgs:
             try:
-                if msg.data[:4] == b"VST1" and unpack(msg.data)[0].get("type") == "end":
-                    meta = unpack(msg.data)[0]
+                meta, arrays = _parse(msg, ("frame_chunk", "end"))
+                if meta["type"] == "end":
                     outputs.append((self.keys.tokens(meta["stream_id"]), msg.data))
                 else:
-                    chunks.append(FrameChunk.from_bytes(msg.data))
+                    chunks.append(FrameChunk.from_message(meta, arrays))
                 good.append(msg)
             except (ValueError, KeyError, TypeError) as err:
                 print(f"{self.name}: skipping malformed message {msg.id!r} on {msg.stream}: {err}", flush=True)
@@ -437,6 +436,8 @@ class WriterStage(Stage):
             self._plan(stream_id)
 
     def _plan(self, stream_id: str) -> None:
+        from pipeline.processor import window_of  # the same rule --local uses
+
         view = self._view(stream_id)
         chunks = view["chunks"]
         end_raw = self.r.hget(self.keys.ends, stream_id)
@@ -449,7 +450,7 @@ class WriterStage(Stage):
         if prefix:
             t0 = prefix[0]["t_start"]
             for row in prefix:
-                windows.setdefault(math.floor((row["t_start"] - t0) / self.window_seconds), []).append(row)
+                windows.setdefault(window_of(row["t_start"], t0, self.window_seconds), []).append(row)
         last_window = max(windows) if windows else None
         requests = []
         for w, rows in sorted(windows.items()):

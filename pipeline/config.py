@@ -244,9 +244,13 @@ def fingerprint(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def to_yaml(cfg: Config) -> str:
-    """The resolved config, as written next to a run's results, with passwords masked."""
+def mask_secrets(text: str) -> str:
+    """Hide the password of every URL in `text` (redis://:secret@host -> redis://:***@host)."""
     import re
 
-    text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
-    return re.sub(r"(rediss?://[^:/@\s]*:)[^@\s]+@", r"\1***@", text)
+    return re.sub(r"(://[^:/@\s]*:)[^@\s]+@", r"\1***@", text)
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config, as written next to a run's results, with passwords masked."""
+    return mask_secrets(OmegaConf.to_yaml(OmegaConf.structured(cfg)))

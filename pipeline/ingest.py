@@ -45,6 +45,19 @@ class JobResult:
         return {**self.__dict__, "wall_seconds": wall}
 
 
+def ingested_before(store_root) -> set[tuple[str, str, str]]:
+    """(stream_id, content fingerprint, config fingerprint) of every finished ingest job.
+
+    A source whose triple is here was already ingested with this config: doing it again
+    would add no rows, only work.
+    """
+    return {
+        (j["stream_id"], j["content_fingerprint"], j["config_fingerprint"])
+        for j in StoreQuery(store_root).jobs()
+        if j["status"] == "done" and j["content_fingerprint"]
+    }
+
+
 class Progress:
     """One live line per source on a terminal; a closing line per source otherwise."""
 
@@ -117,20 +130,13 @@ class LocalIngest:
         tmp.write_bytes(state.to_bytes())
         os.replace(tmp, path)
 
-    def already_done(self, source: Source, content_fp: str) -> bool:
-        jobs = StoreQuery(self.store.root).jobs()
-        return any(
-            j["status"] == "done" and j["stream_id"] == source.stream_id and j["content_fingerprint"] == content_fp
-            and j["config_fingerprint"] == self.config_fp
-            for j in jobs
-        )
 
     def run(self, source: Source) -> JobResult:
         job = JobResult(uuid.uuid4().hex[:12], source.uri, source.stream_id, config_fingerprint=self.config_fp)
         try:
             if not source.live and os.path.isfile(source.uri):
                 job.content_fingerprint = content_fingerprint(source.uri)
-                if self.already_done(source, job.content_fingerprint):
+                if (source.stream_id, job.content_fingerprint, self.config_fp) in ingested_before(self.store.root):
                     self.log(f"{source.stream_id}: already ingested with this config; nothing to do")
                     job.status = "skipped"
                     return job

@@ -56,6 +56,14 @@ class StreamState:
             raise ValueError(f"stream_state has unexpected fields: {err}") from None
 
 
+def window_of(t_start: float, t0: float, window_seconds: float) -> int:
+    """The roll-up window a chunk starting at t_start belongs to (t0: the stream's first chunk).
+
+    --local and the distributed writer both use this, so they close the same windows.
+    """
+    return math.floor((t_start - t0) / window_seconds)
+
+
 @dataclass(frozen=True)
 class RollupSettings:
     window_seconds: float = 300.0
@@ -134,7 +142,7 @@ class StreamProcessor:
         records: list = [segment]
         if state.t0 is None:
             state.t0 = segment.t_start
-        window = math.floor((segment.t_start - state.t0) / self.rollup.window_seconds)
+        window = window_of(segment.t_start, state.t0, self.rollup.window_seconds)
         if window > state.window_index and state.window_captions:
             records.append(self._close_window(state))
         state.window_index = max(window, state.window_index)

@@ -102,7 +102,11 @@ class FrameChunk:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "FrameChunk":
-        meta, arrays = unpack(data)
+        return cls.from_message(*unpack(data))
+
+    @classmethod
+    def from_message(cls, meta: dict, arrays: dict) -> "FrameChunk":
+        """From an already unpacked message (a stage that must look at the type first)."""
         if meta.get("type") != "frame_chunk":
             raise ValueError(f"expected a frame_chunk message, got {meta.get('type')!r}")
         frames = arrays.get("frames")

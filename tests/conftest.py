@@ -59,19 +59,14 @@ def tiny_llm(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_overrides(tiny_siglip, tiny_llm):
-    """Config overrides that make the whole pipeline small enough for tests."""
-    return [
-        f"encoder.model={tiny_siglip}",
-        "encoder.device=cpu",
-        f"summarizer.model={tiny_llm}",
-        "summarizer.device=cpu",
-        "summarizer.max_new_tokens=6",
-        "decode.chunk_frames=8",
-        "temporal.d_model=32",
-        "temporal.n_layers=2",
-        "temporal.d_state=8",
-        "summary.window_seconds=16",
-    ]
+    """configs/test.yaml plus the tiny models, as key=value overrides (CLI tests pass them on)."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    settings = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "configs" / "test.yaml"))
+    flat = [f"{section}.{key}={value}" for section, keys in settings.items() for key, value in keys.items()]
+    return [f"encoder.model={tiny_siglip}", f"summarizer.model={tiny_llm}", *flat]
 
 
 @pytest.fixture(scope="session")

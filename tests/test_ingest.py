@@ -4,10 +4,8 @@ import json
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import pytest
 
 from pipeline.config import load_config
 from pipeline.decode import Source

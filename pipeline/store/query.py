@@ -142,9 +142,9 @@ class StoreQuery:
         vec = [float(x) for x in np.asarray(query_vector, dtype=np.float32)]
         dim = len(vec)
         union = (
-            f"SELECT stream_id, 'chunk' AS level, chunk_seq AS seq, t_start, t_end, caption AS text, "
-            f"text_embedding, wall_clock FROM segments UNION ALL "
-            f"SELECT stream_id, level, seq, t_start, t_end, text, text_embedding, wall_clock FROM summaries"
+            "SELECT stream_id, 'chunk' AS level, chunk_seq AS seq, t_start, t_end, caption AS text, "
+            "text_embedding, wall_clock FROM segments UNION ALL "
+            "SELECT stream_id, level, seq, t_start, t_end, text, text_embedding, wall_clock FROM summaries"
         )
         return self._rows(
             f"SELECT stream_id, level, seq, t_start, t_end, text, "
