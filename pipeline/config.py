@@ -87,6 +87,28 @@ class SummaryConfig:
 @dataclass
 class StoreConfig:
     text_model: str = "minilm"  # sentence embeddings for meaning-based search (offline)
+    # Meaning-based search: below this many vectors (or after a selective filter) an exact scan;
+    # above it an IVF index (faiss) that probes index_nprobe of its lists.
+    index_min_vectors: int = 50000
+    index_nprobe: int = 32
+
+
+@dataclass
+class SchedulerConfig:
+    poll_s: float = 10.0  # how often a scheduler looks for due windows
+    lease_s: float = 60.0  # a run's lock in Redis lives this long unless renewed; a dead run is retaken after it
+    max_attempts: int = 3  # runs that crash are re-run from where they stopped, this many times in all
+    jobs_dir: str = "configs/jobs"  # job specs (YAML); `vidstorm jobs add` writes to DATA/jobs
+
+
+@dataclass
+class ApiConfig:
+    # Bearer token for `vidstorm serve` (or VIDSTORM_API_TOKEN). Empty: no auth, 127.0.0.1 only.
+    token: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8321
+    refresh_s: float = 5.0  # new Parquet files are picked up this often
+    max_limit: int = 1000  # largest page a client may ask for
 
 
 @dataclass
@@ -141,6 +163,8 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
 
 
 def _merge(base, layer, source: str):
@@ -222,6 +246,10 @@ def validate(cfg: Config, source: str = "config") -> None:
         fail("queue.max_in_flight and queue.max_deliveries must be >= 1 and queue.reclaim_idle_s > 0")
     if cfg.redis.url and not cfg.redis.url.startswith(("redis://", "rediss://", "unix://")):
         fail(f"redis.url must start with redis://, rediss:// or unix://, got {cfg.redis.url!r}")
+    if cfg.scheduler.poll_s <= 0 or cfg.scheduler.lease_s <= 0 or cfg.scheduler.max_attempts < 1:
+        fail("scheduler.poll_s and scheduler.lease_s must be > 0 and scheduler.max_attempts >= 1")
+    if not 1 <= cfg.api.port <= 65535 or cfg.api.max_limit < 1 or cfg.api.refresh_s <= 0:
+        fail("api.port must be 1-65535, api.max_limit >= 1 and api.refresh_s > 0")
     if cfg.encoder.batch_size < 1:
         fail(f"encoder.batch_size must be >= 1, got {cfg.encoder.batch_size}")
 
@@ -248,7 +276,8 @@ def mask_secrets(text: str) -> str:
     """Hide the password of every URL in `text` (redis://:secret@host -> redis://:***@host)."""
     import re
 
-    return re.sub(r"(://[^:/@\s]*:)[^@\s]+@", r"\1***@", text)
+    text = re.sub(r"(://[^:/@\s]*:)[^@\s]+@", r"\1***@", text)
+    return re.sub(r"(?m)^(\s*token:\s*)(?!''\s*$)\S.*$", r"\1'***'", text)  # api.token in printed configs
 
 
 def to_yaml(cfg: Config) -> str:

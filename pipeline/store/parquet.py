@@ -108,7 +108,7 @@ class Store:
     def write_job(self, job: dict) -> None:
         """Append one row of a job's life (running, then done or failed)."""
         row = {name: job.get(name) for name in SCHEMAS["jobs"].names}
-        for name in ("started_at", "finished_at"):
+        for name in ("started_at", "finished_at", "window"):
             row[name] = _ts(job.get(name))
         row["updated_at"] = _ts(time.time())
         day = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")

@@ -45,7 +45,7 @@ JOBS = pa.schema(
         ("kind", pa.string()),
         ("source", pa.string()),
         ("stream_id", pa.string()),
-        ("status", pa.string()),  # running | done | failed
+        ("status", pa.string()),  # running | done | failed | cancelled | skipped
         ("error", pa.string()),
         ("content_fingerprint", pa.string()),
         ("config_fingerprint", pa.string()),
@@ -57,6 +57,13 @@ JOBS = pa.schema(
         ("started_at", UTC_US),
         ("finished_at", UTC_US),
         ("updated_at", UTC_US),
+        # Runs of named jobs (`vidstorm jobs`): a run's own row has job_id == run_id; the
+        # per-source rows of an ingest run carry its run_id. Empty for plain `vidstorm ingest`.
+        ("job_name", pa.string()),
+        ("run_id", pa.string()),
+        ("window", UTC_US),  # the cron time the run stands for (manual runs: when asked)
+        ("trigger", pa.string()),  # cron | catch-up | manual
+        ("attempts", pa.int64()),
     ]
 )
 
