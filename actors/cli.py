@@ -191,6 +191,12 @@ def cmd_compact(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from actors.api import serve
+
+    return serve(args)
+
+
 def cmd_demo_assets(args) -> int:
     """Build what the demo needs offline: a random SigLIP-B/16 and a generated 1-minute clip."""
     from pathlib import Path
@@ -258,6 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     _data_arg(compact)
     compact.set_defaults(func=cmd_compact)
 
+    serve = sub.add_parser("serve", help="the HTTP query service (FastAPI + uvicorn)")
+    _add_config_args(serve)
+    serve.add_argument("--host", help="address to bind (default api.host; 127.0.0.1 only without a token)")
+    serve.add_argument("--port", type=int, help="port (default api.port)")
+    _data_arg(serve)
+    serve.set_defaults(func=cmd_serve)
+
     assets = sub.add_parser("demo-assets", help="build the offline demo model and clip")
     _data_arg(assets)
     assets.set_defaults(func=cmd_demo_assets)
@@ -272,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # positionals may follow options: `ingest a.mp4 --local b.mp4 decode.fps=2`
-    target = {"ingest": "sources", "config": "overrides"}.get(args.command)
+    target = {"ingest": "sources", "config": "overrides", "serve": "overrides"}.get(args.command)
     if extra and (target is None or any(e.startswith("-") for e in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
