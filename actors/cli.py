@@ -191,6 +191,180 @@ def cmd_compact(args) -> int:
     return 0
 
 
+def _jobs_context(args):
+    from pipeline.config import load_config
+    from pipeline.jobs.spec import load_specs, spec_folders
+
+    cfg = load_config(args.config, args.overrides)
+    folders = spec_folders(args.jobs or cfg.scheduler.jobs_dir, args.data)
+    return cfg, load_specs(folders), folders
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _scheduler_parts(cfg, args, specs, cluster):
+    from pathlib import Path
+
+    from actors.scheduler import JobExecutor, Scheduler
+    from pipeline.jobs.board import JobBoard
+    from pipeline.queue import connect
+    from pipeline.store import Store
+
+    board = JobBoard(connect(cluster.redis_url), cfg.queue.prefix)
+    executor = JobExecutor(args.data, args.config, args.overrides, cluster=None if args.local else cluster, log=_log)
+    return board, Scheduler(specs, board, executor, Store(Path(args.data) / "store"), cfg.scheduler, log=_log)
+
+
+def cmd_scheduler(args) -> int:
+    import threading
+
+    from actors.runtime import Cluster
+    from pipeline.config import mask_secrets
+    from pipeline.jobs.windows import next_fire
+
+    cfg, specs, folders = _jobs_context(args)
+    if not specs:
+        raise VidstormError(f"no job specs in {' or '.join(map(str, folders))}: write one (see configs/jobs/) "
+                            "or register one with `vidstorm jobs add`")
+    with Cluster(cfg, args.data, log=_log, with_ray=not args.local, join=True) as cluster:
+        board, scheduler = _scheduler_parts(cfg, args, specs, cluster)
+        now = scheduler.clock()
+        for spec in specs.values():
+            _log(f"{spec.name}: {spec.kind} at '{spec.schedule}' {spec.timezone}; next {next_fire(spec, now):%Y-%m-%d %H:%M} UTC")
+        _log(f"vidstorm scheduler {scheduler.owner}: {len(specs)} jobs, board in {mask_secrets(cluster.redis_url)}, "
+             f"runs {'in this process' if args.local else 'on Ray'}; Ctrl-C stops")
+        if args.once:
+            scheduler.tick()
+            return 0
+        scheduler.serve(threading.Event())
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    return {"list": _jobs_list, "show": _jobs_show, "run": _jobs_run, "cancel": _jobs_cancel,
+            "add": _jobs_add}[args.jobs_command](args)
+
+
+def _runs(args, name=None) -> list[dict]:
+    rows = [r for r in _query(args).jobs() if r.get("job_name") and r.get("job_id") == r.get("run_id")]
+    return [r for r in rows if name is None or r["job_name"] == name]
+
+
+def _when(value) -> str:
+    return value.astimezone(__import__("datetime").timezone.utc).strftime("%Y-%m-%d %H:%M") if value else "-"
+
+
+def _jobs_list(args) -> int:
+    from actors.scheduler import utc_now
+    from pipeline.jobs.windows import next_fire
+
+    _, specs, folders = _jobs_context(args)
+    if not specs:
+        print(f"no jobs defined (looked in {', '.join(map(str, folders))})")
+        return 0
+    last = {r["job_name"]: r for r in sorted(_runs(args), key=lambda r: r["started_at"])}
+    if args.json:
+        _emit_json([{**s.__dict__, "next_run": next_fire(s, utc_now()), "last_run": last.get(n)}
+                    for n, s in specs.items()])
+        return 0
+    print(f"{'job':24s} {'kind':7s} {'schedule':16s} {'time zone':16s} {'next run (UTC)':17s} last run")
+    for name, spec in specs.items():
+        run = last.get(name)
+        seen = f"{run['run_id']} {run['status']}" if run else "never"
+        print(f"{name[:24]:24s} {spec.kind:7s} {spec.schedule:16s} {spec.timezone[:16]:16s} "
+              f"{next_fire(spec, utc_now()):%Y-%m-%d %H:%M}  {seen}")
+    return 0
+
+
+def _jobs_show(args) -> int:
+    _, specs, _ = _jobs_context(args)
+    spec = _spec(specs, args.name)
+    runs = sorted(_runs(args, args.name), key=lambda r: r["started_at"], reverse=True)[: args.limit]
+    if args.json:
+        _emit_json({"spec": spec.__dict__, "runs": runs})
+        return 0
+    print(f"# {spec.path}\n{spec.to_yaml()}", end="")
+    print(f"runs ({len(runs)} newest):" if runs else "no runs yet")
+    for r in runs:
+        print(f"  {r['run_id']:36s} {r['trigger'] or '':8s} {r['status']:9s} attempt {r['attempts'] or 0}  "
+              f"started {_when(r['started_at'])}  {r['detail'] or ''}{('  ' + r['error']) if r['error'] else ''}")
+    return 0
+
+
+def _spec(specs, name):
+    if name not in specs:
+        known = ", ".join(sorted(specs)) or "none"
+        raise VidstormError(f"no job named {name!r} (jobs: {known})")
+    return specs[name]
+
+
+def _jobs_run(args) -> int:
+    from actors.runtime import Cluster
+    from actors.scheduler import utc_now
+
+    cfg, specs, _ = _jobs_context(args)
+    spec = _spec(specs, args.name)
+    with Cluster(cfg, args.data, log=_log, with_ray=not args.local, join=True) as cluster:
+        board, scheduler = _scheduler_parts(cfg, args, {spec.name: spec}, cluster)
+        rid = board.request(spec.name, utc_now())
+        row = scheduler.run_pending(rid)
+    if row is None:
+        print(f"{rid}: taken by a running scheduler; follow it with `vidstorm jobs show {spec.name}`")
+        return 0
+    print(f"{rid}: {row['status']}" + (f" ({row['detail']})" if row["detail"] else "")
+          + (f": {row['error']}" if row["error"] else ""))
+    return 0 if row["status"] == "done" else 1
+
+
+def _jobs_cancel(args) -> int:
+    import time
+    from pathlib import Path
+
+    from actors.scheduler import board_for
+    from pipeline.config import load_config
+    from pipeline.store import Store
+
+    cfg = load_config(args.config, args.overrides)
+    board = board_for(cfg, args.data)
+    if board is None:
+        raise VidstormError("no scheduler is running for this data directory (its Redis holds the runs)")
+    result = board.cancel(args.run)
+    if result == "unknown":
+        raise VidstormError(f"no run {args.run!r} (run ids look like NAME@20261121T020000Z)")
+    if result == "cancelled" and board.info(args.run).get("owner") is None:  # never started: record it here
+        info, now = board.info(args.run), time.time()
+        import datetime as dt
+
+        Store(Path(args.data) / "store").write_job({
+            "job_id": args.run, "run_id": args.run, "job_name": info.get("job"), "status": "cancelled",
+            "window": dt.datetime.fromisoformat(info["window"]).timestamp(), "trigger": info.get("trigger"),
+            "attempts": 0, "started_at": now, "finished_at": now, "error": "cancelled before it started"})
+    print({"cancelling": f"{args.run}: cancelling (its scheduler stops it at the next chunk or stream)",
+           "cancelled": f"{args.run}: cancelled"}.get(result, f"{args.run}: already {result}"))
+    return 0
+
+
+def _jobs_add(args) -> int:
+    from pathlib import Path
+
+    from pipeline.jobs.spec import parse_spec
+
+    target = Path(args.data) / "jobs" / f"{args.name}.yaml"
+    if target.exists() and not args.force:
+        raise VidstormError(f"{target} exists: pass --force to replace it")
+    sources = [{"path": s, "glob": args.glob} if args.glob else s for s in args.source]
+    data = {"name": args.name, "kind": args.kind, "schedule": args.cron, "timezone": args.tz,
+            "sources": sources, "overrides": list(args.overrides), "catch_up": args.catch_up,
+            "period": args.period, "streams": list(args.stream or [])}
+    spec = parse_spec(data, str(target))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(spec.to_yaml())
+    print(f"job {spec.name} written to {target}")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from actors.api import serve
 
@@ -264,6 +438,53 @@ def build_parser() -> argparse.ArgumentParser:
     _data_arg(compact)
     compact.set_defaults(func=cmd_compact)
 
+    def jobs_args(p, overrides=True):
+        if overrides:
+            _add_config_args(p)
+        else:
+            p.add_argument("--config", metavar="FILE", help="YAML overrides (see configs/)")
+        p.add_argument("--jobs", metavar="DIR", help="job specs folder (default scheduler.jobs_dir); DATA/jobs too")
+        _data_arg(p)
+
+    scheduler = sub.add_parser("scheduler", help="run named jobs at their cron times (Ctrl-C stops)")
+    jobs_args(scheduler)
+    scheduler.add_argument("--local", action="store_true", help="run jobs in this process instead of on Ray")
+    scheduler.add_argument("--once", action="store_true", help="plan and run what is due now, then exit")
+    scheduler.set_defaults(func=cmd_scheduler)
+
+    jobs = sub.add_parser("jobs", help="named jobs: list | show NAME | run NAME | cancel RUN | add NAME")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
+    j_list = jobs_sub.add_parser("list", help="jobs, their schedules, next and last runs")
+    j_list.add_argument("--json", action="store_true")
+    jobs_args(j_list)
+    j_show = jobs_sub.add_parser("show", help="a job's spec and its recent runs")
+    j_show.add_argument("name")
+    j_show.add_argument("--limit", type=int, default=20)
+    j_show.add_argument("--json", action="store_true")
+    jobs_args(j_show)
+    j_run = jobs_sub.add_parser("run", help="run a job now, here (recorded like a scheduled run)")
+    j_run.add_argument("name")
+    j_run.add_argument("--local", action="store_true", help="in this process instead of on Ray")
+    jobs_args(j_run)
+    j_cancel = jobs_sub.add_parser("cancel", help="cancel a pending or running run (by run id)")
+    j_cancel.add_argument("run")
+    jobs_args(j_cancel)
+    j_add = jobs_sub.add_parser("add", help="register a job (written to DATA/jobs/NAME.yaml)")
+    j_add.add_argument("name")
+    j_add.add_argument("--kind", choices=["ingest", "digest"], required=True)
+    j_add.add_argument("--cron", required=True, help="5-field cron schedule, e.g. '0 2 * * *'")
+    j_add.add_argument("--tz", default="UTC", help="time zone of the schedule (default UTC)")
+    j_add.add_argument("--source", action="append", default=[], help="ingest: file, folder or URL (repeat)")
+    j_add.add_argument("--glob", help="ingest: only files under the folders matching this, e.g. '**/*.mp4'")
+    j_add.add_argument("--catch-up", default="all", choices=["all", "latest", "none"],
+                       help="missed windows: run each once (all), only the newest, or none")
+    j_add.add_argument("--period", default="day", choices=["day", "hour", "window"], help="digest: period")
+    j_add.add_argument("--stream", action="append", help="digest: only this stream (repeat)")
+    j_add.add_argument("--force", action="store_true", help="replace an existing spec")
+    j_add.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides the job runs with")
+    _data_arg(j_add)
+    jobs.set_defaults(func=cmd_jobs)
+
     serve = sub.add_parser("serve", help="the HTTP query service (FastAPI + uvicorn)")
     _add_config_args(serve)
     serve.add_argument("--host", help="address to bind (default api.host; 127.0.0.1 only without a token)")
@@ -285,7 +506,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # positionals may follow options: `ingest a.mp4 --local b.mp4 decode.fps=2`
-    target = {"ingest": "sources", "config": "overrides", "serve": "overrides"}.get(args.command)
+    target = {"ingest": "sources", "config": "overrides", "serve": "overrides",
+              "scheduler": "overrides"}.get(args.command)
+    if args.command == "jobs":
+        target = "overrides"
     if extra and (target is None or any(e.startswith("-") for e in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:

@@ -23,7 +23,7 @@ from pipeline.config import Config, fingerprint, mask_secrets
 from pipeline.decode import Source, fingerprint as content_fingerprint
 from pipeline.errors import VidstormError
 from pipeline.queue import connect, retrying
-from pipeline.queue.server import EmbeddedRedis
+from pipeline.queue.server import EmbeddedRedis, running_embedded
 
 from actors import stages
 
@@ -33,8 +33,11 @@ ACTOR_OPTIONS = {"max_restarts": -1, "max_task_retries": 0, "num_cpus": 0}
 class Cluster:
     """Redis + Ray for one command. `with Cluster(cfg, data) as cluster: ...`"""
 
-    def __init__(self, cfg: Config, data_dir: str | Path, log=print):
+    def __init__(self, cfg: Config, data_dir: str | Path, log=print, with_ray: bool = True, join: bool = False):
+        """with_ray=False: Redis only. join=True: use the embedded Redis a scheduler runs in this
+        data directory, if there is one (its jobs board lives there)."""
         self.cfg, self.data_dir, self.log = cfg, Path(data_dir), log
+        self.with_ray, self.join = with_ray, join
         self.redis_server: EmbeddedRedis | None = None
         self.started_ray = False
         self.redis_url = cfg.redis.url
@@ -42,6 +45,8 @@ class Cluster:
     def start(self) -> "Cluster":
         import ray
 
+        if not self.redis_url and self.join:
+            self.redis_url = running_embedded(self.data_dir / "redis")
         if not self.redis_url:
             self.redis_server = EmbeddedRedis(self.data_dir / "redis", appendfsync=self.cfg.redis.appendfsync).start()
             self.redis_url = self.redis_server.url
@@ -50,7 +55,7 @@ class Cluster:
         except Exception as err:
             self.stop()
             raise VidstormError(f"cannot reach Redis at {mask_secrets(self.redis_url)}: {err}") from None
-        if not ray.is_initialized():
+        if self.with_ray and not ray.is_initialized():
             try:
                 ray.init(address=self.cfg.ray.address or None, namespace=self.cfg.ray.namespace,
                          include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -198,11 +203,16 @@ class DistributedIngest:
             pipe.sadd(self.keys.active, sid)
         pipe.execute()
 
-    def run(self, sources: list[Source], on_start=None, poll: float = 0.3) -> list[dict]:
-        """Ingest sources as concurrent streams; returns the final job rows."""
+    def run(self, sources: list[Source], on_start=None, poll: float = 0.3, tags: dict | None = None,
+            should_stop=None) -> list[dict]:
+        """Ingest sources as concurrent streams; returns the final job rows.
+
+        `tags` (job_name, run_id) mark the jobs as part of a job run; `should_stop()` true ends
+        the run early with the unfinished streams recorded as cancelled.
+        """
         from pipeline.store import Store
 
-        jobs = self._prepare(sources)
+        jobs = [{**job, **(tags or {})} for job in self._prepare(sources)]
         if not jobs:
             return []
         store = Store(Path(self.data_dir) / "store")
@@ -219,9 +229,9 @@ class DistributedIngest:
             p.loops.append(call)
         if on_start:
             on_start(self)
-        return self._supervise(jobs, poll)  # the actors stay up until shutdown()
+        return self._supervise(jobs, poll, should_stop)  # the actors stay up until shutdown()
 
-    def _supervise(self, jobs: list[dict], poll: float) -> list[dict]:
+    def _supervise(self, jobs: list[dict], poll: float, should_stop=None) -> list[dict]:
         import ray
 
         p = self.pipeline
@@ -245,6 +255,8 @@ class DistributedIngest:
             rows = {k.decode(): json.loads(v) for k, v in done.items()}
             if streams <= set(rows):
                 return [rows[j["stream_id"]] for j in jobs]
+            if should_stop and should_stop():
+                return self._end_unfinished(jobs, rows, "cancelled", "cancelled")
             work = retrying(lambda: self.r.hgetall(self.keys.progress))
             if work != last_work:
                 last_work, last_change = work, time.monotonic()
@@ -253,15 +265,21 @@ class DistributedIngest:
 
     def _fail_stalled(self, jobs: list[dict], rows: dict) -> list[dict]:
         """Nothing moved for queue.stall_timeout_s (e.g. a chunk was dead-lettered): say so, don't hang."""
+        dead = self.r.xlen(f"{self.cfg.queue.prefix}:dead")
+        reason = (f"stalled for {self.cfg.queue.stall_timeout_s:.0f}s with no progress "
+                  f"({dead} message(s) in {self.cfg.queue.prefix}:dead)")
+        return self._end_unfinished(jobs, rows, "failed", reason)
+
+    def _end_unfinished(self, jobs: list[dict], rows: dict, status: str, reason: str) -> list[dict]:
+        """Record every stream of `jobs` that has no final row yet as `status`."""
         from pipeline.store import Store
 
-        store, dead = Store(Path(self.data_dir) / "store"), self.r.xlen(f"{self.cfg.queue.prefix}:dead")
+        store = Store(Path(self.data_dir) / "store")
         for job in jobs:
             if job["stream_id"] in rows:
                 continue
-            error = (f"{job['source']}: stalled for {self.cfg.queue.stall_timeout_s:.0f}s with no progress "
-                     f"({dead} message(s) in {self.cfg.queue.prefix}:dead)")
-            row = {**job, "kind": "ingest", "status": "failed", "error": error, "finished_at": time.time()}
+            error = f"{job['source']}: {reason}"
+            row = {**job, "kind": "ingest", "status": status, "error": error, "finished_at": time.time()}
             store.write_job(row)
             rows[job["stream_id"]] = {**row, "chunks": 0, "segments": 0, "summaries": 0, "video_seconds": 0.0,
                                       "wall_seconds": row["finished_at"] - job["started_at"]}

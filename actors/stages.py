@@ -487,7 +487,7 @@ class WriterStage(Stage):
             "config_fingerprint": job.get("config_fingerprint", ""), "chunks": end["last_chunk_seq"] + 1,
             "segments": len(view["chunks"]), "summaries": len(view["summaries"]),
             "video_seconds": job.get("video_seconds", 0.0), "started_at": job["started_at"],
-            "finished_at": time.time(),
+            "finished_at": time.time(), "job_name": job.get("job_name"), "run_id": job.get("run_id"),
         }
         row["wall_seconds"] = row["finished_at"] - row["started_at"]
         self.store.write_job(row)

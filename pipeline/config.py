@@ -82,6 +82,7 @@ class SummaryConfig:
     max_items_per_prompt: int = 16  # longer lists are summarised in groups, then again
     window_prompt: str = "Summarize what happens in this part of a video, given captions of its clips in order:"
     stream_prompt: str = "Summarize the whole video in two sentences, given summaries of its parts in order:"
+    period_prompt: str = "Summarize what this camera saw over this period, given captions of its clips in order:"
 
 
 @dataclass

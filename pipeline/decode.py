@@ -68,19 +68,23 @@ def expand_sources(args: list[str], stream_id: str | None = None) -> tuple[list[
                 continue
         path = Path(arg)
         if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS
-            )
+            found = folder_sources(path)
             if not found:
                 errors.append(SourceError(arg, "folder holds no video files"))
-            for p in found:
-                rel = p.relative_to(path).with_suffix("")
-                sources.append(Source(str(p), slug(f"{path.resolve().name}/{rel.as_posix()}")))
+            sources += found
         elif path.is_file():
             sources.append(Source(str(path), stream_id or slug(path.stem)))
         else:
             errors.append(SourceError(arg, "no such file or folder"))
     return _unique_ids(sources), errors
+
+
+def folder_sources(folder: str | Path, pattern: str = "**/*") -> list[Source]:
+    """Video files under `folder` matching `pattern`; stream ids from folder name + relative path."""
+    folder = Path(folder)
+    found = sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+    return [Source(str(p), slug(f"{folder.resolve().name}/{p.relative_to(folder).with_suffix('').as_posix()}"))
+            for p in found]
 
 
 def _unique_ids(sources: list[Source]) -> list[Source]:

@@ -23,6 +23,10 @@ from pipeline.store import Store
 from pipeline.store.query import StoreQuery
 
 
+class Cancelled(Exception):
+    """The run this ingest belongs to was cancelled."""
+
+
 @dataclass
 class JobResult:
     job_id: str
@@ -39,6 +43,8 @@ class JobResult:
     content_fingerprint: str = ""
     config_fingerprint: str = ""
     kind: str = "ingest"
+    job_name: str = ""  # set when the source is part of a run of a named job
+    run_id: str = ""
 
     def row(self) -> dict:
         wall = (self.finished_at or time.time()) - self.started_at
@@ -101,8 +107,10 @@ def _hms(seconds: float) -> str:
 class LocalIngest:
     """Runs jobs one after another in this process."""
 
-    def __init__(self, cfg: Config, processor: StreamProcessor, data_dir: str | Path, progress=None, log=print):
+    def __init__(self, cfg: Config, processor: StreamProcessor, data_dir: str | Path, progress=None, log=print,
+                 should_stop=lambda: False):
         self.cfg, self.processor = cfg, processor
+        self.should_stop = should_stop  # checked between chunks: a cancelled run stops at the next one
         self.data_dir = Path(data_dir)
         self.store = Store(self.data_dir / "store")
         self.state_dir = self.data_dir / "state"
@@ -131,8 +139,10 @@ class LocalIngest:
         os.replace(tmp, path)
 
 
-    def run(self, source: Source) -> JobResult:
-        job = JobResult(uuid.uuid4().hex[:12], source.uri, source.stream_id, config_fingerprint=self.config_fp)
+    def run(self, source: Source, tags: dict | None = None) -> JobResult:
+        """Ingest one source as one job; `tags` (job_name, run_id) mark it as part of a job run."""
+        job = JobResult(uuid.uuid4().hex[:12], source.uri, source.stream_id, config_fingerprint=self.config_fp,
+                        **(tags or {}))
         try:
             if not source.live and os.path.isfile(source.uri):
                 job.content_fingerprint = content_fingerprint(source.uri)
@@ -143,13 +153,15 @@ class LocalIngest:
             self.store.write_job(job.row())
             self._ingest(source, job)
             job.status = "done"
+        except Cancelled:
+            job.status, job.error = "cancelled", f"{source.uri}: cancelled at chunk {job.chunks}"
         except (SourceError, VidstormError, ValueError) as err:
             job.status, job.error = "failed", str(err)
         except Exception as err:  # a bug must not take the other sources down
             first_line = (str(err).strip().splitlines() or [""])[0]
             job.status, job.error = "failed", f"{source.uri}: internal error: {type(err).__name__}: {first_line}"
         job.finished_at = time.time()
-        if job.status in ("done", "failed"):
+        if job.status in ("done", "failed", "cancelled"):
             self.store.write_job(job.row())
         if job.status == "failed":
             self.log(f"vidstorm: error: {job.error}")
@@ -177,6 +189,8 @@ class LocalIngest:
             self.log(f"{source.stream_id}: resuming at chunk {state.next_chunk_seq} ({start_at:.1f}s)")
         frames = 0
         for chunk in decoder.chunks():
+            if self.should_stop():
+                raise Cancelled()  # the state checkpoint stays: a later run resumes here
             records, state = self.processor.step(chunk, state)
             self._store(records, job)
             job.chunks += 1

@@ -72,6 +72,13 @@ class RollupSettings:
     stream_prompt: str = "Summarize the whole video in two sentences, given summaries of its parts in order:"
 
 
+def summarize_hierarchical(summarizer, texts: list[str], prompt: str, limit: int) -> str:
+    """More texts than fit one prompt (`limit`) are summarised in groups first, then again."""
+    while len(texts) > limit:
+        texts = [summarizer.summarize(texts[i : i + limit], prompt) for i in range(0, len(texts), limit)]
+    return summarizer.summarize(texts, prompt)
+
+
 class StreamProcessor:
     """Holds the (shared, stateless) models; the per-stream state is passed in and out."""
 
@@ -101,11 +108,7 @@ class StreamProcessor:
         return self.summarizer.caption(visual, self.caption_prompt)
 
     def summarize(self, texts: list[str], prompt: str) -> str:
-        """Hierarchical: more texts than fit one prompt are summarised in groups first."""
-        limit = self.rollup.max_items_per_prompt
-        while len(texts) > limit:
-            texts = [self.summarizer.summarize(texts[i : i + limit], prompt) for i in range(0, len(texts), limit)]
-        return self.summarizer.summarize(texts, prompt)
+        return summarize_hierarchical(self.summarizer, texts, prompt, self.rollup.max_items_per_prompt)
 
     # --- one stream, chunk by chunk ---
 

@@ -63,6 +63,7 @@ class EmbeddedRedis:
             args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         (self.dir / "redis-server.pid").write_text(f"{self.proc.pid}\n")  # for operators and tests
+        (self.dir / "redis-server.url").write_text(self.url + "\n")  # other commands on this data dir join it
         deadline = time.monotonic() + timeout
         client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=1)
         while time.monotonic() < deadline:
@@ -78,6 +79,7 @@ class EmbeddedRedis:
         raise VidstormError(f"redis-server did not answer on port {self.port} within {timeout:.0f}s")
 
     def stop(self, timeout: float = 10.0) -> None:
+        (self.dir / "redis-server.url").unlink(missing_ok=True)
         if self.proc is None or self.proc.poll() is not None:
             self.proc = None
             return
@@ -94,3 +96,21 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def running_embedded(data_dir: str | Path) -> str | None:
+    """The URL of an embedded server another command started in `data_dir`, if it still answers.
+
+    A scheduler keeps its embedded Redis up; `vidstorm jobs run|cancel` and `vidstorm serve`
+    on the same data directory join it instead of starting a second server on the same files.
+    """
+    url_file = Path(data_dir) / "redis-server.url"
+    if not url_file.is_file():
+        return None
+    url = url_file.read_text().strip()
+    try:
+        if redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2).ping():
+            return url
+    except (redis.RedisError, ValueError):
+        pass
+    return None

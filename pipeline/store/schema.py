@@ -64,6 +64,7 @@ JOBS = pa.schema(
         ("window", UTC_US),  # the cron time the run stands for (manual runs: when asked)
         ("trigger", pa.string()),  # cron | catch-up | manual
         ("attempts", pa.int64()),
+        ("detail", pa.string()),  # a run's one-line account, e.g. "2 new of 5 files"
     ]
 )
 
