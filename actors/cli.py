@@ -489,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(serve)
     serve.add_argument("--host", help="address to bind (default api.host; 127.0.0.1 only without a token)")
     serve.add_argument("--port", type=int, help="port (default api.port)")
+    serve.add_argument("--jobs", metavar="DIR", help="job specs folder for POST /jobs/NAME/run (default scheduler.jobs_dir)")
     _data_arg(serve)
     serve.set_defaults(func=cmd_serve)
 
