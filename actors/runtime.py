@@ -184,12 +184,22 @@ class DistributedIngest:
                          "config_fingerprint": config_fp, "started_at": time.time()})
         return jobs
 
-    def _reset(self, jobs: list[dict]) -> None:
-        """A fresh start for every stream of this run, and no stop flag."""
+    def _reset(self, jobs: list[dict], resume: bool = False) -> list[str]:
+        """A fresh start for every stream of this run, and no stop flag.
+
+        resume=True keeps what an interrupted run of the same streams left in Redis (decoder
+        position, temporal state, queued messages): those streams continue where they stopped.
+        Returns the streams resumed.
+        """
+        resumed = [j["stream_id"] for j in jobs if resume and not j["live"]
+                   and self.r.hget(self.keys.decoded(j["stream_id"]), "next_chunk_seq") is not None]
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(self.keys.stop)
         for job in jobs:
             sid = job["stream_id"]
+            if sid in resumed:
+                pipe.sadd(self.keys.active, sid)
+                continue
             pipe.delete(*self.keys.stream_keys(sid))
             pipe.hdel(self.keys.done, sid)
             pipe.hdel(self.keys.ends, sid)
@@ -202,13 +212,18 @@ class DistributedIngest:
             pipe.sadd(self.keys.owner(owner), sid)
             pipe.sadd(self.keys.active, sid)
         pipe.execute()
+        for sid in resumed:
+            at = self.r.hget(self.keys.decoded(sid), "next_chunk_seq").decode()
+            self.log(f"{sid}: resuming at chunk {at}")
+        return resumed
 
     def run(self, sources: list[Source], on_start=None, poll: float = 0.3, tags: dict | None = None,
-            should_stop=None) -> list[dict]:
+            should_stop=None, resume: bool = False) -> list[dict]:
         """Ingest sources as concurrent streams; returns the final job rows.
 
         `tags` (job_name, run_id) mark the jobs as part of a job run; `should_stop()` true ends
-        the run early with the unfinished streams recorded as cancelled.
+        the run early with the unfinished streams recorded as cancelled; `resume` continues
+        streams an interrupted run (same queue prefix) left half done.
         """
         from pipeline.store import Store
 
@@ -218,7 +233,7 @@ class DistributedIngest:
         store = Store(Path(self.data_dir) / "store")
         for job in jobs:
             store.write_job({**job, "kind": "ingest", "status": "running"})
-        self._reset(jobs)
+        self._reset(jobs, resume)
         p = self.pipeline or self.start_actors()
         for loop in p.loops:
             if loop.ref is None:  # loops already running from an earlier run() keep running

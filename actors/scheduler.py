@@ -195,7 +195,7 @@ class JobExecutor:
         if new and self.cluster is None:
             rows = self._ingest_here(new, cfg, tags, should_stop)
         elif new:
-            rows = self._ingest_on_cluster(new, cfg, tags, should_stop, run.run_id)
+            rows = self._ingest_on_cluster(new, cfg, tags, should_stop, run)
         return ingest_outcome(rows, len(sources), len(new), already, errors)
 
     def _processor(self, cfg: Config):
@@ -219,15 +219,16 @@ class JobExecutor:
             rows.append({"status": "cancelled"})
         return rows
 
-    def _ingest_on_cluster(self, sources, cfg: Config, tags: dict, should_stop, rid: str) -> list[dict]:
+    def _ingest_on_cluster(self, sources, cfg: Config, tags: dict, should_stop, run: Run) -> list[dict]:
         from actors.runtime import DistributedIngest
 
-        # Queues and actor names of their own, so runs (and plain ingests) sharing a Redis never mix.
-        cfg.queue.prefix = f"{cfg.queue.prefix}-run-{hashlib.sha1(rid.encode()).hexdigest()[:10]}"
+        # Queues and actor names of the run's own (the same for every attempt): runs, and plain
+        # ingests, sharing a Redis never mix, and a later attempt finds what a crashed one left.
+        cfg.queue.prefix = f"{cfg.queue.prefix}-run-{hashlib.sha1(run.run_id.encode()).hexdigest()[:10]}"
         ingest = DistributedIngest(self.cluster, cfg, log=self.log)
         try:
-            return ingest.run(sources, tags=tags, should_stop=should_stop)
-        finally:
+            return ingest.run(sources, tags=tags, should_stop=should_stop, resume=run.attempts > 1)
+        finally:  # only a process that died leaves its run's keys behind, for the next attempt
             ingest.shutdown()
             for key in ingest.r.scan_iter(match=f"{cfg.queue.prefix}:*", count=1000):
                 ingest.r.delete(key)

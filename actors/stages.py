@@ -161,6 +161,8 @@ class DecoderStage(Stage):
         try:
             for chunk in decoder.chunks():
                 self.wait_for_room(self.keys.frames)
+                if self.stopping():  # shut down mid-stream: the position stays, no end marker
+                    return "stopped"
                 video_seconds += chunk.t_end - chunk.t_start
                 self._publish(chunk, key, video_seconds)
                 next_seq = chunk.chunk_seq + 1

@@ -212,3 +212,32 @@ def test_a_stalled_stream_fails_instead_of_hanging(cluster, clips, tiny_override
     assert rows[0]["status"] == "failed" and "stalled" in rows[0]["error"]
     (job,) = [j for j in StoreQuery(tmp_path / "store").jobs() if j["stream_id"] == "cam-a"]
     assert job["status"] == "failed"
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(cluster, clips, reference, tiny_overrides, tmp_path):
+    """What a job run that died leaves in Redis (decoder position, state, queued messages) is
+    picked up by its next attempt: the stream continues, not restarts, and nothing doubles."""
+    cfg = _config(tiny_overrides)
+    cluster.data_dir = tmp_path
+    source = Source(str(clips["cam-a"]), "cam-a")
+    summarizer = f"{cfg.queue.prefix}-summarizer-0"
+    first = DistributedIngest(cluster, cfg, log=lambda m: None)
+    try:  # stop once a few captions are written: the actors go, as they would with their scheduler
+        rows = first.run([source], should_stop=lambda: _handed_on(first, summarizer) >= 3)
+    finally:
+        first.shutdown()
+    assert rows[0]["status"] == "cancelled"
+    decoded_at, done_before = _stage_progress(first, "cam-a")[0], _handed_on(first, summarizer)
+
+    said = []
+    second = DistributedIngest(cluster, cfg, log=said.append)
+    try:
+        rows = second.run([source], resume=True)
+    finally:
+        second.shutdown()
+    assert rows[0]["status"] == "done" and f"cam-a: resuming at chunk {decoded_at}" in said
+    segments, summaries = _rows(tmp_path / "store")
+    assert segments == {k: v for k, v in reference[0].items() if k[0] == "cam-a"}
+    assert summaries == {k: v for k, v in reference[1].items() if k[0] == "cam-a"}
+    # the LLM did only what was left, not the stream again
+    assert _handed_on(second, summarizer) - done_before <= CHUNKS + 6 - 3
