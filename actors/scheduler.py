@@ -71,13 +71,16 @@ class Scheduler:
         # A window is on time if it fell due within a poll or two; older ones were missed.
         self.on_time_s = max(2 * settings.poll_s, 60.0)
 
-    def tick(self) -> list[dict]:
-        """Plan every job, then run what is pending and free. Returns the run rows finished."""
+    def plan(self) -> None:
+        """Put every job's windows that fell due on the board (once, whoever looks first)."""
         now = self.clock()
         for spec in self.specs.values():
             _, skipped = self.board.plan(spec, now, self.on_time_s)
             for window in skipped:
                 self._record_skipped(spec, window)
+
+    def run_due(self) -> list[dict]:
+        """Run the pending runs no one else holds, oldest window first. Returns their rows."""
         finished = []
         for rid in self.board.pending():
             row = self.run_pending(rid)
@@ -85,10 +88,21 @@ class Scheduler:
                 finished.append(row)
         return finished
 
+    def tick(self) -> list[dict]:
+        self.plan()
+        return self.run_due()
+
     def serve(self, stop: threading.Event) -> None:
+        """Plan on a thread of its own, so a long run never makes other jobs' windows late."""
+        planner = threading.Thread(target=self._every_poll, args=(self.plan, stop), daemon=True, name="planner")
+        planner.start()
+        self._every_poll(self.run_due, stop)
+        planner.join()
+
+    def _every_poll(self, step, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
-                self.tick()
+                step()
             except Exception as err:  # Redis away, a bad spec file...: say it, keep scheduling
                 self.log(f"vidstorm scheduler: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
             stop.wait(self.settings.poll_s)

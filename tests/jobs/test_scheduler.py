@@ -194,3 +194,38 @@ def test_cancel_a_pending_run_and_a_running_one(server, tmp_path):
     worker.join(10)
     assert done[0]["status"] == "cancelled" and board.info(rid2)["status"] == "cancelled"
     assert board.cancel("nope@1") == "unknown"
+
+
+def test_a_long_run_does_not_make_other_jobs_late(server, tmp_path):
+    """serve() plans on its own thread: windows falling due during a long run are on time."""
+    slow, quick = nightly(schedule="* * * * *"), nightly(schedule="* * * * *", catch_up="none")
+    clock, prefix = Clock("2026-11-20T00:00:30"), uuid.uuid4().hex[:6]
+
+    class SlowFirst(Recorder):
+        def run(self, run, should_stop):
+            self.seconds = 1.5 if run.spec is slow and len(self.calls) == 0 else 0.0
+            return super().run(run, should_stop)
+
+    rec = SlowFirst()
+    s = scheduler(server, prefix, [slow, quick], rec, clock, tmp_path, poll_s=0.05)
+    stop = threading.Event()
+    worker = threading.Thread(target=s.serve, args=(stop,))
+    worker.start()
+    try:
+        time.sleep(0.3)
+        clock.set("2026-11-20T00:01:00.5")
+        while not rec.calls:
+            time.sleep(0.01)
+        clock.set("2026-11-20T00:02:00.5")  # while the slow run goes on
+        time.sleep(0.5)
+        clock.set("2026-11-20T00:09:00")
+        deadline = time.monotonic() + 10
+        while not any(c[0] == f"{quick.name}@20261120T000200Z" for c in rec.calls):
+            assert time.monotonic() < deadline, rec.calls
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        worker.join(10)
+    ran = {c[0]: c[1] for c in rec.calls}
+    assert ran[f"{quick.name}@20261120T000200Z"] == "cron"  # planned on time, though it ran after the slow one
+    assert f"{quick.name}@20261120T000500Z" not in ran  # catch_up none: missed windows stay skipped
