@@ -1,0 +1,448 @@
+"""The HTTP query service (`vidstorm serve`): FastAPI over StoreQuery, run by uvicorn.
+
+    create_app(...)  the logic: routes, auth, errors; explicit arguments, tests call it directly
+    serve(args)      the composition root: config -> token, embedder, store -> a bound socket -> uvicorn
+
+Every error is JSON {"error": "<one line saying what is wrong>"}; bad parameters are 4xx, never 5xx.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hmac
+import json
+import logging
+import math
+import os
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pipeline.errors import VidstormError
+from pipeline.store.query import StoreQuery, parse_time
+
+log = logging.getLogger("vidstorm.api")
+
+NO_SCHEDULER = "no scheduler is reachable: start `vidstorm scheduler`"
+COMPARISONS = {"less_than_equal": "<=", "greater_than_equal": ">=", "less_than": "<", "greater_than": ">"}
+TIME_HELP = "video seconds (90), H:MM:SS (0:01:30), or an ISO date-time (2026-01-02T03:04:05Z)"
+
+
+# --- response bodies (they are the OpenAPI schema the fuzz test checks answers against) ---
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+class Stream(BaseModel):
+    stream_id: str
+    segments: int
+    t_start: float | None
+    t_end: float | None
+    last_update: dt.datetime | None
+
+
+class Segment(BaseModel):
+    stream_id: str
+    chunk_seq: int
+    t_start: float | None
+    t_end: float | None
+    wall_clock: dt.datetime | None
+    caption: str | None
+    n_frames: int | None
+    source: str | None
+    config_fingerprint: str | None
+    created_at: dt.datetime | None
+
+
+class Hit(BaseModel):
+    stream_id: str
+    level: str  # chunk | window | stream | period
+    seq: int
+    t_start: float | None
+    t_end: float | None
+    text: str | None
+    score: float | None  # cosine similarity; null only if a stored vector was not finite
+
+
+class Summary(BaseModel):
+    stream_id: str
+    level: str
+    seq: int
+    t_start: float | None
+    t_end: float | None
+    wall_clock: dt.datetime | None
+    text: str | None
+
+
+class Job(BaseModel):
+    job_id: str
+    kind: str | None = None
+    source: str | None = None
+    stream_id: str | None = None
+    status: str | None = None
+    error: str | None = None
+    detail: str | None = None  # a run's one-line account
+    content_fingerprint: str | None = None
+    config_fingerprint: str | None = None
+    chunks: int | None = None
+    segments: int | None = None
+    summaries: int | None = None
+    video_seconds: float | None = None
+    wall_seconds: float | None = None
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+    job_name: str | None = None
+    run_id: str | None = None
+    window: dt.datetime | None = None
+    trigger: str | None = None
+    attempts: int | None = None
+
+
+class StreamList(BaseModel):
+    items: list[Stream]
+
+
+class SegmentPage(BaseModel):
+    items: list[Segment]
+    next_cursor: str | None  # pass back as `cursor` for the next page; null on the last page
+
+
+class HitList(BaseModel):
+    items: list[Hit]
+
+
+class SummaryList(BaseModel):
+    items: list[Summary]
+
+
+class JobList(BaseModel):
+    items: list[Job]
+
+
+class RunRequested(BaseModel):
+    run_id: str
+
+
+# --- the app ---
+
+
+def create_app(
+    store_root: str | Path,
+    token: str | None,
+    embedder,
+    run_requester: Callable[[str], str] | None = None,
+    refresh_s: float = 5.0,
+    max_limit: int = 1000,
+    index_min_vectors: int = 50000,
+    index_nprobe: int = 32,
+) -> FastAPI:
+    """The query service over the store at `store_root`.
+
+    token: bearer token every endpoint but the OpenAPI schema/docs requires; None or "" = no auth.
+    embedder: has embed(list[str]) -> (n, dim) float32, for /search.
+    run_requester: name -> run_id, asks the scheduler for a run; raises KeyError for an unknown
+        job and VidstormError when the scheduler cannot be reached. None: POST .../run answers 503.
+    refresh_s: a background thread (started by the app's lifespan) picks up new Parquet files this often.
+    index_min_vectors, index_nprobe: StoreConfig's, for the vector index of meaning-based search.
+    """
+    query = StoreQuery(store_root, index_min_vectors=index_min_vectors, index_nprobe=index_nprobe)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        stop = threading.Event()
+        refresher = threading.Thread(target=_refresh_loop, args=(query, refresh_s, stop),
+                                     name="store-refresh", daemon=True)
+        refresher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            refresher.join(timeout=10)
+
+    app = FastAPI(title="vidstorm", version=_version(), lifespan=lifespan,
+                  description="Segments, summaries, meaning-based search and jobs of a vidstorm store.")
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _internal_error)
+
+    errors = {400: {"model": ErrorBody}, 422: {"model": ErrorBody}}
+    if token:
+        errors[401] = {"model": ErrorBody, "description": "missing or wrong bearer token"}
+    router = APIRouter(dependencies=[Depends(_bearer_check(token))] if token else [], responses=errors)
+    limit_param = Query(100, ge=1, le=max_limit, description="rows per page")
+
+    def known_stream(stream: str | None) -> None:
+        if stream and not query.has_stream(stream):
+            raise HTTPException(404, f"unknown stream {stream!r}")
+
+    @router.get("/streams", response_model=StreamList)
+    def streams():
+        return {"items": _plain(query.streams())}
+
+    @router.get("/segments", response_model=SegmentPage, responses={404: {"model": ErrorBody}})
+    def segments(
+        stream: str | None = Query(None, description="only this stream"),
+        since: str | None = Query(None, description=f"rows that end after this: {TIME_HELP}"),
+        until: str | None = Query(None, description=f"rows that start before this: {TIME_HELP}"),
+        q: str | None = Query(None, description="captions holding every one of these words (any case)"),
+        limit: int = limit_param,
+        cursor: str | None = Query(None, description="next_cursor of the previous page"),
+    ):
+        _check_range(since, until)
+        after = _decode_cursor(cursor) if cursor else None
+        known_stream(stream)
+        rows = query.segments(stream, since, until, limit + 1, q=q or None, after=after)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = _encode_cursor(rows[-1]["stream_id"], rows[-1]["chunk_seq"]) if more else None
+        return {"items": _plain(rows), "next_cursor": next_cursor}
+
+    @router.get("/search", response_model=HitList, responses={404: {"model": ErrorBody}})
+    def search(
+        q: str = Query(..., min_length=1, pattern=r"\S", description="what to look for, in plain words"),
+        k: int = Query(10, ge=1, le=100, description="how many results"),
+        stream: str | None = Query(None, description="only this stream"),
+        since: str | None = Query(None, description=f"rows that end after this: {TIME_HELP}"),
+        until: str | None = Query(None, description=f"rows that start before this: {TIME_HELP}"),
+    ):
+        _check_range(since, until)
+        known_stream(stream)
+        vector = embedder.embed([q])[0]
+        return {"items": _plain(query.search(vector, stream, since, until, k=k))}
+
+    @router.get("/summaries", response_model=SummaryList, responses={404: {"model": ErrorBody}})
+    def summaries(
+        stream: str | None = Query(None, description="only this stream"),
+        level: Literal["stream", "period", "window"] | None = Query(None),
+    ):
+        known_stream(stream)
+        return {"items": _plain(query.summaries(stream, level))}
+
+    @router.get("/jobs", response_model=JobList, description="The latest state of each run, newest first.")
+    def jobs(
+        name: str | None = Query(None, description="runs of this named job"),
+        status: str | None = Query(None, description="running, done, failed, ..."),
+        limit: int = limit_param,
+    ):
+        return {"items": _plain(query.jobs(name=name, status=status, limit=limit))}
+
+    @router.post("/jobs/{name}/run", status_code=202, response_model=RunRequested,
+                 responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}})
+    def run_job(name: str):
+        if run_requester is None:
+            raise HTTPException(503, NO_SCHEDULER)
+        try:
+            return {"run_id": str(run_requester(name))}
+        except KeyError:
+            raise HTTPException(404, f"unknown job {name!r}") from None
+        except VidstormError as err:
+            raise HTTPException(503, str(err)) from None
+
+    app.include_router(router)
+    return app
+
+
+def _refresh_loop(query: StoreQuery, every_s: float, stop: threading.Event) -> None:
+    try:  # here rather than in the first search, which would wait for it (minutes on a large store)
+        query.open_index()
+    except Exception as err:
+        log.warning("vidstorm serve: opening the search index failed (the first search tries again): %s", err)
+    last_error = None
+    while not stop.wait(every_s):
+        try:
+            query.refresh()
+            last_error = None
+        except Exception as err:  # an unreadable file must not end the service; say so once, not every tick
+            if str(err) != last_error:
+                log.warning("vidstorm serve: store refresh failed (serving what was loaded): %s", err)
+            last_error = str(err)
+
+
+def _bearer_check(token: str):
+    scheme = HTTPBearer(auto_error=False, description="the service's token (api.token or VIDSTORM_API_TOKEN)")
+    expected = token.encode()
+
+    def check(credentials: HTTPAuthorizationCredentials | None = Depends(scheme)) -> None:
+        if credentials is None:
+            raise HTTPException(401, "missing bearer token: send `Authorization: Bearer <token>`",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(credentials.credentials.encode("utf-8", "surrogateescape"), expected):
+            raise HTTPException(401, "wrong bearer token",
+                                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+    return check
+
+
+# --- parameters ---
+
+
+def _check_range(since: str | None, until: str | None) -> None:
+    """400 for a time that does not parse or a range that ends before it starts."""
+    parsed = {}
+    for name, text in (("since", since), ("until", until)):
+        try:
+            parsed[name] = parse_time(text)
+        except ValueError as err:
+            raise HTTPException(400, f"{name}: {err}") from None
+    start, end = parsed["since"], parsed["until"]
+    if start and end and start[0] == end[0] and start[1] > end[1]:
+        raise HTTPException(400, f"since {since!r} is after until {until!r}")
+
+
+def _encode_cursor(stream_id: str, chunk_seq: int) -> str:
+    raw = json.dumps([stream_id, int(chunk_seq)], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[str, int]:
+    try:
+        key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError):  # bad base64, bad UTF-8, bad JSON
+        key = None
+    if not (isinstance(key, list) and len(key) == 2 and isinstance(key[0], str)
+            and isinstance(key[1], int) and not isinstance(key[1], bool)):
+        raise HTTPException(400, "cursor: not a cursor from this service; pass next_cursor back as it came")
+    return key[0], key[1]
+
+
+# --- answers ---
+
+
+def _plain(rows: list[dict]) -> list[dict]:
+    """Python scalars only: numpy values unwrapped, NaN/inf as null (JSON has neither)."""
+    return [{name: _plain_value(value) for name, value in row.items()} for row in rows]
+
+
+def _plain_value(value):
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    return JSONResponse({"error": "; ".join(_problem(e) for e in exc.errors())}, status_code=422)
+
+
+async def _internal_error(_request: Request, _exc: Exception) -> JSONResponse:
+    # a bug or an unreadable store: JSON like every other answer; uvicorn logs the traceback
+    return JSONResponse({"error": "internal error: the server log says more"}, status_code=500)
+
+
+def _problem(error: dict) -> str:
+    """One pydantic error -> 'limit: must be <= 1000'."""
+    where = ".".join(str(part) for part in error.get("loc", ())[1:]) or "request"
+    ctx, kind = error.get("ctx") or {}, error.get("type", "")
+    if kind == "missing":
+        return f"{where}: is required"
+    if kind in COMPARISONS:
+        bound = next(iter(ctx.values()), "?")
+        return f"{where}: must be {COMPARISONS[kind]} {bound}"
+    if kind == "int_parsing":
+        return f"{where}: must be a whole number, got {error.get('input')!r}"
+    message = error.get("msg") or "is not valid"
+    return f"{where}: {message[:1].lower()}{message[1:]}"
+
+
+def _version() -> str:
+    from pipeline import __version__
+
+    return __version__
+
+
+# --- the composition root ---
+
+
+def serve(args) -> int:
+    """`vidstorm serve`: config -> app -> uvicorn on a bound socket. Returns 0 on Ctrl-C."""
+    import uvicorn
+
+    from pipeline.config import load_config
+    from pipeline.models.text_embed import TextEmbedder
+
+    cfg = load_config(args.config, args.overrides)
+    token = (cfg.api.token or os.environ.get("VIDSTORM_API_TOKEN", "")).strip() or None
+    host = args.host or cfg.api.host
+    port = cfg.api.port if args.port is None else args.port
+    if not token:
+        host = "127.0.0.1"
+        print("vidstorm serve: no API token set (api.token or VIDSTORM_API_TOKEN): "
+              "listening on 127.0.0.1 only", file=sys.stderr, flush=True)
+    store = Path(args.data) / "store"
+    sock = _listen(host, port)  # first: a taken port fails before the models load
+    try:
+        app = create_app(store, token, TextEmbedder(cfg.store.text_model),
+                         _run_requester(cfg, args.jobs, args.data), refresh_s=cfg.api.refresh_s,
+                         max_limit=cfg.api.max_limit, index_min_vectors=cfg.store.index_min_vectors,
+                         index_nprobe=cfg.store.index_nprobe)
+        bound_host, bound_port = sock.getsockname()[:2]
+        url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+        print(f"vidstorm serve: http://{url_host}:{bound_port} (store {store}; "
+              "schema at /openapi.json, docs at /docs)", file=sys.stderr, flush=True)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shuts down gracefully, then re-raises the SIGINT it caught
+        pass
+    finally:
+        sock.close()
+    return 0
+
+
+def _run_requester(cfg, jobs_dir: str | None, data_dir: str | Path) -> Callable[[str], str]:
+    """POST /jobs/{name}/run -> a manual run on the job board that the scheduler(s) of `data_dir` read.
+    Specs come from `jobs_dir` (default scheduler.jobs_dir) and DATA/jobs, as for `vidstorm jobs`."""
+    import redis
+
+    from actors.scheduler import request_run
+    from pipeline.config import mask_secrets
+    from pipeline.jobs.spec import load_specs, spec_folders
+
+    def request(name: str) -> str:
+        # read per request: a job added with `vidstorm jobs add` needs no restart
+        specs = load_specs(spec_folders(jobs_dir or cfg.scheduler.jobs_dir, data_dir))
+        try:
+            return request_run(cfg, data_dir, specs, name)
+        except redis.RedisError as err:
+            message = f"cannot reach the scheduler's job board in Redis: {err}"
+            raise VidstormError(mask_secrets(message)) from None
+
+    return request
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket, or one VidstormError line (port taken, unknown host, ...)."""
+    sock = None
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)  # bound and listening before the startup line: early clients wait in the backlog
+    except (OSError, OverflowError) as err:
+        if sock is not None:
+            sock.close()
+        reason = getattr(err, "strerror", None) or str(err)
+        raise VidstormError(f"cannot listen on {host}:{port}: {reason}; pick another --host/--port") from None
+    return sock
