@@ -371,8 +371,10 @@ def main() -> None:
         first_search_s = time.perf_counter() - t
         print(f"server       ready in {start_s:.1f}s, first search {first_search_s:.1f}s", flush=True)
         timed(client, segment_requests[:20] + search_requests[:20])  # warm-up
+        load_before = os.getloadavg()[0]  # others' work on the machine shows up in the tail latencies
         seg_ms = timed(client, segment_requests)
         search_ms = timed(client, search_requests)
+        load_after = os.getloadavg()[0]
         server_rss = rss_mb(server.pid) if server else rss_mb(os.getpid())
         answers = [client.get("/search", {"q": text, "k": 10})["items"] for text in SEARCHES]
     finally:
@@ -406,6 +408,7 @@ def main() -> None:
         "first_search_s": round(first_search_s, 2),
         "server_rss_mb": round(server_rss),
         "via": "direct" if args.direct else "http",
+        "loadavg_1m": [round(load_before, 2), round(load_after, 2)],
     }))
 
 

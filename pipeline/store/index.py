@@ -129,7 +129,20 @@ class VectorIndex:
     # --- searching ---
 
     def search(self, query: np.ndarray, k: int, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, ids), best first; only among `ids` when given. Returns min(k, allowed) rows."""
+        """Top-k (scores, ids), best first; only among `ids` when given. Returns min(k, allowed) rows.
+
+        Runs on the calling thread only: a one-query search gains little from more, and the
+        OpenMP threads faiss would wake spin after each search, taking the cores from the text
+        embedder that runs next in a server (its p95 went from 30 to 450 ms at 1M).
+        """
+        previous = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)  # this thread's setting; a rebuild in another keeps its threads
+        try:
+            return self._search(query, k, ids)
+        finally:
+            faiss.omp_set_num_threads(previous)
+
+    def _search(self, query, k, ids):
         query = np.asarray(query, dtype=np.float32).reshape(-1)
         if query.shape[0] != self.dim:
             raise ValueError(f"query vector has {query.shape[0]} dimensions; the index holds {self.dim}")
@@ -144,8 +157,7 @@ class VectorIndex:
 
     def _exact(self, query, k, ids):
         matrix = self._matrix() if ids is None else self.vectors(ids)  # ids is None only without IVF
-        # faiss' one-query scan runs on the calling thread; numpy's matmul would wake BLAS threads
-        # that spin after it and slow the text embedder sharing the cores.
+        # faiss rather than numpy's matmul, whose BLAS threads would spin after it like OpenMP's
         scores, top = faiss.knn(query[None], matrix, min(k, len(matrix)), metric=faiss.METRIC_INNER_PRODUCT)
         scores, top = scores[0], top[0]
         return scores, (top if ids is None else ids[top]).astype(np.int64)
