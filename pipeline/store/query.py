@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pyarrow.dataset as ds
 
 from pipeline.store import index as vector_index
@@ -79,6 +81,7 @@ class StoreQuery:
         self._lock = threading.RLock()  # the tables and indexes: queries, and the apply step of a refresh
         self._refresh_lock = threading.Lock()  # one refresh (or index opening) at a time
         self._files: dict[str, set[str]] = {table: set() for table in TABLES}  # relative to root
+        self._bad: set[str] = set()  # files that are not readable Parquet, said once and skipped
         self._indexes: dict[str, VectorIndex] | None = None
         self._keys: dict[str, list[pa.Table]] = {}  # per table: the key of each vector id, in id order
         self._unsaved: dict[str, int] = {}
@@ -137,7 +140,22 @@ class StoreQuery:
     def _unread(self, table: str, skip: set[str]) -> list[str]:
         base = self.root / table
         listed = sorted(str(p.relative_to(self.root)) for p in base.rglob("*.parquet")) if base.is_dir() else []
-        return [f for f in listed if f not in skip]
+        return [f for f in listed if f not in skip and f not in self._bad and self._readable(f)]
+
+    def _readable(self, name: str) -> bool:
+        """A file that is not Parquet (truncated, overwritten, ...) is said once and left out,
+        instead of failing every refresh and every search from then on."""
+        try:
+            pq.read_metadata(self.root / name)
+            return True
+        except FileNotFoundError:
+            return False  # compacted away since the listing
+        except (OSError, pa.ArrowException) as err:
+            self._bad.add(name)
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            print(f"vidstorm: warning: skipping unreadable Parquet file {self.root / name}: {reason}",
+                  file=sys.stderr, flush=True)
+            return False
 
     def _scan(self, table: str, files: list[str], columns: list[str]) -> pa.Table:
         """The rows of `files` in order, plus _file (index into files) and _row (row in that file).
@@ -334,9 +352,12 @@ class StoreQuery:
             return [dict(row) for row in self._streams]
 
     def has_stream(self, stream_id: str) -> bool:
+        """A stream with segments, or with summaries only (e.g. rows written by a digest)."""
         with self._lock:
             self.streams()
-            return stream_id in self._stream_ids
+            if stream_id in self._stream_ids:
+                return True
+            return bool(self.db.execute("SELECT 1 FROM summaries WHERE stream_id = ? LIMIT 1", [stream_id]).fetchall())
 
     def segments(self, stream=None, since=None, until=None, limit=None, q=None, after=None) -> list[dict]:
         """Segments in (stream_id, chunk_seq) order. q: caption holds every word (any case);

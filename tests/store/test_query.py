@@ -287,3 +287,25 @@ def test_index_grows_with_refresh_and_retrains_when_four_times_larger(tmp_path):
     q.refresh()
     assert q._indexes["segments"].trained_on == 2500
     assert _keys(q.search(vectors[2400], k=1)) == [("cam", 2400)]
+
+
+def test_an_unreadable_file_is_said_once_and_skipped(tmp_path, capsys):
+    store = Store(tmp_path)
+    store.write_records([_segment("cam", 0, "a red car", _clustered(1)[0])])
+    q = StoreQuery(tmp_path)
+    bad = tmp_path / "segments" / "stream=cam" / "date=2026-11-20" / "part-0-garbage.parquet"
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_bytes(b"not parquet at all")
+    store.write_records([_segment("cam", 1, "a blue van", _clustered(2)[1])])
+    assert q.refresh() == 1  # the good new file still arrives
+    q.refresh()
+    said = [line for line in capsys.readouterr().err.splitlines() if "unreadable" in line]
+    assert len(said) == 1 and str(bad) in said[0]
+    assert [r["caption"] for r in q.segments()] == ["a red car", "a blue van"]
+    assert len(q.search(_clustered(2)[1], k=5)) == 2  # and search opens its index past the bad file
+
+
+def test_a_stream_with_only_summaries_exists(tmp_path):
+    Store(tmp_path).write_records([Summary("lobby", "period", 0, 0.0, 60.0, "quiet", np.zeros(DIM, np.float32), "fp")])
+    q = StoreQuery(tmp_path)
+    assert q.has_stream("lobby") and not q.has_stream("garage")
