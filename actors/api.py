@@ -175,9 +175,11 @@ def create_app(
         finally:
             stop.set()
             refresher.join(timeout=10)
+            query.close()
 
     app = FastAPI(title="vidstorm", version=_version(), lifespan=lifespan,
                   description="Segments, summaries, meaning-based search and jobs of a vidstorm store.")
+    app.state.query = query  # for whoever runs the app without its lifespan (tests): close() it
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)

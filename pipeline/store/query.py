@@ -93,6 +93,10 @@ class StoreQuery:
                 self.db.execute(f"CREATE TABLE {table} AS SELECT * FROM _empty")
         self.refresh()
 
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
+
     # --- loading ---
 
     def refresh(self) -> int:

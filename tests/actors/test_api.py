@@ -412,7 +412,11 @@ def _fuzz_app(store_root, text_embedder):
 def test_fuzzed_requests_get_documented_answers_never_5xx(store_root, text_embedder):
     # schemathesis' pytest loaders (from_fixture) break on pytest 9 (`Function._nodeid`), so its cases come
     # from the documented `as_strategy` under plain hypothesis.
-    seen = _fuzz(_fuzz_app(store_root, text_embedder), max_examples=50)
+    app = _fuzz_app(store_root, text_embedder)
+    try:
+        seen = _fuzz(app, max_examples=50)
+    finally:
+        app.state.query.close()  # schemathesis calls the app without its lifespan
     assert set(seen) == {"GET /streams", "GET /segments", "GET /search", "GET /summaries", "GET /jobs",
                          "POST /jobs/{name}/run"}
     for label in ("GET /streams", "GET /segments", "GET /search", "GET /summaries", "GET /jobs"):
