@@ -54,6 +54,8 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/temporal.py
 	$(PY) bench/ingest.py
+	$(PY) bench/distributed.py
+	$(PY) bench/query.py
 
 clean:
 	rm -rf $(VENV) $(COMPOSE_VENV) vidstorm-data .pytest_cache
