@@ -313,9 +313,7 @@ def _jobs_run(args) -> int:
     if row is None:
         print(f"{rid}: taken by a running scheduler; follow it with `vidstorm jobs show {spec.name}`")
         return 0
-    print(f"{rid}: {row['status']}" + (f" ({row['detail']})" if row["detail"] else "")
-          + (f": {row['error']}" if row["error"] else ""))
-    return 0 if row["status"] == "done" else 1
+    return 0 if row["status"] == "done" else 1  # the scheduler's log said how it went
 
 
 def _jobs_cancel(args) -> int:

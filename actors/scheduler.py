@@ -198,12 +198,15 @@ class JobExecutor:
     # --- ingest: the job's sources that are not in the store yet ---
 
     def _ingest(self, run: Run, cfg: Config, should_stop) -> RunOutcome:
-        from pipeline.ingest import ingested_before
+        from pipeline.store.query import StoreQuery
 
         sources, errors = job_sources(run.spec)
         for err in errors:
             self.log(f"vidstorm: error: {err}")
-        new, already = split_new(sources, ingested_before(self.store_root), fingerprint(cfg))
+        query = StoreQuery(self.store_root)
+        done_before = [r for r in query.jobs(status="done") if r["kind"] == "ingest"]
+        query.close()
+        new, already = split_new(sources, done_before, fingerprint(cfg))
         tags = {"job_name": run.spec.name, "run_id": run.run_id}
         rows = []
         if new and self.cluster is None:

@@ -4,6 +4,7 @@ outcome record both kinds of run report. The executors in actors/scheduler.py do
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,11 +58,22 @@ def job_sources(spec: JobSpec) -> tuple[list[Source], list[SourceError]]:
     return _unique_ids(sources), errors
 
 
-def split_new(sources: list[Source], done_before: set, config_fp: str) -> tuple[list[Source], int]:
-    """(sources not ingested yet with this config, how many were). Live URLs are always new."""
+def split_new(sources: list[Source], done_before: list[dict], config_fp: str) -> tuple[list[Source], int]:
+    """(sources not ingested yet with this config, how many were). Live URLs are always new.
+
+    `done_before`: rows of finished ingest jobs. A file was ingested when a row has its content
+    fingerprint and this config, and its stream id or its path: a file ingested once by hand
+    (under another stream id) is not summarised again; a different file with the same bytes is.
+    """
+    known: dict[tuple[str, str], set[str]] = {}
+    for row in done_before:
+        if row.get("content_fingerprint"):
+            ids = known.setdefault((row["content_fingerprint"], row["config_fingerprint"]), set())
+            ids.update({row["stream_id"], os.path.realpath(row["source"] or "")})
     new, already = [], 0
     for source in sources:
-        if not source.live and (source.stream_id, fingerprint(source.uri), config_fp) in done_before:
+        ids = None if source.live else known.get((fingerprint(source.uri), config_fp))
+        if ids and (source.stream_id in ids or os.path.realpath(source.uri) in ids):
             already += 1
         else:
             new.append(source)
@@ -74,7 +86,7 @@ def ingest_outcome(rows: list[dict], n_found: int, n_new: int, n_already: int, e
         outcome.add(row)
     failed = [str(e) for e in errors] + outcome.failed_sources
     cancelled = any(row.get("status") == "cancelled" for row in rows)
-    outcome.detail = (f"{n_new} new of {n_found} sources ({n_already} already ingested)"
+    outcome.detail = (f"{n_new} new of {n_found} sources, {n_already} already ingested"
                       + (f", {len(failed)} failed" if failed else ""))
     if cancelled:
         outcome.status, outcome.error = "cancelled", "cancelled"

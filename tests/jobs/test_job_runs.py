@@ -70,16 +70,24 @@ def test_an_ingest_job_takes_only_files_it_has_not_ingested(tmp_path, server, ti
     now = dt.datetime.now(UTC)
 
     first = s.run_pending(board.request(spec.name, now))
-    assert first["status"] == "done" and first["detail"] == "2 new of 2 sources (0 already ingested)"
+    assert first["status"] == "done" and first["detail"] == "2 new of 2 sources, 0 already ingested"
     write_clip(clips / "wednesday.mp4", seconds=8, fps=4)
     second = s.run_pending(board.request(spec.name, now + dt.timedelta(seconds=1)))
-    assert second["status"] == "done" and second["detail"] == "1 new of 3 sources (2 already ingested)"
+    assert second["status"] == "done" and second["detail"] == "1 new of 3 sources, 2 already ingested"
     third = s.run_pending(board.request(spec.name, now + dt.timedelta(seconds=2)))
-    assert third["detail"] == "0 new of 3 sources (3 already ingested)" and third["segments"] == 0
+    assert third["detail"] == "0 new of 3 sources, 3 already ingested" and third["segments"] == 0
+    write_clip(clips / "thursday.mp4", seconds=12, fps=4)  # ingested by hand first, under another stream id
+    from pipeline.decode import Source
+    from pipeline.ingest import LocalIngest
+
+    LocalIngest(executor.config_for(spec), executor._processor(executor.config_for(spec)), data,
+                log=lambda m: None).run(Source(str(clips / "thursday.mp4"), "by-hand"))
+    fourth = s.run_pending(board.request(spec.name, now + dt.timedelta(seconds=3)))
+    assert fourth["detail"] == "0 new of 4 sources, 4 already ingested"
 
     keys = stored_keys(data / "store")
-    assert len(keys) == len(set(keys)) == 2 + 1 + 1  # 16 s and two 8 s clips at 1 fps, 8-frame chunks
-    per_source = [r for r in StoreQuery(data / "store").jobs() if r["kind"] == "ingest" and r["job_id"] != r["run_id"]
+    assert len(keys) == len(set(keys)) == 2 + 1 + 1 + 2  # 16, 8, 8 (same bytes as 8: a file of its own), 12 s
+    per_source = [r for r in StoreQuery(data / "store").jobs() if r["run_id"] and r["job_id"] != r["run_id"]
                   and r["status"] == "done"]
     assert sorted(r["run_id"] for r in per_source) == sorted([first["run_id"]] * 2 + [second["run_id"]])
 
@@ -116,7 +124,7 @@ def test_a_killed_run_finishes_on_rerun_from_where_it_stopped(tmp_path, tiny_ove
 
     runs = run_rows(data / "store", "cams")
     assert (runs[-1]["status"], runs[-1]["attempts"]) == ("done", 2)
-    assert runs[-1]["detail"] == "1 new of 2 sources (1 already ingested)"
+    assert runs[-1]["detail"] == "1 new of 2 sources, 1 already ingested"
     keys = stored_keys(data / "store")
     assert len(keys) == len(set(keys))
     assert sorted(seq for sid, seq, _ in keys if sid == "clips-b") == list(range(12))

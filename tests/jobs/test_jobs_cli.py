@@ -35,7 +35,7 @@ def test_register_list_show_and_run_a_job(tmp_path, tiny_overrides):
 
     ran = vidstorm("jobs", "run", "daily", "--local", "--jobs", jobs, "--data", data, *tiny_overrides)
     assert ran.returncode == 0, ran.stderr[-2000:]
-    assert "done (period" in ran.stdout and "0 streams" in ran.stdout
+    assert "done (period" in ran.stderr and "0 streams" in ran.stderr
     shown = vidstorm("jobs", "show", "daily", "--json", "--jobs", jobs, "--data", data)
     runs = json.loads(shown.stdout)["runs"]
     assert [(r["status"], r["trigger"], r["attempts"]) for r in runs] == [("done", "manual", 1)]
