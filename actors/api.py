@@ -163,10 +163,10 @@ def create_app(
     index_min_vectors, index_nprobe: StoreConfig's, for the vector index of meaning-based search.
     """
     query = StoreQuery(store_root, index_min_vectors=index_min_vectors, index_nprobe=index_nprobe)
+    stop = threading.Event()  # set when the app shuts down (or by whoever runs it without its lifespan)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        stop = threading.Event()
         refresher = threading.Thread(target=_refresh_loop, args=(query, refresh_s, stop),
                                      name="store-refresh", daemon=True)
         refresher.start()
@@ -179,7 +179,7 @@ def create_app(
 
     app = FastAPI(title="vidstorm", version=_version(), lifespan=lifespan,
                   description="Segments, summaries, meaning-based search and jobs of a vidstorm store.")
-    app.state.query = query  # for whoever runs the app without its lifespan (tests): close() it
+    app.state.query, app.state.stop = query, stop  # a host that never ends the lifespan: stop.set(), close()
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
