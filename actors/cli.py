@@ -204,7 +204,7 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _scheduler_parts(cfg, args, specs, cluster):
+def _scheduler_parts(cfg, args, specs, cluster, reload_specs=None):
     from pathlib import Path
 
     from actors.scheduler import JobExecutor, Scheduler
@@ -214,7 +214,8 @@ def _scheduler_parts(cfg, args, specs, cluster):
 
     board = JobBoard(connect(cluster.redis_url), cfg.queue.prefix)
     executor = JobExecutor(args.data, args.config, args.overrides, cluster=None if args.local else cluster, log=_log)
-    return board, Scheduler(specs, board, executor, Store(Path(args.data) / "store"), cfg.scheduler, log=_log)
+    return board, Scheduler(specs, board, executor, Store(Path(args.data) / "store"), cfg.scheduler, log=_log,
+                            reload_specs=reload_specs)
 
 
 def cmd_scheduler(args) -> int:
@@ -228,8 +229,10 @@ def cmd_scheduler(args) -> int:
     if not specs:
         raise VidstormError(f"no job specs in {' or '.join(map(str, folders))}: write one (see configs/jobs/) "
                             "or register one with `vidstorm jobs add`")
+    from pipeline.jobs.spec import load_specs
+
     with Cluster(cfg, args.data, log=_log, with_ray=not args.local, join=True) as cluster:
-        board, scheduler = _scheduler_parts(cfg, args, specs, cluster)
+        board, scheduler = _scheduler_parts(cfg, args, specs, cluster, reload_specs=lambda: load_specs(folders))
         now = scheduler.clock()
         for spec in specs.values():
             _log(f"{spec.name}: {spec.kind} at '{spec.schedule}' {spec.timezone}; next {next_fire(spec, now):%Y-%m-%d %H:%M} UTC")

@@ -64,8 +64,13 @@ class Scheduler:
     """Plans due windows and runs the pending ones this scheduler can take. Call tick() or serve()."""
 
     def __init__(self, specs: dict[str, JobSpec], board: JobBoard, executor, store: Store,
-                 settings: SchedulerConfig, clock=utc_now, log=print, owner: str | None = None):
+                 settings: SchedulerConfig, clock=utc_now, log=print, owner: str | None = None,
+                 reload_specs=None):
+        """reload_specs: a callable returning the current specs, read again on every plan, so jobs
+        added (`vidstorm jobs add`, a new YAML file) are scheduled without a restart."""
         self.specs, self.board, self.executor, self.store = specs, board, executor, store
+        self.reload_specs = reload_specs
+        self._reload_error = ""
         self.settings, self.clock, self.log = settings, clock, log
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         # A window is on time if it fell due within a poll or two; older ones were missed.
@@ -73,11 +78,30 @@ class Scheduler:
 
     def plan(self) -> None:
         """Put every job's windows that fell due on the board (once, whoever looks first)."""
+        if self.reload_specs is not None:
+            self._reload()
         now = self.clock()
         for spec in self.specs.values():
             _, skipped = self.board.plan(spec, now, self.on_time_s)
             for window in skipped:
                 self._record_skipped(spec, window)
+
+    def _reload(self) -> None:
+        """Pick up added, changed and removed specs; a spec that no longer loads is said once and
+        the jobs keep their last good specs."""
+        try:
+            specs = self.reload_specs()
+        except VidstormError as err:
+            if str(err) != self._reload_error:
+                self._reload_error = str(err)
+                self.log(f"vidstorm scheduler: error: {err} (keeping the jobs as they were)")
+            return
+        self._reload_error = ""
+        for name in sorted(set(specs) - set(self.specs)):
+            self.log(f"{name}: new job, {specs[name].kind} at '{specs[name].schedule}' {specs[name].timezone}")
+        for name in sorted(set(self.specs) - set(specs)):
+            self.log(f"{name}: job removed")
+        self.specs = specs
 
     def run_due(self) -> list[dict]:
         """Run the pending runs no one else holds, oldest window first. Returns their rows."""

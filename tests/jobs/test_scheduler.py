@@ -229,3 +229,24 @@ def test_a_long_run_does_not_make_other_jobs_late(server, tmp_path):
     ran = {c[0]: c[1] for c in rec.calls}
     assert ran[f"{quick.name}@20261120T000200Z"] == "cron"  # planned on time, though it ran after the slow one
     assert f"{quick.name}@20261120T000500Z" not in ran  # catch_up none: missed windows stay skipped
+
+
+def test_jobs_added_or_broken_while_running_are_picked_up_or_said(server, tmp_path):
+    from pipeline.jobs.spec import load_specs
+
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    (folder / "a.yaml").write_text("name: a\nkind: digest\nschedule: '0 2 * * *'\n")
+    said, rec, clock = [], Recorder(), Clock("2026-11-20T01:30:00")
+    s = scheduler(server, uuid.uuid4().hex[:6], load_specs([folder]).values(), rec, clock, tmp_path)
+    s.reload_specs, s.log = (lambda: load_specs([folder])), said.append
+    s.tick()
+    (folder / "b.yaml").write_text("name: b\nkind: digest\nschedule: '*/30 * * * *'\n")
+    clock.set("2026-11-20T01:45:00")
+    s.tick()  # b is seen (its first look starts from now)
+    (folder / "a.yaml").write_text("name: a\nkind: digest\nschedule: 'every night'\n")  # broken mid-run
+    clock.set("2026-11-20T02:00:10")
+    s.tick(), s.tick()
+    assert sorted(c[0].split("@")[0] for c in rec.calls) == ["a", "b"]  # a kept its last good spec
+    assert [m for m in said if "new job" in m] == ["b: new job, digest at '*/30 * * * *' UTC"]
+    assert len([m for m in said if "not a 5-field cron" in m]) == 1
