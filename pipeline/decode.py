@@ -115,6 +115,22 @@ def fingerprint(path: str, block: int = 1 << 20) -> str:
     return digest.hexdigest()[:32]
 
 
+def recorded_at(container, stream) -> float | None:
+    """When a file's footage starts (unix seconds), from its creation_time tag; None when the tag
+    is missing or is a placeholder (many tools write 1970-01-01)."""
+    import datetime as dt
+
+    text = stream.metadata.get("creation_time") or container.metadata.get("creation_time")
+    if not text:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    when = when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+    return when.timestamp() if when.year >= 2000 else None
+
+
 def _describe(err: Exception) -> str:
     text = str(err)
     match = re.search(r"\]\s*(.*?)(?::\s*'[^']*')?$", text)
@@ -148,6 +164,7 @@ class VideoDecoder:
         self.open_timeout, self.read_timeout = open_timeout, read_timeout
         self.start_at, self.first_chunk_seq = start_at, first_chunk_seq
         self.duration: float | None = None  # seconds, when the container knows it
+        self.recorded_at: float | None = None  # unix seconds of the file's start, when it says (cameras do)
         self.frames_decoded = 0  # every decoded frame, sampled or not
         self._container = None
 
@@ -186,7 +203,13 @@ class VideoDecoder:
         elif container.duration:
             self.duration = container.duration / 1_000_000
         self._container, self._stream = container, stream
+        if not self.source.live:
+            self.recorded_at = recorded_at(container, stream)
         return self
+
+    def _start_time(self) -> float:
+        stream = self._stream
+        return float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
 
     def close(self):
         if self._container is not None:
@@ -232,6 +255,8 @@ class VideoDecoder:
             for t, frame in self._sampled_frames():
                 if self.source.live and wall0 is None:
                     wall0, t_first = time.time(), t
+                elif wall0 is None and self.recorded_at is not None:  # a file that says when it was shot
+                    wall0, t_first = self.recorded_at, self._start_time()
                 rgb = frame.to_ndarray(width=self.size, height=self.size, format="rgb24", interpolation="BILINEAR")
                 frames.append(rgb)
                 stamps.append(t)
@@ -266,9 +291,7 @@ class VideoDecoder:
         """A file whose index promises more than could be decoded is truncated."""
         if self.source.live or self.duration is None or self.keyframes_only:
             return
-        stream = self._stream
-        start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-        expected_end = start + self.duration
+        expected_end = self._start_time() + self.duration
         if last_t + max(2.0, 2 * self.period) < expected_end:
             raise SourceError(
                 self.source.uri, f"truncated: video data ends at {last_t:.1f}s of {expected_end:.1f}s"

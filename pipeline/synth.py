@@ -35,8 +35,10 @@ def write_clip(
     codec: str = "libx264",
     gop: int | None = None,
     faststart: bool = False,
+    creation_time: str | None = None,
 ) -> Path:
-    """Encode a clip. `times` (seconds) gives explicit, possibly irregular, frame times (VFR)."""
+    """Encode a clip. `times` (seconds) gives explicit, possibly irregular, frame times (VFR);
+    `creation_time` (ISO) is written as the container's recording time, as cameras do."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     time_base = Fraction(1, 1000)
@@ -44,6 +46,8 @@ def write_clip(
         times = [start + i / fps for i in range(int(round(seconds * fps)))]
     options = {"movflags": "+faststart"} if faststart else {}
     with av.open(str(path), "w", options=options) as out:
+        if creation_time:
+            out.metadata["creation_time"] = creation_time
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.time_base = time_base

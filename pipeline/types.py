@@ -78,7 +78,7 @@ class FrameChunk:
     frames: np.ndarray  # (T, S, S, 3) uint8
     timestamps: np.ndarray  # (n_valid,) float64 seconds of presentation time
     t_end: float  # end of the span this chunk covers
-    wall_clock: float | None = None  # unix seconds of the first frame, for live sources
+    wall_clock: float | None = None  # unix seconds of the first frame: live sources, tagged files
     source: str = ""
 
     @property
@@ -137,7 +137,7 @@ class Segment:
     n_frames: int
     config_fingerprint: str
     source: str = ""
-    wall_clock: float | None = None  # unix seconds, live sources
+    wall_clock: float | None = None  # unix seconds: live sources, files tagged with creation_time
     created_at: float = 0.0  # unix seconds
     level: str = "chunk"
 

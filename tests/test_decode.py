@@ -59,6 +59,18 @@ def test_resume_from_a_time_continues_the_same_samples(tmp_path):
         assert np.array_equal(a.frames, b.frames)
 
 
+def test_a_file_that_says_when_it_was_shot_gets_wall_clock_times(tmp_path):
+    import datetime as dt
+
+    shot = write_clip(tmp_path / "cam.mp4", seconds=20, fps=5, creation_time="2026-11-19T08:00:00.000000Z")
+    start = dt.datetime(2026, 11, 19, 8, tzinfo=dt.timezone.utc).timestamp()
+    assert [c.wall_clock for c in _decode(shot)] == [start, start + 8, start + 16]
+    assert [c.wall_clock for c in _decode(shot, start_at=8.0, first_chunk_seq=1)] == [start + 8, start + 16]
+    placeholder = write_clip(tmp_path / "old.mp4", seconds=4, fps=5, creation_time="1970-01-01T00:00:00Z")
+    assert [c.wall_clock for c in _decode(placeholder)] == [None]  # 1970: a tool's placeholder, not a time
+    assert [c.wall_clock for c in _decode(BIKES)][:1] == [None]  # no tag at all
+
+
 def test_real_clip_and_keyframes_only():
     chunks = _decode(BIKES, size=224, chunk_frames=16)
     assert len(chunks) == 1 and chunks[0].n_valid == 10 and chunks[0].frames.shape == (16, 224, 224, 3)

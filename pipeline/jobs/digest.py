@@ -1,7 +1,8 @@
 """Digest: roll a period's stored segments up into one period summary per stream.
 
-A segment belongs to the period in which its footage was recorded (wall_clock, known for
-live sources) or, when that is unknown (files), in which it was stored (created_at).
+A segment belongs to the period in which its footage was recorded (wall_clock: live sources,
+and files whose creation_time tag says when they were shot) or, when that is unknown, in
+which it was stored (created_at).
 The summary is stored as level "period" with seq = the period's start in unix seconds, so
 running the same digest again adds nothing.
 """

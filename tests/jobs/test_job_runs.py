@@ -190,3 +190,20 @@ def test_both_kinds_of_job_run_on_ray(tmp_path, tiny_overrides):
     assert leftover == []  # a run's queues are removed when it ends
     rows = [r for r in StoreQuery(data / "store").jobs() if r["stream_id"] == "clips-yard"]
     assert rows[-1]["status"] == "done" and rows[-1]["run_id"] == "yard@manual" and rows[-1]["job_name"] == "yard"
+
+
+def test_nightly_ingest_then_digest_of_a_camera_file_shot_yesterday(tmp_path, tiny_overrides):
+    """A camera file tagged with when it was shot lands in that day's digest, whenever it is ingested."""
+    clips, data = tmp_path / "cam9", tmp_path / "data"
+    write_clip(clips / "2026-11-19.mp4", seconds=24, fps=4, creation_time="2026-11-19T22:00:00Z")
+    executor = JobExecutor(data, overrides=tiny_overrides, log=lambda m: None)
+    night = dt.datetime(2026, 11, 20, 2, tzinfo=UTC)
+    ingest = executor.run(Run("cam9@1", ingest_spec(clips, name="cam9"), night, "cron"), lambda: False)
+    assert (ingest.status, ingest.segments) == ("done", 3)
+    digest_spec = parse_spec({"name": "daily", "kind": "digest", "schedule": "30 6 * * *", "period": "day"}, "t")
+    wrong_day = executor.run(Run("daily@0", digest_spec, night - dt.timedelta(days=1), "cron"), lambda: False)
+    digest = executor.run(Run("daily@1", digest_spec, night + dt.timedelta(hours=4, minutes=30), "cron"),
+                          lambda: False)
+    assert (wrong_day.summaries, digest.summaries, digest.segments) == (0, 1, 3)
+    [row] = StoreQuery(data / "store").summaries("cam9-2026-11-19", level="period")
+    assert row["wall_clock"] == dt.datetime(2026, 11, 19, tzinfo=UTC) and (row["t_start"], row["t_end"]) == (0.0, 24.0)
