@@ -288,7 +288,9 @@ def _jobs_show(args) -> int:
     if args.json:
         _emit_json({"spec": spec.__dict__, "runs": runs})
         return 0
-    print(f"# {spec.path}\n{spec.to_yaml()}", end="")
+    from pipeline.config import mask_secrets
+
+    print(f"# {spec.path}\n{mask_secrets(spec.to_yaml())}", end="")
     print(f"runs ({len(runs)} newest):" if runs else "no runs yet")
     for r in runs:
         print(f"  {r['run_id']:36s} {r['trigger'] or '':8s} {r['status']:9s} attempt {r['attempts'] or 0}  "

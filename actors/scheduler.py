@@ -343,4 +343,10 @@ def request_run(cfg: Config, data_dir: str | Path, specs: dict[str, JobSpec], na
     if board is None:
         raise VidstormError("no scheduler is running for this data directory: start `vidstorm scheduler`, "
                             "or run the job here with `vidstorm jobs run NAME`")
-    return board.request(name, utc_now())
+    now = utc_now()
+    rid = board.request(name, now)
+    # a row at once, so the run is listed (GET /jobs, `jobs show`) before a scheduler starts it
+    Store(Path(data_dir) / "store").write_job({
+        "job_id": rid, "run_id": rid, "job_name": name, "kind": specs[name].kind, "window": now.timestamp(),
+        "trigger": "manual", "attempts": 0, "status": "pending", "started_at": now.timestamp()})
+    return rid

@@ -30,6 +30,11 @@ def test_a_run_requested_over_http_is_run_by_the_scheduler(tmp_path, tiny_overri
             run_id = posted.json()["run_id"]
             assert run_id.startswith("daily@") and run_id.endswith("-manual")
             assert client.post("/jobs/weekly/run", headers=auth).status_code == 404
+            deadline = time.monotonic() + 10
+            while not any(i["job_id"] == run_id and i["status"] == "pending"
+                          for i in client.get("/jobs", params={"name": "daily"}, headers=auth).json()["items"]):
+                assert time.monotonic() < deadline, "a requested run is listed before it starts"
+                time.sleep(0.1)
 
             specs = load_specs(spec_folders(str(tmp_path / "none"), data))
             scheduler = Scheduler(specs, JobBoard(connect(server.url), cfg.queue.prefix),
