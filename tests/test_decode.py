@@ -57,6 +57,8 @@ def test_resume_from_a_time_continues_the_same_samples(tmp_path):
     for a, b in zip(full[1:], resumed):
         assert a.timestamps.tolist() == b.timestamps.tolist()
         assert np.array_equal(a.frames, b.frames)
+    # a crash after the last chunk, before the end was recorded: resuming finds nothing left, no error
+    assert _decode(path, start_at=full[-1].t_end, first_chunk_seq=len(full)) == []
 
 
 def test_a_file_that_says_when_it_was_shot_gets_wall_clock_times(tmp_path):

@@ -222,12 +222,17 @@ def test_an_interrupted_run_resumes_where_it_stopped(cluster, clips, reference, 
     source = Source(str(clips["cam-a"]), "cam-a")
     summarizer = f"{cfg.queue.prefix}-summarizer-0"
     first = DistributedIngest(cluster, cfg, log=lambda m: None)
-    try:  # stop once a few captions are written: the actors go, as they would with their scheduler
+    try:  # stop once a few captions are written; the actors die at once, as with a scheduler that died
         rows = first.run([source], should_stop=lambda: _handed_on(first, summarizer) >= 3)
+        for actor in first.pipeline.actors.values():
+            ray.kill(actor, no_restart=True)
+        first.pipeline = None
     finally:
         first.shutdown()
     assert rows[0]["status"] == "cancelled"
-    decoded_at, done_before = _stage_progress(first, "cam-a")[0], _handed_on(first, summarizer)
+    encoder = f"{cfg.queue.prefix}-encoder-0"
+    decoded_at, captioned = _stage_progress(first, "cam-a")[0], _handed_on(first, summarizer)
+    encoded = _handed_on(first, encoder)
 
     said = []
     second = DistributedIngest(cluster, cfg, log=said.append)
@@ -235,9 +240,14 @@ def test_an_interrupted_run_resumes_where_it_stopped(cluster, clips, reference, 
         rows = second.run([source], resume=True)
     finally:
         second.shutdown()
-    assert rows[0]["status"] == "done" and f"cam-a: resuming at chunk {decoded_at}" in said
+    assert rows[0]["status"] == "done", rows[0]["error"]
+    # (a killed decoder may have published one more chunk between our look and its death)
+    resumed_at = [int(m.rsplit(" ", 1)[1]) for m in said if m.startswith("cam-a: resuming at chunk ")]
+    assert len(resumed_at) == 1 and decoded_at <= resumed_at[0] <= decoded_at + 1
     segments, summaries = _rows(tmp_path / "store")
     assert segments == {k: v for k, v in reference[0].items() if k[0] == "cam-a"}
     assert summaries == {k: v for k, v in reference[1].items() if k[0] == "cam-a"}
-    # the LLM did only what was left, not the stream again
-    assert _handed_on(second, summarizer) - done_before <= CHUNKS + 6 - 3
+    # Only what was left was done again, not the stream: at most the messages a killed worker
+    # held unacknowledged (max_in_flight=2) are redone. A restart would encode all CHUNKS again.
+    assert _handed_on(second, encoder) - encoded <= CHUNKS - encoded + 2 < CHUNKS
+    assert _handed_on(second, summarizer) - captioned <= CHUNKS + 6 - captioned + 2
