@@ -266,8 +266,9 @@ class VideoDecoder:
                     frames, stamps, seq = [], [], seq + 1
             if frames:
                 yield self._chunk(seq, frames, stamps, wall0, t_first)
-            if last_t is None and self.start_at > 0:
-                return  # resumed after the last sample: nothing was left to decode
+            if last_t is None and self.start_at > 0:  # resumed after the last sample: nothing left,
+                self._check_complete(self.start_at - self.period)  # but a cut file is still cut
+                return
             if last_t is None:
                 raise SourceError(self.source.uri, "no decodable video frames")
             self._check_complete(last_t)
