@@ -33,7 +33,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.errors import VidstormError
-from pipeline.store.query import StoreQuery, parse_time
+from pipeline.store.query import QueryError, StoreQuery
 
 log = logging.getLogger("vidstorm.api")
 
@@ -182,6 +182,7 @@ def create_app(
     app.state.query, app.state.stop = query, stop  # a host that never ends the lifespan: stop.set(), close()
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(QueryError, _bad_query)
     app.add_exception_handler(Exception, _internal_error)
 
     errors = {400: {"model": ErrorBody}, 422: {"model": ErrorBody}}
@@ -207,7 +208,6 @@ def create_app(
         limit: int = limit_param,
         cursor: str | None = Query(None, description="next_cursor of the previous page"),
     ):
-        _check_range(since, until)
         after = _decode_cursor(cursor) if cursor else None
         known_stream(stream)
         rows = query.segments(stream, since, until, limit + 1, q=q or None, after=after)
@@ -224,7 +224,6 @@ def create_app(
         since: str | None = Query(None, description=f"rows that end after this: {TIME_HELP}"),
         until: str | None = Query(None, description=f"rows that start before this: {TIME_HELP}"),
     ):
-        _check_range(since, until)
         known_stream(stream)
         vector = embedder.embed([q])[0]
         return {"items": _plain(query.search(vector, stream, since, until, k=k))}
@@ -295,19 +294,6 @@ def _bearer_check(token: str):
 # --- parameters ---
 
 
-def _check_range(since: str | None, until: str | None) -> None:
-    """400 for a time that does not parse or a range that ends before it starts."""
-    parsed = {}
-    for name, text in (("since", since), ("until", until)):
-        try:
-            parsed[name] = parse_time(text)
-        except ValueError as err:
-            raise HTTPException(400, f"{name}: {err}") from None
-    start, end = parsed["since"], parsed["until"]
-    if start and end and start[0] == end[0] and start[1] > end[1]:
-        raise HTTPException(400, f"since {since!r} is after until {until!r}")
-
-
 def _encode_cursor(stream_id: str, chunk_seq: int) -> str:
     raw = json.dumps([stream_id, int(chunk_seq)], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
@@ -342,6 +328,10 @@ def _plain_value(value):
 
 async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
     return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _bad_query(_request: Request, exc: QueryError) -> JSONResponse:
+    return JSONResponse({"error": str(exc)}, status_code=400)
 
 
 async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

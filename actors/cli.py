@@ -251,8 +251,13 @@ def cmd_jobs(args) -> int:
 
 
 def _runs(args, name=None) -> list[dict]:
-    rows = [r for r in _query(args).jobs() if r.get("job_name") and r.get("job_id") == r.get("run_id")]
-    return [r for r in rows if name is None or r["job_name"] == name]
+    """Runs of named jobs (a run's own row has job_id == run_id), newest first."""
+    from pathlib import Path
+
+    from pipeline.store.query import StoreQuery
+
+    query = StoreQuery(Path(args.data) / "store", tables=("jobs",))
+    return [r for r in query.jobs(name=name) if r["job_name"] and r["job_id"] == r["run_id"]]
 
 
 def _when(value) -> str:
@@ -267,7 +272,9 @@ def _jobs_list(args) -> int:
     if not specs:
         print(f"no jobs defined (looked in {', '.join(map(str, folders))})")
         return 0
-    last = {r["job_name"]: r for r in sorted(_runs(args), key=lambda r: r["started_at"])}
+    last = {}
+    for run in _runs(args):  # newest first: keep each job's first
+        last.setdefault(run["job_name"], run)
     if args.json:
         _emit_json([{**s.__dict__, "next_run": next_fire(s, utc_now()), "last_run": last.get(n)}
                     for n, s in specs.items()])
@@ -284,7 +291,7 @@ def _jobs_list(args) -> int:
 def _jobs_show(args) -> int:
     _, specs, _ = _jobs_context(args)
     spec = _spec(specs, args.name)
-    runs = sorted(_runs(args, args.name), key=lambda r: r["started_at"], reverse=True)[: args.limit]
+    runs = _runs(args, args.name)[: args.limit]
     if args.json:
         _emit_json({"spec": spec.__dict__, "runs": runs})
         return 0
@@ -336,14 +343,16 @@ def _jobs_cancel(args) -> int:
     result = board.cancel(args.run)
     if result == "unknown":
         raise VidstormError(f"no run {args.run!r} (run ids look like NAME@20261121T020000Z)")
-    if result == "cancelled" and board.info(args.run).get("owner") is None:  # never started: record it here
-        info, now = board.info(args.run), time.time()
+    info = board.info(args.run)
+    if result == "cancelled" and info.get("owner") is None:  # it never started: record it here
         import datetime as dt
 
-        Store(Path(args.data) / "store").write_job({
-            "job_id": args.run, "run_id": args.run, "job_name": info.get("job"), "status": "cancelled",
-            "window": dt.datetime.fromisoformat(info["window"]).timestamp(), "trigger": info.get("trigger"),
-            "attempts": 0, "started_at": now, "finished_at": now, "error": "cancelled before it started"})
+        from pipeline.jobs.runs import run_row
+
+        now = time.time()
+        Store(Path(args.data) / "store").write_job(run_row(
+            args.run, info.get("job"), None, dt.datetime.fromisoformat(info["window"]), info.get("trigger"), 0,
+            "cancelled", now, now, error="cancelled before it started"))
     print({"cancelling": f"{args.run}: cancelling (its scheduler stops it at the next chunk or stream)",
            "cancelled": f"{args.run}: cancelled"}.get(result, f"{args.run}: already {result}"))
     return 0

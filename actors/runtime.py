@@ -30,6 +30,18 @@ from actors import stages
 ACTOR_OPTIONS = {"max_restarts": -1, "max_task_retries": 0, "num_cpus": 0}
 
 
+def worker_env(cfg: Config) -> dict:
+    """Environment of every Ray worker we start (actors, digest tasks)."""
+    # Workers share cores: threads that spin while waiting would steal them from the others.
+    env = {"OMP_WAIT_POLICY": "PASSIVE"}
+    if cfg.workers.torch_threads > 0:
+        env["OMP_NUM_THREADS"] = str(cfg.workers.torch_threads)
+    for var in ("VIDSTORM_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_VERBOSITY"):
+        if var in os.environ:
+            env[var] = os.environ[var]
+    return env
+
+
 class Cluster:
     """Redis + Ray for one command. `with Cluster(cfg, data) as cluster: ...`"""
 
@@ -126,14 +138,7 @@ class DistributedIngest:
             options["num_gpus"] = gpus
         if concurrency > 1:
             options["max_concurrency"] = concurrency
-        # Actors share cores: threads that spin while waiting would steal them from the others.
-        env = {"OMP_WAIT_POLICY": "PASSIVE"}
-        if self.cfg.workers.torch_threads > 0:
-            env["OMP_NUM_THREADS"] = str(self.cfg.workers.torch_threads)
-        for var in ("VIDSTORM_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_VERBOSITY"):
-            if var in os.environ:
-                env[var] = os.environ[var]
-        options["runtime_env"] = {"env_vars": env}
+        options["runtime_env"] = {"env_vars": worker_env(self.cfg)}
         return ray.remote(**options)(cls).remote(self.cfg, self.cluster.redis_url, name, *args)
 
     def start_actors(self) -> Pipeline:
@@ -170,13 +175,13 @@ class DistributedIngest:
     # --- jobs ---
 
     def _prepare(self, sources: list[Source]) -> list[dict]:
-        from pipeline.ingest import ingested_before
+        from pipeline.ingest import Ingested
 
-        done_before = ingested_before(Path(self.data_dir) / "store")
+        done_before = Ingested(Path(self.data_dir) / "store")
         config_fp, jobs = fingerprint(self.cfg), []
         for source in sources:
             content_fp = "" if source.live else content_fingerprint(source.uri)
-            if (source.stream_id, content_fp, config_fp) in done_before:
+            if done_before.holds(source, content_fp, config_fp):
                 self.log(f"{source.stream_id}: already ingested with this config; nothing to do")
                 continue
             jobs.append({"job_id": uuid.uuid4().hex[:12], "source": source.uri, "stream_id": source.stream_id,

@@ -23,7 +23,7 @@ from pathlib import Path
 from pipeline.config import Config, SchedulerConfig, fingerprint, load_config
 from pipeline.errors import VidstormError
 from pipeline.jobs.board import JobBoard
-from pipeline.jobs.runs import Run, RunOutcome, ingest_outcome, job_sources, split_new
+from pipeline.jobs.runs import Run, RunOutcome, ingest_outcome, job_sources, run_row, split_new
 from pipeline.jobs.spec import JobSpec
 from pipeline.jobs.windows import UTC, period_of
 from pipeline.store import Store
@@ -174,14 +174,10 @@ class Scheduler:
         return row
 
     def _record(self, run: Run, outcome: RunOutcome, started: float, finished: float | None) -> dict:
-        row = {
-            "job_id": run.run_id, "run_id": run.run_id, "job_name": run.spec.name, "kind": run.spec.kind,
-            "window": run.window.timestamp(), "trigger": run.trigger, "attempts": run.attempts,
-            "status": outcome.status, "error": outcome.error, "detail": outcome.detail,
-            "chunks": outcome.chunks, "segments": outcome.segments, "summaries": outcome.summaries,
-            "video_seconds": outcome.video_seconds, "started_at": started, "finished_at": finished,
-            "wall_seconds": (finished or time.time()) - started,
-        }
+        row = run_row(run.run_id, run.spec.name, run.spec.kind, run.window, run.trigger, run.attempts,
+                      outcome.status, started, finished, error=outcome.error, detail=outcome.detail,
+                      chunks=outcome.chunks, segments=outcome.segments, summaries=outcome.summaries,
+                      video_seconds=outcome.video_seconds, wall_seconds=(finished or time.time()) - started)
         self.store.write_job(row)
         return row
 
@@ -189,12 +185,10 @@ class Scheduler:
         from pipeline.jobs.windows import run_id
 
         rid, now = run_id(spec.name, window), time.time()
-        self.store.write_job({
-            "job_id": rid, "run_id": rid, "job_name": spec.name, "kind": spec.kind, "window": window.timestamp(),
-            "trigger": "catch-up", "attempts": 0, "status": "skipped", "started_at": now, "finished_at": now,
-            "error": f"missed while no scheduler ran; not caught up (catch_up={spec.catch_up}, "
-                     f"max_catch_up={spec.max_catch_up})",
-        })
+        self.store.write_job(run_row(
+            rid, spec.name, spec.kind, window, "catch-up", 0, "skipped", now, now,
+            error=f"missed while no scheduler ran; not caught up (catch_up={spec.catch_up}, "
+                  f"max_catch_up={spec.max_catch_up})"))
         self.log(f"{rid}: skipped (missed while no scheduler ran, catch_up={spec.catch_up})")
 
 
@@ -222,15 +216,12 @@ class JobExecutor:
     # --- ingest: the job's sources that are not in the store yet ---
 
     def _ingest(self, run: Run, cfg: Config, should_stop) -> RunOutcome:
-        from pipeline.store.query import StoreQuery
+        from pipeline.ingest import Ingested
 
         sources, errors = job_sources(run.spec)
         for err in errors:
             self.log(f"vidstorm: error: {err}")
-        query = StoreQuery(self.store_root)
-        done_before = [r for r in query.jobs(status="done") if r["kind"] == "ingest"]
-        query.close()
-        new, already = split_new(sources, done_before, fingerprint(cfg))
+        new, already = split_new(sources, Ingested(self.store_root), fingerprint(cfg))
         tags = {"job_name": run.spec.name, "run_id": run.run_id}
         rows = []
         if new and self.cluster is None:
@@ -292,11 +283,10 @@ class JobExecutor:
     def _digest_on_cluster(self, args, should_stop) -> dict | None:
         import ray
 
-        env = {"OMP_WAIT_POLICY": "PASSIVE"}
-        for var in ("VIDSTORM_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_VERBOSITY"):
-            if var in os.environ:
-                env[var] = os.environ[var]
+        from actors.runtime import worker_env
+
         gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        env = worker_env(args[0])
         task = ray.remote(num_cpus=0, num_gpus=gpus, max_retries=2, runtime_env={"env_vars": env})(digest_task)
         ref = task.remote(*args)
         while True:
@@ -346,7 +336,6 @@ def request_run(cfg: Config, data_dir: str | Path, specs: dict[str, JobSpec], na
     now = utc_now()
     rid = board.request(name, now)
     # a row at once, so the run is listed (GET /jobs, `jobs show`) before a scheduler starts it
-    Store(Path(data_dir) / "store").write_job({
-        "job_id": rid, "run_id": rid, "job_name": name, "kind": specs[name].kind, "window": now.timestamp(),
-        "trigger": "manual", "attempts": 0, "status": "pending", "started_at": now.timestamp()})
+    Store(Path(data_dir) / "store").write_job(
+        run_row(rid, name, specs[name].kind, now, "manual", 0, "pending", now.timestamp()))
     return rid

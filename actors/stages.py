@@ -388,13 +388,13 @@ class WriterStage(Stage):
 
     def _view(self, stream_id: str) -> dict:
         """What the store holds for a stream, loaded once (a restarted writer rebuilds it)."""
-        if stream_id not in self.views:
-            from pipeline.store.query import StoreQuery
-
-            q = StoreQuery(self.store.root)
+        if stream_id not in self.views:  # only this stream's partition is read, however large the store
+            chunks = self.store.stream_rows("segments", stream_id, ["chunk_seq", "t_start", "t_end", "caption",
+                                                                    "wall_clock"])
+            summaries = self.store.stream_rows("summaries", stream_id, ["level", "seq", "text"])
             self.views[stream_id] = {
-                "chunks": {r["chunk_seq"]: r for r in q.segments(stream_id)},
-                "summaries": {(r["level"], r["seq"]): r for r in q.summaries(stream_id)},
+                "chunks": {r["chunk_seq"]: r for r in chunks},
+                "summaries": {(r["level"], r["seq"]): r for r in summaries},
             }
         return self.views[stream_id]
 

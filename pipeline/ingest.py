@@ -51,17 +51,26 @@ class JobResult:
         return {**self.__dict__, "wall_seconds": wall}
 
 
-def ingested_before(store_root) -> set[tuple[str, str, str]]:
-    """(stream_id, content fingerprint, config fingerprint) of every finished ingest job.
-
-    A source whose triple is here was already ingested with this config: doing it again
-    would add no rows, only work.
+class Ingested:
+    """What finished ingest jobs hold. A file was ingested with a config when a finished job has
+    its content fingerprint and that config fingerprint, and its stream id or its path: the same
+    file reached again under another stream id is not summarised twice; another file with the
+    same bytes is a file of its own. Live sources are never "ingested": they go on.
     """
-    return {
-        (j["stream_id"], j["content_fingerprint"], j["config_fingerprint"])
-        for j in StoreQuery(store_root).jobs()
-        if j["status"] == "done" and j["content_fingerprint"]
-    }
+
+    def __init__(self, store_root):
+        query = StoreQuery(store_root, tables=("jobs",))
+        rows = query.jobs(status="done")
+        query.close()
+        self._known: dict[tuple[str, str], set[str]] = {}  # (content, config) -> stream ids and paths
+        for row in rows:
+            if row["kind"] == "ingest" and row["content_fingerprint"]:
+                ids = self._known.setdefault((row["content_fingerprint"], row["config_fingerprint"]), set())
+                ids.update({row["stream_id"], os.path.realpath(row["source"] or "")})
+
+    def holds(self, source: Source, content_fp: str, config_fp: str) -> bool:
+        ids = None if source.live else self._known.get((content_fp, config_fp))
+        return bool(ids) and (source.stream_id in ids or os.path.realpath(source.uri) in ids)
 
 
 class Progress:
@@ -146,7 +155,7 @@ class LocalIngest:
         try:
             if not source.live and os.path.isfile(source.uri):
                 job.content_fingerprint = content_fingerprint(source.uri)
-                if (source.stream_id, job.content_fingerprint, self.config_fp) in ingested_before(self.store.root):
+                if Ingested(self.store.root).holds(source, job.content_fingerprint, self.config_fp):
                     self.log(f"{source.stream_id}: already ingested with this config; nothing to do")
                     job.status = "skipped"
                     return job

@@ -4,7 +4,6 @@ outcome record both kinds of run report. The executors in actors/scheduler.py do
 from __future__ import annotations
 
 import datetime as dt
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +39,14 @@ class RunOutcome:
             self.failed_sources.append(row.get("error") or row.get("source", "?"))
 
 
+def run_row(run_id: str, job_name: str, kind: str | None, window: dt.datetime, trigger: str, attempts: int,
+            status: str, started: float, finished: float | None = None, **more) -> dict:
+    """The jobs-table row of a run of a named job (its job_id is its run id)."""
+    return {"job_id": run_id, "run_id": run_id, "job_name": job_name, "kind": kind, "window": window.timestamp(),
+            "trigger": trigger, "attempts": attempts, "status": status, "started_at": started,
+            "finished_at": finished, **more}
+
+
 def job_sources(spec: JobSpec) -> tuple[list[Source], list[SourceError]]:
     """The sources a job names: files, folders (recursive), {path, glob} entries, URLs.
 
@@ -58,26 +65,10 @@ def job_sources(spec: JobSpec) -> tuple[list[Source], list[SourceError]]:
     return _unique_ids(sources), errors
 
 
-def split_new(sources: list[Source], done_before: list[dict], config_fp: str) -> tuple[list[Source], int]:
-    """(sources not ingested yet with this config, how many were). Live URLs are always new.
-
-    `done_before`: rows of finished ingest jobs. A file was ingested when a row has its content
-    fingerprint and this config, and its stream id or its path: a file ingested once by hand
-    (under another stream id) is not summarised again; a different file with the same bytes is.
-    """
-    known: dict[tuple[str, str], set[str]] = {}
-    for row in done_before:
-        if row.get("content_fingerprint"):
-            ids = known.setdefault((row["content_fingerprint"], row["config_fingerprint"]), set())
-            ids.update({row["stream_id"], os.path.realpath(row["source"] or "")})
-    new, already = [], 0
-    for source in sources:
-        ids = None if source.live else known.get((fingerprint(source.uri), config_fp))
-        if ids and (source.stream_id in ids or os.path.realpath(source.uri) in ids):
-            already += 1
-        else:
-            new.append(source)
-    return new, already
+def split_new(sources: list[Source], done_before, config_fp: str) -> tuple[list[Source], int]:
+    """(sources not ingested yet with this config, how many were); done_before: pipeline.ingest.Ingested."""
+    new = [s for s in sources if not done_before.holds(s, "" if s.live else fingerprint(s.uri), config_fp)]
+    return new, len(sources) - len(new)
 
 
 def ingest_outcome(rows: list[dict], n_found: int, n_new: int, n_already: int, errors: list) -> RunOutcome:

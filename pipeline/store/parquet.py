@@ -49,15 +49,19 @@ class Store:
 
     # --- keys already stored, loaded once per stream ---
 
+    def stream_rows(self, table: str, stream_id: str, columns: list[str]) -> list[dict]:
+        """`columns` of every stored row of one stream (only its own partition is read)."""
+        rows = []
+        for path in self.files(table, stream_id):
+            rows += pq.read_table(path, columns=columns).to_pylist()
+        return rows
+
     def stored_keys(self, table: str, stream_id: str) -> set:
         cache_key = (table, stream_id)
         if cache_key not in self._keys:
-            keys = set()
             cols = list(KEYS[table])
-            for path in self.files(table, stream_id):
-                part = pq.read_table(path, columns=cols)
-                keys.update(zip(*(part.column(c).to_pylist() for c in cols)))
-            self._keys[cache_key] = keys
+            rows = self.stream_rows(table, stream_id, cols)
+            self._keys[cache_key] = {tuple(row[c] for c in cols) for row in rows}
         return self._keys[cache_key]
 
     # --- writing ---

@@ -40,6 +40,17 @@ EMBEDDINGS = ("text_embedding", "visual_embedding")
 SAVE_EVERY = 10000  # vectors added since the last save; and at least a tenth of the index
 
 
+class QueryError(ValueError):
+    """A query that cannot be answered as asked (a time that does not parse, a reversed range)."""
+
+
+def _parse_time(name: str, text):
+    try:
+        return parse_time(text)
+    except ValueError as err:
+        raise QueryError(f"{name}: {err}") from None
+
+
 def parse_time(text: str | float | None) -> tuple[str, float | dt.datetime] | None:
     """'90', '1:30', '01:02:03.5' -> ('video', seconds); an ISO date/time -> ('wall', datetime)."""
     if text is None or text == "":
@@ -70,11 +81,14 @@ class StoreQuery:
 
     index_min_vectors, index_nprobe: StoreConfig's (exact scan below that size, IVF above).
     exact_limit: a search filter that leaves at most this many rows is scanned exactly.
+    tables: the tables to load (the others stay empty): a caller that needs only the jobs
+        does not read millions of segments.
     """
 
     def __init__(self, root: str | Path, index_min_vectors: int = 50000, index_nprobe: int = 32,
-                 exact_limit: int = 20000):
+                 exact_limit: int = 20000, tables: tuple[str, ...] = TABLES):
         self.root = Path(root)
+        self.tables = tables
         self.index_params = {"min_vectors": index_min_vectors, "nprobe": index_nprobe, "exact_limit": exact_limit}
         self.db = duckdb.connect()
         self.db.execute("SET TimeZone = 'UTC'")
@@ -102,7 +116,7 @@ class StoreQuery:
     def refresh(self) -> int:
         """Load the rows of Parquet files not read before. Returns how many rows were new."""
         with self._refresh_lock:
-            added = sum(self._refresh_table(table) for table in TABLES)
+            added = sum(self._refresh_table(table) for table in self.tables)
             if self._indexes is not None:
                 self._grow_indexes()
             return added
@@ -319,9 +333,10 @@ class StoreQuery:
         if stream:
             clauses.append("stream_id = ?")
             params.append(stream)
-        since, until = parse_time(since), parse_time(until)
+        since_text, until_text = since, until
+        since, until = _parse_time("since", since), _parse_time("until", until)
         if since and until and since[0] == until[0] and since[1] > until[1]:
-            raise ValueError(f"since ({since[1]}) is after until ({until[1]}): nothing can match")
+            raise QueryError(f"since {since_text!r} is after until {until_text!r}")
         if since:
             clauses.append("t_end > ?" if since[0] == "video" else "wall_clock >= ?")
             params.append(since[1])
