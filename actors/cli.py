@@ -383,6 +383,11 @@ def cmd_serve(args) -> int:
     return serve(args)
 
 
+# configs/toy.yaml's frozen encoder: small and seeded, so every machine builds the same one.
+TOY_SIGLIP = dict(hidden_size=128, num_layers=1, num_heads=4, intermediate_size=256, image_size=64, patch_size=8,
+                  seed=0)
+
+
 def cmd_demo_assets(args) -> int:
     """Build what the demo needs offline: a random SigLIP-B/16 and a generated 1-minute clip."""
     from pathlib import Path
@@ -394,10 +399,98 @@ def cmd_demo_assets(args) -> int:
     model = data / "models" / "siglip-b16-224-random"
     if not (model / "model.safetensors").is_file():
         build_random_siglip(model)
+    toy = data / "models" / "siglip-toy-random"
+    if not (toy / "model.safetensors").is_file():  # the frozen encoder of configs/toy.yaml
+        build_random_siglip(toy, **TOY_SIGLIP)
     clip = data / "clips" / "generated-1min.mp4"
     if not clip.is_file():
         write_clip(clip, seconds=60, fps=10)
-    print(f"model {model}\nclip  {clip}")
+    print(f"model {model}\ntoy   {toy}\nclip  {clip}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    """Train the STORM parts: Ray Train by default, --local in this process (Ctrl-C saves, --resume continues)."""
+    import signal
+    from pathlib import Path
+
+    from pipeline.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    if args.resume and not (Path(cfg.train.out) / "train_state.json").is_file():
+        raise VidstormError(f"--resume: {cfg.train.out or 'train.out'} holds no saved training state")
+    if not args.local:
+        from actors.train import train_on_ray
+
+        metrics = train_on_ray(cfg, resume=args.resume, log=log)
+    else:
+        from pipeline.train.loop import Worker, train
+
+        interrupted = []
+
+        def on_sigint(signum, frame):  # first Ctrl-C: finish the step, save, stop; second: stop now
+            if interrupted:
+                raise KeyboardInterrupt
+            interrupted.append(signum)
+            log("interrupt: saving a checkpoint after this step (Ctrl-C again to stop at once)")
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            resume_from = Path(cfg.train.out) if args.resume else None
+            metrics = train(cfg, Worker(resume_from=resume_from), log=log, should_stop=lambda: bool(interrupted))
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if metrics.get("stopped"):
+            _print_json(metrics)
+            return 130
+    _print_json(metrics)
+    return 0
+
+
+def _print_json(obj) -> None:
+    import json
+
+    print(json.dumps(obj, default=_json_default, sort_keys=True))
+
+
+def cmd_eval(args) -> int:
+    """Answer a QA JSONL's multiple-choice questions with the configured model; table, then one JSON line."""
+    import torch
+
+    from pipeline.config import load_config
+    from pipeline.models.siglip import resolve_device
+    from pipeline.train.data import read_jsonl
+    from pipeline.train.evaluate import evaluate, table
+    from pipeline.train.loop import build_models
+
+    cfg = load_config(args.config, args.overrides)
+    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    if not cfg.temporal.checkpoint:
+        log("note: temporal.checkpoint is empty, so the STORM parts are untrained (expect chance accuracy)")
+    models = build_models(cfg, resolve_device(cfg.encoder.device), log=log, training=False)
+    models.connector.eval()
+    data = read_jsonl(args.data, cfg.summarizer.caption_prompt, cfg.train.qa_prompt)
+    for problem in data.problems:
+        log(f"skipped: {problem}")
+    if not any(s.is_choice for s in data.samples):
+        raise VidstormError(f"{args.data}: no multiple-choice questions (question + options + answer) to answer")
+    with torch.no_grad():
+        result = evaluate(models.eval_vlm, models.cache, data.samples, log=log)
+    for media, problem in models.cache.failed.items():
+        log(f"skipped: {media}: {problem}")
+    result["skipped"] += len(data.problems)
+    print(table(result))
+    _print_json(result)
+    return 0
+
+
+def cmd_synth_data(args) -> int:
+    """Render the synthetic temporal-QA family (MP4 + JSONL, train/val/test)."""
+    from pipeline.train.synthqa import write_dataset
+
+    summary = write_dataset(args.out, args.n, args.seed)
+    _print_json(summary)
     return 0
 
 
@@ -505,6 +598,23 @@ def build_parser() -> argparse.ArgumentParser:
     _data_arg(serve)
     serve.set_defaults(func=cmd_serve)
 
+    train = sub.add_parser("train", help="train the STORM parts (Ray Train; --local in this process)")
+    _add_config_args(train)
+    train.add_argument("--local", action="store_true", help="one process, no Ray (Ctrl-C saves a checkpoint)")
+    train.add_argument("--resume", action="store_true", help="continue from the checkpoint in train.out")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("eval", help="answer multiple-choice questions (JSONL) and score them per task")
+    _add_config_args(evaluate)
+    evaluate.add_argument("--data", required=True, metavar="FILE.jsonl", help="questions with options and answers")
+    evaluate.set_defaults(func=cmd_eval)
+
+    synth = sub.add_parser("synth-data", help="render synthetic temporal-QA clips + JSONL (train/val/test)")
+    synth.add_argument("out", metavar="OUT", help="folder to write clips/ and the JSONL files into")
+    synth.add_argument("--n", type=int, default=1000, help="clips in all (split 80/10/10)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=cmd_synth_data)
+
     assets = sub.add_parser("demo-assets", help="build the offline demo model and clip")
     _data_arg(assets)
     assets.set_defaults(func=cmd_demo_assets)
@@ -520,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # positionals may follow options: `ingest a.mp4 --local b.mp4 decode.fps=2`
     target = {"ingest": "sources", "config": "overrides", "serve": "overrides",
-              "scheduler": "overrides"}.get(args.command)
+              "scheduler": "overrides", "train": "overrides", "eval": "overrides"}.get(args.command)
     if args.command == "jobs":
         target = "overrides"
     if extra and (target is None or any(e.startswith("-") for e in extra)):

@@ -152,6 +152,44 @@ class WorkersConfig:
 
 
 @dataclass
+class TrainConfig:
+    """`vidstorm train`: the STORM parts (pixel shuffle + Linear, Mamba layers, projector)."""
+
+    stage: str = "align"  # align: SigLIP + LLM frozen | sft: parts in `trainable`
+    data: list[str] = field(default_factory=list)  # JSONL files (paths inside relative to each file)
+    val_data: str = ""  # QA JSONL: multiple-choice accuracy every eval_every steps (else val loss)
+    out: str = ""  # checkpoint folder: model.safetensors + storm_config.json + train_state
+    init_from: str = ""  # start from these STORM parts (e.g. an align checkpoint for sft); empty = seeded init
+    steps: int = 1000
+    batch_size: int = 8  # per worker
+    lr: float = 1e-3
+    lr_llm: float = 2e-5  # only when the LLM is trainable (sft)
+    min_lr_ratio: float = 0.1  # cosine decays to lr * this
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    save_every: int = 100
+    val_samples: int = 200  # validation subset size (0 = all)
+    trainable: list[str] = field(default_factory=lambda: ["temporal", "projector"])  # sft; + "llm"
+    autocast: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU | bf16 | fp32
+    sample_s: int = 1  # temporal sampling while training; pooling.sample_s applies at test time
+    max_chunks: int = 4  # chunks (decode.chunk_frames each) taken from the start of a training video
+    qa_prompt: str = "<video>\n{question}\nOptions: {options}."
+    seed: int = 0
+    # Ray Train (TorchTrainer): gloo on CPU, nccl on GPU. --local runs the same loop in-process.
+    num_workers: int = 1
+    use_gpu: bool = False
+    max_failures: int = 2  # a worker that dies this many times ends the run; else resume from a checkpoint
+    threads: int = 0  # torch threads per worker; 0 = cores / workers
+
+
+TRAIN_STAGES = ("align", "sft")
+TRAINABLE_PARTS = ("temporal", "projector", "llm")
+AUTOCAST = ("auto", "bf16", "fp32")
+
+
+@dataclass
 class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -166,6 +204,7 @@ class Config:
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def _merge(base, layer, source: str):
@@ -253,6 +292,24 @@ def validate(cfg: Config, source: str = "config") -> None:
         fail("api.port must be 1-65535, api.max_limit >= 1 and api.refresh_s > 0")
     if cfg.encoder.batch_size < 1:
         fail(f"encoder.batch_size must be >= 1, got {cfg.encoder.batch_size}")
+    validate_train(cfg.train, fail)
+
+
+def validate_train(t: TrainConfig, fail) -> None:
+    if t.stage not in TRAIN_STAGES:
+        fail(f"train.stage must be one of {', '.join(TRAIN_STAGES)}, got {t.stage!r}")
+    bad = [p for p in t.trainable if p not in TRAINABLE_PARTS]
+    if bad or not t.trainable:
+        fail(f"train.trainable must list some of {', '.join(TRAINABLE_PARTS)}, got {list(t.trainable)}")
+    if t.autocast not in AUTOCAST:
+        fail(f"train.autocast must be one of {', '.join(AUTOCAST)}, got {t.autocast!r}")
+    for name in ("steps", "batch_size", "eval_every", "save_every", "sample_s", "max_chunks", "num_workers"):
+        if getattr(t, name) < 1:
+            fail(f"train.{name} must be >= 1, got {getattr(t, name)}")
+    if t.lr <= 0 or t.lr_llm < 0 or not 0 <= t.min_lr_ratio <= 1 or t.warmup_steps < 0 or t.grad_clip < 0:
+        fail("train.lr must be > 0, train.lr_llm >= 0, train.min_lr_ratio in [0, 1], warmup_steps and grad_clip >= 0")
+    if "<video>" not in t.qa_prompt or "{question}" not in t.qa_prompt:
+        fail("train.qa_prompt must contain <video> and {question}")
 
 
 def fingerprint(cfg: Config) -> str:

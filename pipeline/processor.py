@@ -99,12 +99,12 @@ class StreamProcessor:
     @torch.inference_mode()
     def temporal(self, tokens: torch.Tensor, state: TemporalState | None) -> tuple[torch.Tensor, TemporalState]:
         """(T, g, g, C) -> pooled (T', h', w', D), with the stream's recurrent state carried."""
-        out, new_state = self.connector.temporal(tokens.to(self.device), state)
-        return self.reducer(out).cpu(), new_state
+        pooled, new_state = self.connector.pool(tokens.to(self.device), self.reducer, state)
+        return pooled.cpu(), new_state
 
     @torch.inference_mode()
     def caption(self, pooled: torch.Tensor) -> str:
-        visual = self.connector.projector(pooled.reshape(-1, pooled.shape[-1]).to(self.device))
+        visual = self.connector.to_llm(pooled.to(self.device))  # (T'*h'*w', llm_hidden)
         return self.summarizer.caption(visual, self.caption_prompt)
 
     def summarize(self, texts: list[str], prompt: str) -> str:

@@ -62,6 +62,27 @@ class StormConnector(nn.Module):
         )
         self.projector = Projector(spec.d_model, spec.llm_hidden)
 
+    def pool(self, grids: torch.Tensor, reducer, state=None):
+        """One chunk: SigLIP grids (T, H, W, C) or (B, T, H, W, C) -> pooled (.., T', h', w', D), new state.
+
+        Ingest calls this chunk by chunk; training calls it the same way, so both see one path.
+        """
+        out, new_state = self.temporal(grids, state)
+        return reducer(out), new_state
+
+    def to_llm(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled (B, T', h', w', D) -> visual tokens (B, T'*h'*w', llm_hidden) in scan order."""
+        return self.projector(pooled.flatten(-4, -2))
+
+    def visual_tokens(self, grids: torch.Tensor, reducer, chunk_frames: int) -> torch.Tensor:
+        """A whole clip (B, T, H, W, C), T a multiple of chunk_frames, as ingest would feed it:
+        chunk by chunk with the recurrent state carried -> (B, n_visual, llm_hidden)."""
+        state, pooled = None, []
+        for start in range(0, grids.shape[1], chunk_frames):
+            chunk_pooled, state = self.pool(grids[:, start : start + chunk_frames], reducer, state)
+            pooled.append(chunk_pooled)
+        return self.to_llm(torch.cat(pooled, dim=1))
+
 
 def save_storm(model: StormConnector, folder: str | Path) -> Path:
     folder = Path(folder)

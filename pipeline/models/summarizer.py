@@ -123,24 +123,37 @@ class Summarizer:
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return f"{self.system_prompt}\n{user_text}\n".lstrip()
 
-    def _embed_text(self, text: str) -> torch.Tensor:
-        ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids.to(self.device)
-        return self.embed(ids)[0]  # (n, hidden)
+    def _ids(self, text: str) -> torch.Tensor:
+        return self.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0].to(self.device)
+
+    def prompt_ids(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids of the chat before and after the <video> placeholder (1-D each).
+
+        Ingest (generate) and training both build their sequences from this, so a model
+        learns on exactly the prompt it is later asked with.
+        """
+        chat = self._chat(prompt)
+        if PLACEHOLDER not in chat:
+            raise ValueError(f"prompt has no {PLACEHOLDER} placeholder for the visual tokens")
+        before, after = chat.split(PLACEHOLDER, 1)
+        return self._ids(before), self._ids(after)
+
+    def answer_ids(self, answer: str) -> torch.Tensor:
+        """The target of a training sample: its text, then end-of-turn, so generation stops there."""
+        eos = torch.tensor([self.tokenizer.eos_token_id], device=self.device)
+        return torch.cat([self._ids(answer), eos])
 
     @torch.inference_mode()
     def generate(self, prompt: str, visual: torch.Tensor | None = None) -> str:
         """Greedy generation. `visual` (n_tokens, hidden) replaces the <video> placeholder."""
-        chat = self._chat(prompt)
         if visual is None:
-            parts = [self._embed_text(chat.replace(PLACEHOLDER, ""))]
+            parts = [self.embed(self._ids(self._chat(prompt).replace(PLACEHOLDER, "")))]
         else:
-            if PLACEHOLDER not in chat:
-                raise ValueError(f"prompt has no {PLACEHOLDER} placeholder for the visual tokens")
             if visual.shape[-1] != self.hidden_size:
                 raise ValueError(f"visual tokens have width {visual.shape[-1]}, the LLM expects {self.hidden_size}")
-            before, after = chat.split(PLACEHOLDER, 1)
+            before, after = self.prompt_ids(prompt)
             visual = visual.to(self.device, self.embed.weight.dtype)
-            parts = [self._embed_text(before), visual, self._embed_text(after)]
+            parts = [self.embed(before), visual, self.embed(after)]
         embeds = torch.cat([p for p in parts if p.shape[0]])[None]  # (1, n, hidden)
         out = self.model.generate(
             inputs_embeds=embeds,

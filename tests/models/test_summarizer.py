@@ -40,10 +40,10 @@ def test_greedy_generation_is_reproducible(tiny_llm):
 def test_visual_tokens_reach_the_llm(tiny_llm):
     """Different visual tokens must change the model's input, hence (greedy) its first logits."""
     llm = Summarizer(str(tiny_llm), device="cpu", dtype="fp32", max_new_tokens=1)
-    before, after = llm._chat(PROMPT).split(PLACEHOLDER, 1)
+    before, after = llm.prompt_ids(PROMPT)
     logits = []
     for seed in (1, 2):
-        embeds = torch.cat([llm._embed_text(before), _visual(6, llm.hidden_size, 1.0, seed), llm._embed_text(after)])
+        embeds = torch.cat([llm.embed(before), _visual(6, llm.hidden_size, 1.0, seed), llm.embed(after)])
         with torch.no_grad():
             logits.append(llm.model(inputs_embeds=embeds[None]).logits[0, -1])
     assert (logits[0] - logits[1]).abs().max() > 1e-3

@@ -1,0 +1,149 @@
+"""The toy STORM table: the paper's ablations on synthetic temporal QA, trained and tested in one run.
+
+    python bench/quality.py [--n 1500] [--steps 500] [--out DIR]
+
+Rows (same data, same frozen encoder, same steps, same seed):
+  baseline_100  no Mamba (pixel shuffle + Linear + 2-layer MLP, VILA-style), 100% of the tokens
+  baseline_12   no Mamba, temporal pooling k=4, test-time sampling s=2: 12.5%
+  storm_100     STORM bidirectional, 100%
+  storm_25      STORM + temporal pooling k=4: 25%
+  storm_12      STORM + pooling k=4 + test-time sampling s=2: 12.5% (the storm_25 weights)
+  stream_12     STORM `stream` mode (one direction, state carried), 12.5%
+
+Sampling is training-free, as in the paper: the 12.5% rows are trained with pooling only and
+sample every second pooled frame at test time. To fit 2 CPU cores the rows use a small LM
+trained alongside (a 4-layer Llama with SmolLM2's tokenizer), not the frozen SmolLM2 of
+configs/toy.yaml; the encoder is the same small random frozen SigLIP. Train and validation
+clips are rendered at 96-192 px / 10-15 fps; the test split spans the whole family
+(96-480 px, 10-30 fps). The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from actors.cli import TOY_SIGLIP  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.models.siglip import build_random_siglip  # noqa: E402
+from pipeline.train.data import read_jsonl  # noqa: E402
+from pipeline.train.evaluate import evaluate  # noqa: E402
+from pipeline.train.loop import build_models, train  # noqa: E402
+from pipeline.train.synthqa import write_dataset  # noqa: E402
+
+# name: (mamba layers, temporal mode, pooling k, test-time sampling s)
+ROWS = {
+    "baseline_100": (0, "chunk_bidirectional", 1, 1),
+    "baseline_12": (0, "chunk_bidirectional", 4, 2),
+    "storm_100": (2, "chunk_bidirectional", 1, 1),
+    "storm_25": (2, "chunk_bidirectional", 4, 1),
+    "storm_12": (2, "chunk_bidirectional", 4, 2),
+    "stream_12": (2, "stream", 4, 2),
+}
+SHARES_WEIGHTS = {"storm_12": "storm_25"}  # test-time sampling needs no training of its own
+GRID_TOKENS = 16  # 8x8 SigLIP patches after the 2x2 pixel shuffle, per frame
+FRAMES = 8
+
+
+def small_lm(path: Path) -> Path:
+    """A 4-layer Llama with SmolLM2's tokenizer, trained alongside the STORM parts."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from pipeline.models.summarizer import resolve_llm
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_llm("smollm2"))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def row_overrides(name: str, work: Path, lm: Path, siglip: Path, steps: int, batch: int) -> list[str]:
+    layers, mode, k, s = ROWS[name]
+    return [
+        f"encoder.model={siglip}", "encoder.select_layer=-1", f"summarizer.model={lm}", "summarizer.system_prompt=''",
+        f"temporal.n_layers={layers}", f"temporal.mode={mode}", f"pooling.temporal_k={k}", f"pooling.sample_s={s}",
+        "train.stage=sft", "train.trainable=[temporal,projector,llm]", "train.lr=0.002", "train.lr_llm=0.001",
+        f"train.steps={steps}", f"train.batch_size={batch}", "train.warmup_steps=30", "train.eval_every=100000",
+        f"train.save_every={steps}", "train.autocast=fp32", "train.sample_s=1",
+        f"train.data=[{work / 'data' / 'train.jsonl'}]", f"train.out={work / 'ckpt' / SHARES_WEIGHTS.get(name, name)}",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1500, help="train + val clips")
+    parser.add_argument("--test", type=int, default=400, help="test clips (full family ranges)")
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--out", help="keep the work folder here (default: a temporary one)")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 2)
+    work = Path(args.out or tempfile.mkdtemp(prefix="vidstorm-quality-"))
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+
+    t0 = time.time()
+    write_dataset(work / "data", args.n, args.seed, splits=(0.9, 0.1, 0.0), size_range=(96, 192),
+                  fps_range=(10, 15))
+    write_dataset(work / "test", args.test, args.seed + 1, splits=(0.0, 0.0, 1.0))  # the whole family
+    siglip = build_random_siglip(work / "siglip", **TOY_SIGLIP)
+    lm = small_lm(work / "lm")
+    log(f"data + models ready in {time.time() - t0:.0f}s")
+
+    grids: dict[int, dict] = {}  # SigLIP grids, shared by rows that pad clips alike
+    results = {}
+    for name, (layers, mode, k, s) in ROWS.items():
+        overrides = row_overrides(name, work, lm, siglip, args.steps, args.batch)
+        cfg = load_config(None, overrides)
+        store = grids.setdefault(k * s, {})
+        train_s = 0.0
+        if name not in SHARES_WEIGHTS:
+            started = time.time()
+            train(cfg, log=log, models=build_models(cfg, torch.device("cpu"), log=None, grids=store))
+            train_s = time.time() - started
+        else:
+            train_s = results[SHARES_WEIGHTS[name]]["train_s"]
+        cfg = load_config(None, [*overrides, f"temporal.checkpoint={cfg.train.out}"])
+        models = build_models(cfg, torch.device("cpu"), log=None, training=False, grids=store)
+        models.connector.eval()
+        test = read_jsonl(work / "test" / "test.jsonl", cfg.summarizer.caption_prompt, cfg.train.qa_prompt)
+        with torch.no_grad():
+            result = evaluate(models.eval_vlm, models.cache, test.samples)
+        tokens = (FRAMES // (k * s)) * GRID_TOKENS
+        results[name] = {**result, "visual_tokens": tokens, "token_share": tokens / (FRAMES * GRID_TOKENS),
+                         "train_s": round(train_s, 1)}
+        log(f"{name}: accuracy {result['accuracy']:.3f} {result['per_task']} "
+            f"consistency {result.get('reversed_consistency')}")
+
+    print(f"\n{'row':<14}{'direction':>10}{'order':>8}{'overall':>9}{'reversed':>10}{'tokens':>8}{'share':>8}"
+          f"{'train s':>9}")
+    for name, r in results.items():
+        print(f"{name:<14}{r['per_task'].get('direction', 0):>10.3f}{r['per_task'].get('order', 0):>8.3f}"
+              f"{r['accuracy']:>9.3f}{r.get('reversed_consistency', 0):>10.3f}{r['visual_tokens']:>8}"
+              f"{r['token_share']:>8.1%}{r['train_s']:>9.0f}")
+    print(f"LM: a 4-layer Llama trained alongside (not SmolLM2); {args.n} train+val clips, {args.test} test clips "
+          f"of the whole family; {args.steps} steps x {args.batch}; total {time.time() - t0:.0f}s")
+    summary = {name: r["accuracy"] for name, r in results.items()}
+    summary["per_row"] = {name: {k: r[k] for k in ("per_task", "reversed_consistency", "visual_tokens", "train_s", "n")
+                                 if k in r} for name, r in results.items()}
+    summary["total_s"] = round(time.time() - t0, 1)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

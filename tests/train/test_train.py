@@ -1,0 +1,226 @@
+"""`vidstorm train` / `vidstorm eval` on tiny models: the loss falls, the prompt is masked, broken
+samples are skipped and counted, Ctrl-C + --resume continues, a checkpoint changes ingest, eval
+scores a known model right."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.config import load_config
+from pipeline.train.data import read_jsonl
+from pipeline.train.loop import build_models, train
+from pipeline.train.model import IGNORE, cross_entropy_reference
+from pipeline.train.synthqa import write_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+CHEAP = dict(size_range=(96, 112), fps_range=(10, 10), duration_range=(4.0, 4.5))
+
+
+def vidstorm(*args, timeout=300, **kwargs):
+    return subprocess.run([sys.executable, "-m", "actors.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def qa_set(tmp_path_factory):
+    out = tmp_path_factory.mktemp("qa")
+    write_dataset(out, 20, seed=3, **CHEAP)
+    return out
+
+
+def _overrides(tiny_overrides, qa_set, out, **train):
+    settings = {"data": f"[{qa_set / 'train.jsonl'}]", "out": out, "steps": 30, "batch_size": 4, "lr": 3e-3,
+                "warmup_steps": 2, "eval_every": 1000, "save_every": 10, "seed": 0, **train}
+    return [*tiny_overrides, *(f"train.{k}={v}" for k, v in settings.items())]
+
+
+@pytest.fixture(scope="module")
+def overfit(tiny_overrides, qa_set, tmp_path_factory):
+    """A tiny model trained to near zero loss on 8 questions: a model whose answers we know.
+
+    sft with the LLM trainable: a tiny *random* LLM cannot be steered through its inputs alone."""
+    small = qa_set / "small.jsonl"
+    rows = [json.loads(line) for line in (qa_set / "train.jsonl").read_text().splitlines()][:8]
+    small.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "caption"}) + "\n" for r in rows))
+    out = tmp_path_factory.mktemp("overfit") / "ckpt"
+    cfg = load_config(None, _overrides(tiny_overrides, qa_set, out, steps=120, data=f"[{small}]", batch_size=8,
+                                       save_every=120, stage="sft", trainable="[temporal,projector,llm]",
+                                       lr_llm=3e-3, sample_s=2))  # trained on the view eval uses (s=2)
+    losses = []
+    metrics = train(cfg, log=lambda m: None, should_stop=lambda: False, on_step=losses.append)
+    return {"cfg": cfg, "out": out, "losses": losses, "metrics": metrics, "data": small, "rows": rows}
+
+
+def test_loss_goes_down_on_a_tiny_overfit_set(overfit):
+    losses = overfit["losses"]
+    assert len(losses) == 120
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.3 * first, (first, last)
+
+
+def test_align_with_the_frozen_smollm2_lowers_the_loss_and_leaves_the_llm_unchanged(tiny_overrides, qa_set,
+                                                                                     tmp_path):
+    from pipeline.models.summarizer import Summarizer
+
+    small = tmp_path / "four.jsonl"
+    rows = [json.loads(line) for line in (qa_set / "train.jsonl").read_text().splitlines()][:4]
+    small.write_text("".join(json.dumps({"video": str(qa_set / r["video"]), "caption": r["caption"]}) + "\n"
+                             for r in rows))
+    cfg = load_config(None, _overrides(tiny_overrides, qa_set, tmp_path / "ckpt", steps=30, data=f"[{small}]",
+                                       save_every=30, warmup_steps=1, stage="align") + ["summarizer.model=smollm2"])
+    models = build_models(cfg, torch.device("cpu"), log=None)
+    before = {k: v.clone() for k, v in models.connector.state_dict().items()}
+    losses = []
+    train(cfg, log=lambda m: None, on_step=losses.append, models=models)
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.5 * first, (first, last)
+    fresh = Summarizer("smollm2", device="cpu", dtype="fp32").model.state_dict()
+    for name, value in models.vlm.llm.model.state_dict().items():  # align: the LLM is frozen
+        assert torch.equal(value, fresh[name]), name
+    changed = [k for k, v in models.connector.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("temporal.layers") for k in changed) and any(k.startswith("projector") for k in changed)
+
+
+def test_prompt_is_masked_out_of_the_loss(tiny_overrides, qa_set, tmp_path):
+    cfg = load_config(None, _overrides(tiny_overrides, qa_set, tmp_path / "x"))
+    models = build_models(cfg, torch.device("cpu"), log=None)
+    data = read_jsonl(qa_set / "train.jsonl", cfg.summarizer.caption_prompt, cfg.train.qa_prompt)
+    batch = data.samples[:3]
+    grids = [models.cache.get(s.media) for s in batch]
+    vlm = models.vlm
+    inputs, mask, labels = vlm.sequences(vlm.visual(grids), [s.prompt for s in batch], [s.answer for s in batch])
+    for row, sample in zip(labels, batch):
+        target = vlm.llm.answer_ids(sample.answer)
+        kept = row[row != IGNORE]
+        assert torch.equal(kept, target)  # only the answer (and end-of-turn) is scored
+        first = int((row != IGNORE).nonzero()[0])
+        assert (row[:first] == IGNORE).all()
+    with torch.no_grad():
+        logits = vlm.llm.model(inputs_embeds=inputs, attention_mask=mask).logits
+        ours = vlm.loss(grids, [s.prompt for s in batch], [s.answer for s in batch])
+        unmasked = labels.clone()
+        prompt = (labels == IGNORE) & (mask == 1)
+        unmasked[prompt] = 0  # any token id: a loss that scored the prompt would change
+        assert torch.allclose(ours, cross_entropy_reference(logits, labels), atol=1e-5)
+        assert not torch.allclose(ours, cross_entropy_reference(logits, unmasked), atol=1e-3)
+
+
+def test_broken_samples_are_skipped_and_counted(tiny_overrides, qa_set, tmp_path):
+    good = (qa_set / "train.jsonl").read_text().splitlines()[:4]
+    (tmp_path / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+    clips = qa_set / "clips"
+    bad = [
+        "{not json",
+        json.dumps({"video": "missing.mp4", "caption": "x"}),
+        json.dumps({"video": "../../etc/passwd\n", "caption": "x"}),
+        json.dumps({"video": str(next(clips.iterdir())), "question": "Which way?", "options": ["left", "right"],
+                    "answer": "up"}),
+        json.dumps({"video": "corrupt.mp4", "caption": "a red circle moves left"}),
+        json.dumps({"caption": "no media"}),
+    ]
+    lines = [good[0], *bad, *good[1:]]
+    for i, line in enumerate(good):  # media paths of the good lines, relative to the new file
+        row = json.loads(line)
+        row["video"] = str(qa_set / row["video"])
+        lines[lines.index(line)] = json.dumps(row)
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    done = vidstorm("train", "--local", *_overrides(tiny_overrides, qa_set, tmp_path / "ckpt", steps=2,
+                                                     data=f"[{data}]"))
+    assert done.returncode == 0, done.stderr
+    skipped = [line for line in done.stderr.splitlines() if line.startswith("skipped: ")]
+    assert len(skipped) == len(bad), done.stderr
+    for needle in ("not JSON", "media file not found", "control characters", "not one of the options",
+                   "corrupt.mp4", "no 'video' or 'image'"):
+        assert any(needle in line for line in skipped), (needle, skipped)
+    assert "Traceback" not in done.stderr
+    metrics = json.loads(done.stdout.strip().splitlines()[-1])
+    assert metrics["skipped"] == len(bad) and metrics["samples"] == 2 * len(good)
+
+
+def test_ctrl_c_saves_and_resume_continues_at_the_saved_step(tiny_overrides, qa_set, tmp_path):
+    out = tmp_path / "ckpt"
+    args = ["train", "--local", *_overrides(tiny_overrides, qa_set, out, steps=400, save_every=1000)]
+    proc = subprocess.Popen([sys.executable, "-m", "actors.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        seen = ""
+        while "train:" not in seen and time.time() < deadline:  # data loaded: the loop is running
+            seen += proc.stderr.readline()
+        time.sleep(3)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    saved = json.loads((out / "train_state.json").read_text())["step"]
+    assert 0 < saved < 400, saved
+    assert json.loads(stdout.strip().splitlines()[-1])["step"] == saved
+    weights = (out / "model.safetensors").read_bytes()
+
+    done = vidstorm("train", "--local", "--resume",
+                    *_overrides(tiny_overrides, qa_set, out, steps=saved + 3, save_every=1000))
+    assert done.returncode == 0, done.stderr
+    assert f"resumed from {out} at step {saved}" in done.stderr
+    metrics = json.loads(done.stdout.strip().splitlines()[-1])
+    assert metrics["step"] == saved + 3 and metrics["resumed_from"] == saved
+    assert (out / "model.safetensors").read_bytes() != weights
+
+
+def test_resume_without_a_saved_state_is_one_clear_line(tiny_overrides, qa_set, tmp_path):
+    done = vidstorm("train", "--local", "--resume", *_overrides(tiny_overrides, qa_set, tmp_path / "none"))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"vidstorm: error: --resume: {tmp_path / 'none'} holds no saved training state"]
+
+
+def test_eval_scores_a_known_model_right(overfit, tiny_overrides, tmp_path):
+    """The overfit model answers its 8 training questions; eval must say 1.0 on them and 0.0 when
+    every answer key is changed to another option."""
+    out, data = overfit["out"], overfit["data"]
+    trained = [f"temporal.checkpoint={out}", f"summarizer.model={out / 'llm'}"]
+    args = ["eval", "--data", str(data), *tiny_overrides, *trained]
+    done = vidstorm(*args)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["n"] == 8 and result["accuracy"] == 1.0, done.stdout
+    assert set(result["per_task"]) == {r["task"] for r in overfit["rows"]}
+    assert "overall" in done.stdout
+
+    wrong = tmp_path / "wrong.jsonl"
+    rows = []
+    for r in overfit["rows"]:
+        r = dict(r, video=str(data.parent / r["video"]))
+        r.pop("caption", None)
+        r["answer"] = next(o for o in r["options"] if o != r["answer"])
+        rows.append(json.dumps(r))
+    wrong.write_text("\n".join(rows) + "\n")
+    done = vidstorm("eval", "--data", str(wrong), *tiny_overrides, *trained)
+    assert json.loads(done.stdout.strip().splitlines()[-1])["accuracy"] == 0.0, done.stdout
+
+
+def test_trained_checkpoint_loads_into_ingest_and_changes_what_it_stores(overfit, tiny_overrides, qa_set, tmp_path):
+    import pyarrow.dataset as ds
+
+    clip = next((qa_set / "clips").iterdir())
+    rows = {}
+    trained = [f"temporal.checkpoint={overfit['out']}", f"summarizer.model={overfit['out'] / 'llm'}"]
+    for name, extra in (("untrained", []), ("trained", trained)):
+        data = tmp_path / name
+        done = vidstorm("ingest", str(clip), "--local", "--data", str(data), *tiny_overrides, *extra)
+        assert done.returncode == 0, done.stderr
+        (rows[name],) = ds.dataset(data / "store" / "segments", partitioning="hive").to_table().to_pylist()
+    assert f"weights: {overfit['out']}" in done.stderr
+    a, b = (torch.tensor(rows[n]["visual_embedding"]) for n in ("untrained", "trained"))
+    assert not torch.allclose(a, b, atol=1e-3)  # the trained STORM parts produced the stored tokens
+    assert rows["untrained"]["caption"] != rows["trained"]["caption"]
