@@ -399,8 +399,8 @@ def cmd_demo_assets(args) -> int:
     model = data / "models" / "siglip-b16-224-random"
     if not (model / "model.safetensors").is_file():
         build_random_siglip(model)
-    toy = data / "models" / "siglip-toy-random"
-    if not (toy / "model.safetensors").is_file():  # the frozen encoder of configs/toy.yaml
+    toy = Path("models/toy/siglip")
+    if not (toy / "model.safetensors").is_file():  # the frozen encoder of configs/toy.yaml (shipped)
         build_random_siglip(toy, **TOY_SIGLIP)
     clip = data / "clips" / "generated-1min.mp4"
     if not clip.is_file():
@@ -487,10 +487,54 @@ def cmd_eval(args) -> int:
 
 def cmd_synth_data(args) -> int:
     """Render the synthetic temporal-QA family (MP4 + JSONL, train/val/test)."""
-    from pipeline.train.synthqa import write_dataset
+    from pipeline.train.synthqa import FPS_RANGE, SIZE_RANGE, write_dataset
 
-    summary = write_dataset(args.out, args.n, args.seed)
+    splits = tuple(float(x) for x in args.splits.split(",")) if args.splits else (0.8, 0.1, 0.1)
+    summary = write_dataset(args.out, args.n, args.seed, splits=splits, size_range=tuple(args.size or SIZE_RANGE),
+                            fps_range=tuple(args.fps or FPS_RANGE))
     _print_json(summary)
+    return 0
+
+
+def _caption_right(expected: str, stored: str) -> bool:
+    """Does a stored caption name what the expected one does (colour, shape, direction / order)?"""
+    import re
+
+    words = lambda text: re.findall(r"[a-z]+", text.lower())  # noqa: E731
+    key = [w for w in words(expected) if w not in {"a", "moves", "appears", "then", "the"}]
+    found = [w for w in words(stored) if w in set(key)]
+    return found[: len(key)] == key  # every key word, in the expected order
+
+
+def cmd_demo_report(args) -> int:
+    """Stored captions of synth-data clips next to the truth, and a meaning query for one of them."""
+    import json
+    from pathlib import Path
+
+    from pipeline.models.text_embed import TextEmbedder
+    from pipeline.store.query import StoreQuery
+
+    jsonl = Path(args.jsonl)
+    truth = {str((jsonl.parent / r["video"]).resolve()): r for r in map(json.loads, jsonl.read_text().splitlines())}
+    query = StoreQuery(Path(args.data) / "store")
+    by_source = {str(Path(row["source"]).resolve()): row for row in query.segments() if row["chunk_seq"] == 0}
+    right = {"direction": [0, 0], "order": [0, 0]}
+    print(f"{'clip':<16}{'ok':<4}{'stored caption':<44}expected")
+    for source, row in sorted(truth.items()):
+        stored = by_source.get(source, {}).get("caption", "(not stored)")
+        ok = _caption_right(row["caption"], stored)
+        right[row["task"]][0] += ok
+        right[row["task"]][1] += 1
+        print(f"{Path(source).stem:<16}{'yes' if ok else 'no':<4}{stored[:42]:<44}{row['caption']}")
+    print("captions right: " + ", ".join(f"{task} {a}/{n}" for task, (a, n) in right.items() if n))
+    target = next((src for src, r in sorted(truth.items()) if r["task"] == "direction" and src in by_source), None)
+    if target:
+        caption, wanted = truth[target]["caption"], by_source[target]["stream_id"]
+        hits = query.search(TextEmbedder().embed([caption])[0], k=3)
+        found = bool(hits) and hits[0]["stream_id"] == wanted
+        print(f'query "{caption}": top hit {"is" if found else "is NOT"} {wanted}')
+        for hit in hits:
+            print(f"  {hit['score']:.3f} {hit['stream_id']:<24} {hit['level']:<7} {hit['text']}")
     return 0
 
 
@@ -613,7 +657,15 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("out", metavar="OUT", help="folder to write clips/ and the JSONL files into")
     synth.add_argument("--n", type=int, default=1000, help="clips in all (split 80/10/10)")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--size", type=int, nargs=2, metavar=("MIN", "MAX"), help="frame side px (default 96 480)")
+    synth.add_argument("--fps", type=int, nargs=2, metavar=("MIN", "MAX"), help="frame rate (default 10 30)")
+    synth.add_argument("--splits", help="train,val,test shares (default 0.8,0.1,0.1)")
     synth.set_defaults(func=cmd_synth_data)
+
+    report = sub.add_parser("demo-report", help="stored captions of synth-data clips next to the truth")
+    report.add_argument("jsonl", help="the synth-data JSONL of the ingested clips")
+    _data_arg(report)
+    report.set_defaults(func=cmd_demo_report)
 
     assets = sub.add_parser("demo-assets", help="build the offline demo model and clip")
     _data_arg(assets)

@@ -46,16 +46,20 @@ def build_processor(cfg: Config, log=print, parts: tuple[str, ...] = ALL_PARTS) 
 
 
 def untrained_notice(cfg: Config) -> str | None:
-    """One plain line when captions cannot mean anything yet, else None."""
+    """One plain line when captions cannot mean anything yet (or only for a toy family), else None."""
     random_vision = (Path(cfg.encoder.model) / RANDOM_MARKER).is_file()
-    if not random_vision and cfg.temporal.checkpoint:
-        return None
+    if cfg.temporal.checkpoint:
+        if not random_vision:
+            return None
+        return (f"note: the SigLIP in {cfg.encoder.model} is random (frozen) and the STORM parts in "
+                f"{cfg.temporal.checkpoint} were trained on its features, so captions are meaningful only for "
+                "footage like their training data (configs/toy.yaml: the synthetic shapes family)")
     parts = []
     if random_vision:
         parts.append(f"the SigLIP weights in {cfg.encoder.model} are random")
-    if not cfg.temporal.checkpoint:
-        parts.append("the STORM projector and Mamba layers are untrained")
+    parts.append("the STORM projector and Mamba layers are untrained")
     return (
         "note: " + " and ".join(parts) + ", so captions are not meaningful until a real checkpoint is "
-        "configured (encoder.model = a SigLIP hub id or folder, temporal.checkpoint = trained STORM parts)"
+        "configured (encoder.model = a SigLIP hub id or folder, temporal.checkpoint = trained STORM parts; "
+        "see `vidstorm train`)"
     )

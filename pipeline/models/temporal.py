@@ -165,7 +165,7 @@ class MambaMixer(nn.Module):
 
         # 2. causal depthwise conv, continuing from the carried inputs
         conv_in = torch.cat([state.conv.to(u.dtype), u], dim=-1)  # (B, D_inner, K-1+L)
-        new_conv = conv_in[:, :, conv_in.shape[-1] - (self.d_conv - 1) :]
+        new_conv = conv_in[:, :, conv_in.shape[-1] - (self.d_conv - 1) :].clone()  # not a view of conv_in
         u = F.silu(F.conv1d(conv_in, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner))
 
         # 3. input-dependent dt, B, C
@@ -173,7 +173,7 @@ class MambaMixer(nn.Module):
         dt = (dt @ self.dt_proj.weight.T).transpose(1, 2)  # (B, D_inner, L); bias added in the scan
 
         # 4. selective scan from the carried state
-        A = -torch.exp(self.A_log.float())  # (D_inner, N)
+        A = -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))  # (D_inner, N)
         y, new_ssm = scan(
             u,
             dt,
@@ -187,9 +187,11 @@ class MambaMixer(nn.Module):
             initial_state=state.ssm,
         )
 
-        # 5. output projection
+        # 5. output projection. The new state stays in the graph when grad is enabled, so a
+        #    sequence split into chunks backpropagates through the carried state; detach it
+        #    to truncate. Under no_grad / inference_mode it carries no graph.
         out = self.out_proj(y.transpose(1, 2))  # (B, L, d_model)
-        return out, MixerState(conv=new_conv.detach(), ssm=new_ssm.detach())
+        return out, MixerState(conv=new_conv, ssm=new_ssm)
 
 
 class TemporalLayer(nn.Module):
@@ -248,6 +250,11 @@ class TemporalEncoder(nn.Module):
         self.mode = mode
         self.downsample = downsample
         self.scan_impl = scan_impl
+        # Per-channel standardisation of the frozen encoder's features, estimated once from
+        # training data (`set_input_stats`): a frozen SigLIP's tokens carry large constant
+        # offsets that otherwise drown the content and stall training. Identity until set.
+        self.register_buffer("input_shift", torch.zeros(vision_dim))
+        self.register_buffer("input_scale", torch.ones(vision_dim))
         self.proj = nn.Linear(downsample * downsample * vision_dim, d_model)
         self.layers = nn.ModuleList(
             TemporalLayer(d_model, mode != "stream", d_state=d_state, d_conv=d_conv, expand=expand)
@@ -258,6 +265,13 @@ class TemporalEncoder(nn.Module):
     @property
     def bidirectional(self) -> bool:
         return self.mode != "stream"
+
+    @torch.no_grad()
+    def set_input_stats(self, grids: torch.Tensor) -> None:
+        """grids (..., C): the frozen encoder's tokens of some training clips -> shift and scale."""
+        flat = grids.reshape(-1, grids.shape[-1]).float()
+        self.input_shift.copy_(flat.mean(0))
+        self.input_scale.copy_(flat.std(0).clamp_min(1e-4))
 
     def initial_state(self, batch: int = 1) -> TemporalState:
         return TemporalState([layer.fwd.zero_state(batch) for layer in self.layers])
@@ -275,6 +289,7 @@ class TemporalEncoder(nn.Module):
         b, t = x.shape[:2]
 
         # 1. downsample + Linear
+        x = (x - self.input_shift) / self.input_scale
         x = self.proj(pixel_shuffle_down(x, self.downsample))  # (B, T, h, w, D)
         _, _, h, w, d = x.shape
 

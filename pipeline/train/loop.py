@@ -211,6 +211,9 @@ def train(cfg: Config, worker: Worker | None = None, log=print, should_stop=lamb
     optimizer = torch.optim.AdamW(parameter_groups(models, t), betas=(0.9, 0.95))
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     step, metrics = 0, {}
+    if not t.init_from:  # a fresh model: standardise the encoder's features with this data's statistics
+        sample = [data.samples[i].media for i in range(0, len(data.samples), max(1, len(data.samples) // 256))]
+        models.connector.temporal.set_input_stats(torch.cat([models.cache.get(m) for m in sample]))
     if worker.resume_from is not None:
         step, metrics = load_checkpoint(worker.resume_from, models, optimizer)
         if lead:

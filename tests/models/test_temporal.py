@@ -5,7 +5,13 @@ import torch
 from transformers import MambaConfig
 from transformers.models.mamba.modeling_mamba import MambaMixer as HFMambaMixer
 
-from pipeline.models.temporal import MambaMixer, TemporalEncoder, TemporalState, pixel_shuffle_down
+from pipeline.models.temporal import (
+    MambaMixer,
+    MixerState,
+    TemporalEncoder,
+    TemporalState,
+    pixel_shuffle_down,
+)
 
 VISION_DIM = 8
 
@@ -165,3 +171,120 @@ def test_pixel_shuffle_keeps_every_token_of_an_odd_grid():
     assert set(x.flatten().tolist()) <= set(y.flatten().tolist())
     # the bottom-right output token holds the last input token
     assert y[0, 0, 3, 3, 0].item() == 48.0
+
+
+# --- training: gradients through the default torch scan equal those through the loop ---
+
+MIXER_PARAMS = {
+    "in_proj.weight", "conv1d.weight", "conv1d.bias", "x_proj.weight",
+    "dt_proj.weight", "dt_proj.bias", "A_log", "D", "out_proj.weight",
+}
+
+
+def _random_mixer(seed=0):
+    torch.manual_seed(seed)
+    mixer = MambaMixer(16, d_state=4, d_conv=4, expand=2).double()
+    with torch.no_grad():
+        mixer.A_log.copy_(torch.randn_like(mixer.A_log) * 0.5)
+        mixer.D.copy_(torch.randn_like(mixer.D))
+        mixer.dt_proj.bias.copy_(torch.randn_like(mixer.dt_proj.bias))
+    return mixer
+
+
+def _weights(*tensors, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in tensors]
+
+
+def _assert_same_grads(got: dict, expected: dict, rtol=1e-9, atol=1e-10):
+    assert got.keys() == expected.keys()
+    for name, ref in expected.items():
+        assert ref is not None and ref.abs().max() > 0, f"{name}: the reference gradient is zero"
+        assert got[name] is not None, f"{name}: no gradient"
+        torch.testing.assert_close(got[name], ref, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("seq_len", [1, 23])
+def test_mixer_gradients_torch_scan_equal_loop(seq_len):
+    """Every parameter, the input and the carried-in state; the carried-out state is part of the loss."""
+    from pipeline.models.scan import selective_scan_blocked, selective_scan_ref
+
+    x0 = torch.randn(2, seq_len, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    results = []
+    for scan in (selective_scan_blocked, selective_scan_ref):
+        mixer = _random_mixer()
+        start = mixer.zero_state(2)
+        g = torch.Generator().manual_seed(2)
+        conv0 = torch.randn(start.conv.shape, generator=g, dtype=torch.float64).requires_grad_()
+        ssm0 = torch.randn(start.ssm.shape, generator=g, dtype=torch.float64).requires_grad_()
+        x = x0.clone().requires_grad_()
+        out, state = mixer(x, MixerState(conv0, ssm0), scan=scan)
+        w_out, w_conv, w_ssm = _weights(out, state.conv, state.ssm)
+        ((out * w_out).sum() + (state.conv * w_conv).sum() + (state.ssm * w_ssm).sum()).backward()
+        grads = {name: p.grad for name, p in mixer.named_parameters()}
+        grads.update(x=x.grad, conv0=conv0.grad, ssm0=ssm0.grad)
+        results.append(grads)
+    assert MIXER_PARAMS <= results[0].keys()
+    _assert_same_grads(results[0], results[1])
+
+
+def test_encoder_gradients_torch_scan_equal_loop():
+    """chunk_bidirectional: forward and backward mixers of every layer, from a carried state."""
+    frames = _frames(3).double()
+    results = []
+    for scan_impl in ("torch", "loop"):
+        enc = _encoder("chunk_bidirectional").double().train()
+        enc.scan_impl = scan_impl
+        with torch.no_grad():
+            _, state = enc(_frames(2, seed=4).double())
+        x = frames.clone().requires_grad_()
+        out, _ = enc(x, state)
+        (out * _weights(out)[0]).sum().backward()
+        grads = {name: p.grad for name, p in enc.named_parameters()}
+        grads["x"] = x.grad
+        results.append(grads)
+    for layer in range(2):
+        for direction in ("fwd", "bwd"):
+            assert {f"layers.{layer}.{direction}.{p}" for p in MIXER_PARAMS} <= results[0].keys()
+    _assert_same_grads(results[0], results[1])
+
+
+@pytest.mark.parametrize("scan_impl", ["torch", "loop"])
+def test_stream_gradient_through_carried_state_equals_one_pass(scan_impl):
+    """A training sample split into two chunks backpropagates through the carried state."""
+    seq0 = torch.randn(1, 30, 16, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    results = []
+    for splits in ([30], [13, 17]):
+        enc = _encoder("stream", scan_impl=scan_impl).double().train()
+        seq = seq0.clone().requires_grad_()
+        state, outs = None, []
+        for piece in torch.split(seq, splits, dim=1):
+            out, state = enc.forward_tokens(piece, state)
+            outs.append(out)
+        if len(splits) > 1:
+            assert all(s.ssm.requires_grad and s.conv.requires_grad for s in state.layers)
+        out = torch.cat(outs, dim=1)
+        last = state.layers[-1]
+        w_out, w_ssm, w_conv = _weights(out, last.ssm, last.conv)
+        ((out * w_out).sum() + (last.ssm * w_ssm).sum() + (last.conv * w_conv).sum()).backward()
+        # forward_tokens starts after the input projection: proj.* get no gradient
+        grads = {name: p.grad for name, p in enc.named_parameters() if not name.startswith("proj.")}
+        grads["seq"] = seq.grad
+        results.append(grads)
+    _assert_same_grads(results[1], results[0])
+
+
+def test_carried_state_without_grad_holds_no_graph_and_no_chunk_buffer():
+    enc = _encoder("stream")
+    seq = torch.randn(1, 40, 16)
+    with torch.no_grad():
+        _, state = enc.forward_tokens(seq)
+    for layer in state.layers:
+        assert not layer.ssm.requires_grad and layer.ssm.grad_fn is None
+        assert not layer.conv.requires_grad and layer.conv.grad_fn is None
+        # a copy of the last d_conv - 1 inputs, not a view into the (B, D_inner, K-1+L) conv input
+        assert layer.conv.untyped_storage().nbytes() == layer.conv.numel() * layer.conv.element_size()
+    _, state = enc.forward_tokens(seq)  # grad enabled: the state is in the graph, still a small copy
+    for layer in state.layers:
+        assert layer.ssm.grad_fn is not None and layer.conv.grad_fn is not None
+        assert layer.conv.untyped_storage().nbytes() == layer.conv.numel() * layer.conv.element_size()

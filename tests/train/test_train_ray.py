@@ -25,6 +25,20 @@ def qa_set(tmp_path_factory):
     return out
 
 
+def _registered(out: Path) -> int:
+    """The newest step Ray has stored a checkpoint of (0 if none yet)."""
+    run = storage_dir(out) / "train"
+    if not (run / "checkpoint_manager_snapshot.json").is_file():
+        return 0
+    steps = []
+    for path in run.glob("checkpoint_*/train_state.json"):
+        try:
+            steps.append(json.loads(path.read_text())["step"])
+        except (OSError, ValueError, KeyError):  # being copied
+            pass
+    return max(steps, default=0)
+
+
 def _start(args, env=None):
     return subprocess.Popen([sys.executable, "-m", "actors.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
@@ -61,9 +75,9 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(tiny_overrides, qa_set
     try:
         state = out / "train_state.json"
         deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            if state.is_file() and json.loads(state.read_text())["step"] >= 8:
-                break
+        while time.time() < deadline and proc.poll() is None:  # Ray registers a reported checkpoint
+            if state.is_file() and json.loads(state.read_text())["step"] >= 8 and _registered(out) >= 4:
+                break  # asynchronously: kill only once one is in its storage
             time.sleep(0.2)
         killed_at = json.loads(state.read_text())["step"]
         assert killed_at < steps, "the run ended before a worker could be killed"
