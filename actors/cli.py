@@ -388,6 +388,25 @@ TOY_SIGLIP = dict(hidden_size=128, num_layers=1, num_heads=4, intermediate_size=
                   seed=0)
 
 
+def build_small_lm(path, hidden: int = 128, layers: int = 4, seed: int = 0):
+    """A small random Llama with SmolLM2's tokenizer, trained alongside the STORM parts when the frozen
+    LLM would make each step too slow (the toy's stage 1, bench/quality.py's rows)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from pipeline.models.summarizer import resolve_llm
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_llm("smollm2"))
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def cmd_demo_assets(args) -> int:
     """Build what the demo needs offline: a random SigLIP-B/16 and a generated 1-minute clip."""
     from pathlib import Path
@@ -402,6 +421,9 @@ def cmd_demo_assets(args) -> int:
     toy = Path("models/toy/siglip")
     if not (toy / "model.safetensors").is_file():  # the frozen encoder of configs/toy.yaml (shipped)
         build_random_siglip(toy, **TOY_SIGLIP)
+    lm = data / "models" / "toy-lm"
+    if not (lm / "config.json").is_file():  # the small LM the toy's temporal encoder is pretrained with
+        build_small_lm(lm)
     clip = data / "clips" / "generated-1min.mp4"
     if not clip.is_file():
         write_clip(clip, seconds=60, fps=10)

@@ -33,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from actors.cli import TOY_SIGLIP  # noqa: E402
+from actors.cli import TOY_SIGLIP, build_small_lm  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.models.siglip import build_random_siglip  # noqa: E402
 from pipeline.train.data import read_jsonl  # noqa: E402
@@ -51,25 +51,11 @@ ROWS = {
     "stream_12": (2, "stream", 4, 2),
 }
 SHARES_WEIGHTS = {"storm_12": "storm_25"}  # test-time sampling needs no training of its own
+# configs/toy.yaml's temporal geometry and decoding (d_conv 17: the conv spans one frame)
+TOY_GEOMETRY = ["temporal.d_model=128", "temporal.expand=1", "temporal.d_state=8", "temporal.d_conv=17",
+                "decode.fps=1.0", "decode.chunk_frames=8", "train.max_chunks=1"]
 GRID_TOKENS = 16  # 8x8 SigLIP patches after the 2x2 pixel shuffle, per frame
 FRAMES = 8
-
-
-def small_lm(path: Path) -> Path:
-    """A 4-layer Llama with SmolLM2's tokenizer, trained alongside the STORM parts."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from pipeline.models.summarizer import resolve_llm
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_llm("smollm2"))
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         tie_word_embeddings=True)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def row_overrides(name: str, work: Path, lm: Path, siglip: Path, steps: int, batch: int) -> list[str]:
@@ -77,6 +63,7 @@ def row_overrides(name: str, work: Path, lm: Path, siglip: Path, steps: int, bat
     return [
         f"encoder.model={siglip}", "encoder.select_layer=-1", f"summarizer.model={lm}", "summarizer.system_prompt=''",
         f"temporal.n_layers={layers}", f"temporal.mode={mode}", f"pooling.temporal_k={k}", f"pooling.sample_s={s}",
+        *TOY_GEOMETRY,
         "train.stage=sft", "train.trainable=[temporal,projector,llm]", "train.lr=0.002", "train.lr_llm=0.001",
         f"train.steps={steps}", f"train.batch_size={batch}", "train.warmup_steps=30", "train.eval_every=100000",
         f"train.save_every={steps}", "train.autocast=fp32", "train.sample_s=1",
@@ -102,7 +89,7 @@ def main() -> None:
                   fps_range=(10, 15))
     write_dataset(work / "test", args.test, args.seed + 1, splits=(0.0, 0.0, 1.0))  # the whole family
     siglip = build_random_siglip(work / "siglip", **TOY_SIGLIP)
-    lm = small_lm(work / "lm")
+    lm = build_small_lm(work / "lm")
     log(f"data + models ready in {time.time() - t0:.0f}s")
 
     grids: dict[int, dict] = {}  # SigLIP grids, shared by rows that pad clips alike

@@ -73,8 +73,10 @@ def build_models(cfg: Config, device: torch.device, log=print, training: bool = 
     dev = device.type
     encoder = SiglipEncoder(e.model, dev, e.dtype, e.batch_size, e.select_layer)
     llm = Summarizer(s.model, dev, "fp32", s.max_new_tokens, s.system_prompt)
-    temporal = replace(cfg.temporal, checkpoint=t.init_from) if training else cfg.temporal
+    temporal = replace(cfg.temporal, checkpoint="") if training else cfg.temporal
     connector = build_connector(temporal, encoder.hidden_size, llm.hidden_size, device, log=log)
+    if training and t.init_from:
+        init_from(connector, Path(t.init_from), log)
     connector.train()
     for name in ("temporal", "projector"):
         trains = name in t.trainable or t.stage == "align"
@@ -92,6 +94,29 @@ def build_models(cfg: Config, device: torch.device, log=print, training: bool = 
     cache = FeatureCache(encoder, cfg.decode.fps, chunk, group, t.max_chunks, grids)
     return Models(encoder, connector, VisualLM(connector, train_reducer, llm, chunk, use_bf16),
                   VisualLM(connector, test_reducer, llm, chunk, use_bf16), cache)
+
+
+def init_from(connector: StormConnector, folder: Path, log=print) -> None:
+    """Start from another run's STORM parts: every tensor whose name and shape fit.
+
+    A checkpoint trained with another LLM (e.g. a small LM trained alongside, to pretrain the
+    temporal encoder cheaply) gives its temporal encoder; the projector into this LLM starts fresh.
+    """
+    from safetensors.torch import load_file
+
+    weights_file = folder / "model.safetensors"
+    if not weights_file.is_file():
+        raise TrainError(f"train.init_from={folder}: no model.safetensors there")
+    own = connector.state_dict()
+    found = load_file(str(weights_file))
+    fits = {k: v for k, v in found.items() if k in own and own[k].shape == v.shape}
+    if not any(k.startswith("temporal.") for k in fits):
+        raise TrainError(f"train.init_from={folder}: its temporal encoder does not fit this config")
+    connector.load_state_dict(fits, strict=False)
+    fresh = sorted({k.split(".")[0] for k in own if k not in fits})
+    if log:
+        log(f"initialised {len(fits)} of {len(own)} tensors from {folder}"
+            + (f" ({', '.join(fresh)} fresh: shapes differ)" if fresh else ""))
 
 
 def load_data(cfg: Config, cache: FeatureCache, log=print) -> tuple[Dataset, list[Sample]]:

@@ -224,3 +224,26 @@ def test_trained_checkpoint_loads_into_ingest_and_changes_what_it_stores(overfit
     a, b = (torch.tensor(rows[n]["visual_embedding"]) for n in ("untrained", "trained"))
     assert not torch.allclose(a, b, atol=1e-3)  # the trained STORM parts produced the stored tokens
     assert rows["untrained"]["caption"] != rows["trained"]["caption"]
+
+
+@pytest.mark.parametrize("stored, right", [
+    ("A red circle moves left.", True),
+    ("The red circle is moving to the left", True),
+    ("a red circle moves right", False),
+    ("a blue circle moves left", False),
+    ("a red square moves left", False),
+    ("left: a red circle", False),  # every key word, in order
+    ("", False),
+])
+def test_a_caption_is_right_when_it_names_colour_shape_and_direction(stored, right):
+    from actors.cli import _caption_right
+
+    assert _caption_right("a red circle moves left", stored) is right
+
+
+def test_an_order_caption_must_name_both_shapes_in_order():
+    from actors.cli import _caption_right
+
+    expected = "a red circle appears, then a blue square"
+    assert _caption_right(expected, "a red circle appears, then a blue square")
+    assert not _caption_right(expected, "a blue square appears, then a red circle")
