@@ -25,10 +25,14 @@ def _data_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="vidstorm-data", metavar="DIR", help="where the store lives")
 
 
-def _emit_json(rows) -> None:
+def _emit_json(rows, one_line: bool = False) -> None:
+    """Rows for scripts (indented), or one JSON line (`one_line`: a result a script reads last)."""
     import json
 
-    print(json.dumps(rows, default=_json_default, indent=1))
+    if one_line:
+        print(json.dumps(rows, default=_json_default, sort_keys=True))
+    else:
+        print(json.dumps(rows, default=_json_default, indent=1))
 
 
 def _json_default(value):
@@ -464,16 +468,10 @@ def cmd_train(args) -> int:
         finally:
             signal.signal(signal.SIGINT, previous)
         if metrics.get("stopped"):
-            _print_json(metrics)
+            _emit_json(metrics, one_line=True)
             return 130
-    _print_json(metrics)
+    _emit_json(metrics, one_line=True)
     return 0
-
-
-def _print_json(obj) -> None:
-    import json
-
-    print(json.dumps(obj, default=_json_default, sort_keys=True))
 
 
 def cmd_eval(args) -> int:
@@ -503,7 +501,7 @@ def cmd_eval(args) -> int:
         log(f"skipped: {media}: {problem}")
     result["skipped"] += len(data.problems)
     print(table(result))
-    _print_json(result)
+    _emit_json(result, one_line=True)
     return 0
 
 
@@ -514,7 +512,7 @@ def cmd_synth_data(args) -> int:
     splits = tuple(float(x) for x in args.splits.split(",")) if args.splits else (0.8, 0.1, 0.1)
     summary = write_dataset(args.out, args.n, args.seed, splits=splits, size_range=tuple(args.size or SIZE_RANGE),
                             fps_range=tuple(args.fps or FPS_RANGE))
-    _print_json(summary)
+    _emit_json(summary, one_line=True)
     return 0
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -187,8 +188,6 @@ def save_checkpoint(folder: Path, models: Models, optimizer, step: int, metrics:
     for item in staging.iterdir():
         target = folder / item.name
         if item.is_dir():
-            import shutil
-
             shutil.rmtree(target, ignore_errors=True)
         os.replace(item, target)
     staging.rmdir()

@@ -84,15 +84,13 @@ class VisualLM:
         model = self.llm.model
         decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
         head = model.get_output_embeddings()
+        targets = labels[:, 1:]
+        where = targets != IGNORE  # position p predicts token p+1
         with self._autocast():
             if decoder is not None and head is not None:
                 hidden = decoder(inputs_embeds=inputs, attention_mask=mask).last_hidden_state  # (B, L, H)
-                targets = labels[:, 1:]
-                where = targets != IGNORE  # position p predicts token p+1
                 logits = head(hidden[:, :-1][where]).float()  # (n, vocab)
             else:  # a model whose head is not a plain projection: full logits
-                targets = labels[:, 1:]
-                where = targets != IGNORE
                 logits = model(inputs_embeds=inputs, attention_mask=mask).logits[:, :-1][where].float()
         values = torch.log_softmax(logits, dim=-1).gather(1, targets[where][:, None])[:, 0]
         rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(targets)[where]
