@@ -245,8 +245,13 @@ def create_app(
         return {"items": _plain(query.jobs(name=name, status=status, limit=limit))}
 
     @router.post("/jobs/{name}/run", status_code=202, response_model=RunRequested,
-                 responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}})
+                 responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 503: {"model": ErrorBody}})
     def run_job(name: str):
+        from pipeline.names import NAME
+
+        if not NAME.fullmatch(name):  # never let a network-supplied name near a path or a key
+            raise HTTPException(400, "a job name is 1-128 letters, digits, '.', '_' or '-', starting with "
+                                     "a letter or digit")
         if run_requester is None:
             raise HTTPException(503, NO_SCHEDULER)
         try:

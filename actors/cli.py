@@ -29,10 +29,13 @@ def _emit_json(rows, one_line: bool = False) -> None:
     """Rows for scripts (indented), or one JSON line (`one_line`: a result a script reads last)."""
     import json
 
+    from pipeline.config import mask_data
+
+    rows = mask_data(json.loads(json.dumps(rows, default=_json_default)))  # no secret leaves in JSON either
     if one_line:
-        print(json.dumps(rows, default=_json_default, sort_keys=True))
+        print(json.dumps(rows, sort_keys=True))
     else:
-        print(json.dumps(rows, default=_json_default, indent=1))
+        print(json.dumps(rows, indent=1))
 
 
 def _json_default(value):
@@ -310,6 +313,9 @@ def _jobs_show(args) -> int:
 
 
 def _spec(specs, name):
+    from pipeline.names import check_name
+
+    check_name(name, "job name")
     if name not in specs:
         known = ", ".join(sorted(specs)) or "none"
         raise VidstormError(f"no job named {name!r} (jobs: {known})")
@@ -365,8 +371,12 @@ def _jobs_cancel(args) -> int:
 def _jobs_add(args) -> int:
     from pathlib import Path
 
-    from pipeline.jobs.spec import parse_spec
+    from pipeline.jobs.spec import NAME, parse_spec
+    from pipeline.names import BadName
 
+    if not NAME.fullmatch(args.name):  # before it becomes a file name
+        raise BadName(f"job name {args.name[:60]!r} is not allowed: 1-64 letters, digits, '.', '_' or '-', "
+                      "starting with a letter or digit")
     target = Path(args.data) / "jobs" / f"{args.name}.yaml"
     if target.exists() and not args.force:
         raise VidstormError(f"{target} exists: pass --force to replace it")
@@ -709,13 +719,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         getattr(args, target).extend(extra)
+    from pipeline.config import mask_secrets
+
     try:
         return args.func(args)
-    except VidstormError as err:
-        print(f"vidstorm: error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:  # bad query parameters and the like
-        print(f"vidstorm: error: {err}", file=sys.stderr)
+    except (VidstormError, ValueError) as err:  # ValueError: bad query parameters and the like
+        print(f"vidstorm: error: {mask_secrets(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vidstorm: interrupted", file=sys.stderr)

@@ -22,13 +22,14 @@ import json
 import os
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.config import Config
 from pipeline.queue import RedisQueue, connect, retrying
+from pipeline.processor import visual_embedding, window_of
 from pipeline.types import FrameChunk, Segment, Summary, pack, unpack
 
 
@@ -297,18 +298,21 @@ class TemporalStage(Stage):
         state = self._state(stream_id)
         buffer = self.buffers.get(stream_id, {})
         while state.next_chunk_seq in buffer:
-            msg, meta, arrays = buffer.pop(state.next_chunk_seq)
+            msg, meta, arrays = buffer[state.next_chunk_seq]
             import torch
 
             pooled, temporal_state = self.processor.temporal(torch.from_numpy(arrays["tokens"].copy()), state.temporal)
-            state.temporal, state.next_chunk_seq = temporal_state, meta["chunk_seq"] + 1
-            out_meta = dict(meta, type="pooled")
-            payload = pack(out_meta, {"pooled": pooled.numpy(),
-                                      "visual_embedding": pooled.float().mean(dim=(0, 1, 2)).numpy()})
-            blob = state.to_bytes()
+            payload = pack(dict(meta, type="pooled"), {"pooled": pooled.numpy(),
+                                                       "visual_embedding": visual_embedding(pooled)})
+            # The state moves on only once the handoff has committed: if it raises, the chunk is
+            # still pending in Redis and in the buffer, and is applied again from the old state.
+            advanced = replace(state, temporal=temporal_state, next_chunk_seq=meta["chunk_seq"] + 1)
+            blob = advanced.to_bytes()
             self.wait_for_room(self.keys.pooled)
             self.handoff(msg, [(self.keys.pooled, payload)],
                          extra=lambda pipe, k=self.keys.state(stream_id), b=blob: pipe.set(k, b))
+            buffer.pop(meta["chunk_seq"])
+            self.states[stream_id] = state = advanced
         end = self.ends.get(stream_id)
         if end and end[1]["last_chunk_seq"] < state.next_chunk_seq:
             msg, meta = self.ends.pop(stream_id)
@@ -349,25 +353,15 @@ class SummarizerStage(Stage):
     def _segment(self, meta, arrays) -> Segment:
         import torch
 
-        caption = self.processor.caption(torch.from_numpy(arrays["pooled"].copy()))
-        return Segment(
-            stream_id=meta["stream_id"], chunk_seq=meta["chunk_seq"], t_start=meta["t_start"], t_end=meta["t_end"],
-            caption=caption, visual_embedding=arrays["visual_embedding"],
-            text_embedding=self.processor.embedder.embed([caption])[0], n_frames=meta["n_valid"],
-            config_fingerprint=self.processor.config_fingerprint, source=meta["source"],
-            wall_clock=meta["wall_clock"], created_at=time.time(),
-        )
+        return self.processor.segment(
+            torch.from_numpy(arrays["pooled"].copy()), stream_id=meta["stream_id"], chunk_seq=meta["chunk_seq"],
+            t_start=meta["t_start"], t_end=meta["t_end"], n_frames=meta["n_valid"], source=meta["source"],
+            wall_clock=meta["wall_clock"])
 
     def _summary(self, meta) -> Summary:
-        rollup = self.processor.rollup
-        prompt = rollup.window_prompt if meta["level"] == "window" else rollup.stream_prompt
-        text = self.processor.summarize(meta["texts"], prompt)
-        return Summary(
-            stream_id=meta["stream_id"], level=meta["level"], seq=meta["seq"], t_start=meta["t_start"],
-            t_end=meta["t_end"], text=text, text_embedding=self.processor.embedder.embed([text])[0],
-            config_fingerprint=self.processor.config_fingerprint, wall_clock=meta["wall_clock"],
-            created_at=time.time(),
-        )
+        return self.processor.summary(stream_id=meta["stream_id"], level=meta["level"], seq=meta["seq"],
+                                      t_start=meta["t_start"], t_end=meta["t_end"], texts=meta["texts"],
+                                      wall_clock=meta["wall_clock"])
 
 
 class WriterStage(Stage):
@@ -438,8 +432,6 @@ class WriterStage(Stage):
             self._plan(stream_id)
 
     def _plan(self, stream_id: str) -> None:
-        from pipeline.processor import window_of  # the same rule --local uses
-
         view = self._view(stream_id)
         chunks = view["chunks"]
         end_raw = self.r.hget(self.keys.ends, stream_id)

@@ -155,8 +155,11 @@ class WorkersConfig:
 class TrainConfig:
     """`vidstorm train`: the STORM parts (pixel shuffle + Linear, Mamba layers, projector)."""
 
-    stage: str = "align"  # align: SigLIP + LLM frozen | sft: parts in `trainable`
+    # warmup: the temporal encoder alone, through a small choice head on the QA samples (no LLM pass;
+    #         pipeline/train/warmup.py) | align: SigLIP + LLM frozen | sft: the parts in `trainable`
+    stage: str = "align"
     data: list[str] = field(default_factory=list)  # JSONL files (paths inside relative to each file)
+    tasks: list[str] = field(default_factory=list)  # train on samples of these tasks only (caption, direction, ...)
     val_data: str = ""  # QA JSONL: multiple-choice accuracy every eval_every steps (else val loss)
     out: str = ""  # checkpoint folder: model.safetensors + storm_config.json + train_state
     init_from: str = ""  # start from these STORM parts (e.g. an align checkpoint for sft); empty = seeded init
@@ -184,7 +187,7 @@ class TrainConfig:
     threads: int = 0  # torch threads per worker; 0 = cores / workers
 
 
-TRAIN_STAGES = ("align", "sft")
+TRAIN_STAGES = ("warmup", "align", "sft")
 TRAINABLE_PARTS = ("temporal", "projector", "llm")
 AUTOCAST = ("auto", "bf16", "fp32")
 
@@ -320,22 +323,70 @@ def fingerprint(cfg: Config) -> str:
 
     relevant = {
         "decode": {"fps": cfg.decode.fps, "chunk_frames": cfg.decode.chunk_frames},
-        "encoder": {"model": cfg.encoder.model, "select_layer": cfg.encoder.select_layer},
+        "encoder": {"model": cfg.encoder.model, "select_layer": cfg.encoder.select_layer,
+                    "dtype": cfg.encoder.dtype, "weights": content_digest(cfg.encoder.model)},
         "temporal": asdict(cfg.temporal),
         "pooling": asdict(cfg.pooling),
         "summarizer": {k: v for k, v in asdict(cfg.summarizer).items() if k not in ("device", "dtype")},
         "summary": asdict(cfg.summary),
     }
     relevant["temporal"].pop("scan_impl")  # every implementation gives the same numbers
+    # a checkpoint retrained into the same folder is another model: hash what is in it, not its name
+    relevant["temporal"]["weights"] = content_digest(cfg.temporal.checkpoint) if cfg.temporal.checkpoint else ""
+    relevant["summarizer"]["weights"] = content_digest(cfg.summarizer.model)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 
+_DIGESTS: dict[tuple, str] = {}
+
+
+def content_digest(name: str) -> str:
+    """sha256 of a local weights file or folder's files (names + bytes); '' for a name that is not
+    a local path (a hub id, `smollm2`). Cached per process by each file's size and mtime, so a
+    file rewritten in place is hashed again and an unchanged one is not."""
+    import hashlib
+
+    path = Path(name).expanduser() if name else None
+    if path is None or not path.exists():
+        return ""
+    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    stats = tuple((str(f.relative_to(path) if path.is_dir() else f.name), f.stat().st_size, f.stat().st_mtime_ns)
+                  for f in files)
+    key = (str(path.resolve()), stats)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        for f, (rel, size, _) in zip(files, stats):
+            digest.update(f"{rel}\0{size}\0".encode())
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()[:16]
+    return _DIGESTS[key]
+
+
+SECRET_KEYS = ("token", "password", "secret")
+
+
 def mask_secrets(text: str) -> str:
-    """Hide the password of every URL in `text` (redis://:secret@host -> redis://:***@host)."""
+    """Hide secrets in any text a person or a log will see: the password of every URL
+    (redis://:secret@host -> redis://:***@host), `api.token=...` / `password=...` overrides,
+    and `token:` lines of printed configs."""
     import re
 
     text = re.sub(r"(://[^:/@\s]*:)[^@\s]+@", r"\1***@", text)
-    return re.sub(r"(?m)^(\s*token:\s*)(?!''\s*$)\S.*$", r"\1'***'", text)  # api.token in printed configs
+    keys = "|".join(SECRET_KEYS)
+    text = re.sub(rf"(?i)((?:^|[\s'\"\[,(])[\w.]*(?:{keys})=)(?!\*\*\*)[^\s'\",\])]+", r"\1***", text)
+    return re.sub(rf"(?im)^(\s*[\w.-]*(?:{keys}):\s*)(?!''\s*$)(?!\"\"\s*$)\S.*$", r"\1'***'", text)
+
+
+def mask_data(value):
+    """mask_secrets over every string of a JSON-like value; a key named like a secret is hidden whole."""
+    if isinstance(value, dict):
+        return {k: ("***" if isinstance(k, str) and any(w in k.lower() for w in SECRET_KEYS) and v
+                    else mask_data(v)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [mask_data(v) for v in value]
+    return mask_secrets(value) if isinstance(value, str) else value
 
 
 def to_yaml(cfg: Config) -> str:

@@ -48,11 +48,18 @@ def is_url(text: str) -> bool:
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "stream"
+    """A safe stream id (pipeline.names) made from a file or URL name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")[:128].rstrip("-._") or "stream"
 
 
 def expand_sources(args: list[str], stream_id: str | None = None) -> tuple[list[Source], list[SourceError]]:
-    """Turn command-line arguments into sources; problems come back as errors, not raised."""
+    """Turn command-line arguments into sources; problems come back as errors, not raised.
+
+    An explicit stream id must be a safe name (it names state files): BadName otherwise."""
+    from pipeline.names import check_name
+
+    if stream_id is not None:
+        check_name(stream_id, "stream id")
     sources, errors = [], []
     for arg in args:
         if is_url(arg):

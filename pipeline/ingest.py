@@ -128,7 +128,9 @@ class LocalIngest:
         self.config_fp = fingerprint(cfg)
 
     def _state_path(self, stream_id: str) -> Path:
-        return self.state_dir / f"{stream_id}.{self.config_fp}.state"
+        from pipeline.names import check_name
+
+        return self.state_dir / f"{check_name(stream_id, 'stream id')}.{self.config_fp}.state"
 
     def _load_state(self, stream_id: str) -> StreamState | None:
         path = self._state_path(stream_id)

@@ -56,6 +56,11 @@ class StreamState:
             raise ValueError(f"stream_state has unexpected fields: {err}") from None
 
 
+def visual_embedding(pooled: torch.Tensor) -> np.ndarray:
+    """A segment's visual embedding: the mean of its pooled visual tokens, (d_model,) float32."""
+    return pooled.float().reshape(-1, pooled.shape[-1]).mean(dim=0).numpy()
+
+
 def window_of(t_start: float, t0: float, window_seconds: float) -> int:
     """The roll-up window a chunk starting at t_start belongs to (t0: the stream's first chunk).
 
@@ -123,21 +128,9 @@ class StreamProcessor:
         # 1-3. encode, temporal, pool
         pooled, temporal_state = self.temporal(self.encode(chunk.frames), state.temporal)
         # 4. caption
-        caption = self.caption(pooled)
-        segment = Segment(
-            stream_id=chunk.stream_id,
-            chunk_seq=chunk.chunk_seq,
-            t_start=chunk.t_start,
-            t_end=chunk.t_end,
-            caption=caption,
-            visual_embedding=pooled.float().mean(dim=(0, 1, 2)).numpy(),
-            text_embedding=self.embedder.embed([caption])[0],
-            n_frames=chunk.n_valid,
-            config_fingerprint=self.config_fingerprint,
-            source=chunk.source,
-            wall_clock=chunk.wall_clock,
-            created_at=time.time(),
-        )
+        segment = self.segment(pooled, stream_id=chunk.stream_id, chunk_seq=chunk.chunk_seq, t_start=chunk.t_start,
+                               t_end=chunk.t_end, n_frames=chunk.n_valid, source=chunk.source,
+                               wall_clock=chunk.wall_clock)
         return self.after_caption(segment, state, temporal_state)
 
     def after_caption(self, segment: Segment, state: StreamState, temporal_state=None) -> tuple[list, StreamState]:
@@ -159,21 +152,35 @@ class StreamProcessor:
         state.t_end = segment.t_end
         return records, state
 
-    def _close_window(self, state: StreamState) -> Summary:
-        items = state.window_captions
-        text = self.summarize([c["caption"] for c in items], self.rollup.window_prompt)
-        summary = Summary(
-            stream_id=state.stream_id,
-            level="window",
-            seq=state.window_index,
-            t_start=items[0]["t_start"],
-            t_end=items[-1]["t_end"],
-            text=text,
-            text_embedding=self.embedder.embed([text])[0],
-            config_fingerprint=self.config_fingerprint,
-            wall_clock=items[0]["wall"],
+    def segment(self, pooled: torch.Tensor, *, stream_id: str, chunk_seq: int, t_start: float, t_end: float,
+                n_frames: int, source: str, wall_clock) -> Segment:
+        """One chunk's row: its caption, embeddings and times. --local and the distributed
+        summarizer both build segments here."""
+        caption = self.caption(pooled)
+        return Segment(
+            stream_id=stream_id, chunk_seq=chunk_seq, t_start=t_start, t_end=t_end, caption=caption,
+            visual_embedding=visual_embedding(pooled), text_embedding=self.embedder.embed([caption])[0],
+            n_frames=n_frames, config_fingerprint=self.config_fingerprint, source=source, wall_clock=wall_clock,
             created_at=time.time(),
         )
+
+    def summary(self, *, stream_id: str, level: str, seq: int, t_start: float, t_end: float, texts: list[str],
+                wall_clock=None) -> Summary:
+        """A window or stream roll-up written by the LLM from the level below (both paths)."""
+        prompt = self.rollup.window_prompt if level == "window" else self.rollup.stream_prompt
+        text = self.summarize(texts, prompt)
+        return Summary(
+            stream_id=stream_id, level=level, seq=seq, t_start=t_start, t_end=t_end, text=text,
+            text_embedding=self.embedder.embed([text])[0], config_fingerprint=self.config_fingerprint,
+            wall_clock=wall_clock, created_at=time.time(),
+        )
+
+    def _close_window(self, state: StreamState) -> Summary:
+        items = state.window_captions
+        summary = self.summary(stream_id=state.stream_id, level="window", seq=state.window_index,
+                               t_start=items[0]["t_start"], t_end=items[-1]["t_end"],
+                               texts=[c["caption"] for c in items], wall_clock=items[0]["wall"])
+        text = summary.text
         state.window_summaries.append(
             {"seq": summary.seq, "t_start": summary.t_start, "t_end": summary.t_end, "text": text}
         )
@@ -188,18 +195,6 @@ class StreamProcessor:
         if state.window_captions:
             records.append(self._close_window(state))
         windows = state.window_summaries
-        text = self.summarize([w["text"] for w in windows], self.rollup.stream_prompt)
-        records.append(
-            Summary(
-                stream_id=state.stream_id,
-                level="stream",
-                seq=0,
-                t_start=state.t0,
-                t_end=state.t_end,
-                text=text,
-                text_embedding=self.embedder.embed([text])[0],
-                config_fingerprint=self.config_fingerprint,
-                created_at=time.time(),
-            )
-        )
+        records.append(self.summary(stream_id=state.stream_id, level="stream", seq=0, t_start=state.t0,
+                                    t_end=state.t_end, texts=[w["text"] for w in windows]))
         return records, state

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 
 from pipeline.config import load_config
 from pipeline.decode import Source
@@ -78,6 +79,14 @@ class CrashAt:
         return self.inner.step(chunk, state)
 
 
+def _embeddings(data, stream_id):
+    """Each stored segment's visual embedding (the mean of its pooled tokens), in chunk order."""
+    from pipeline.store import Store
+
+    rows = Store(data / "store").stream_rows("segments", stream_id, ["chunk_seq", "visual_embedding"])
+    return [np.asarray(r["visual_embedding"]) for r in sorted(rows, key=lambda r: r["chunk_seq"])]
+
+
 def test_a_crashed_ingest_resumes_where_it_stopped(tmp_path, tiny_overrides, tiny_processor):
     cfg = load_config(None, tiny_overrides)
     clip = write_clip(tmp_path / "cam.mp4", seconds=40, fps=4)
@@ -97,6 +106,58 @@ def test_a_crashed_ingest_resumes_where_it_stopped(tmp_path, tiny_overrides, tin
     assert [key(r) for r in a.segments()] == [key(r) for r in b.segments()]
     skey = lambda r: (r["level"], r["seq"], r["t_start"], r["t_end"], r["text"])  # noqa: E731
     assert [skey(r) for r in a.summaries()] == [skey(r) for r in b.summaries()]
+    # a 6-token caption can survive a lost temporal state; the pooled tokens' mean cannot
+    straight_emb = _embeddings(tmp_path / "straight", "cam")
+    assert len(straight_emb) == 5
+    for x, y in zip(straight_emb, _embeddings(tmp_path / "resumed", "cam")):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    # ...and this check can fail: a resume that kept its position but dropped the temporal state
+    lossy = LocalIngest(cfg, CrashAt(tiny_processor, 3), tmp_path / "lossy", log=said.append)
+    assert lossy.run(Source(str(clip), "cam")).status == "failed"
+    load = lossy._load_state
+
+    def reset(stream_id):
+        state = load(stream_id)
+        state.temporal = None
+        return state
+
+    lossy._load_state = reset
+    assert lossy.run(Source(str(clip), "cam")).status == "done"
+    same = [np.allclose(x, y, rtol=1e-5, atol=1e-6)
+            for x, y in zip(straight_emb, _embeddings(tmp_path / "lossy", "cam"))]
+    assert all(same[:3]) and not all(same[3:]), same
+
+
+def test_retraining_into_the_same_checkpoint_folder_is_a_new_model(tmp_path, tiny_overrides):
+    """'Already ingested' hashes the weights, not the folder's name (nor only the path)."""
+    from pipeline.build import build_processor
+    from pipeline.config import fingerprint
+    from pipeline.models.checkpoint import build_connector, save_storm
+    from pipeline.models.siglip import vision_geometry
+    from pipeline.models.summarizer import llm_hidden_size
+
+    ckpt = tmp_path / "storm"
+    base = load_config(None, tiny_overrides)
+    vision_dim, hidden = vision_geometry(base.encoder.model)[1], llm_hidden_size(base.summarizer.model)
+
+    def train_into(seed):
+        cfg = load_config(None, [*tiny_overrides, f"temporal.seed={seed}"])
+        save_storm(build_connector(cfg.temporal, vision_dim, hidden, log=None), ckpt)
+
+    train_into(1)
+    cfg = load_config(None, [*tiny_overrides, f"temporal.checkpoint={ckpt}"])
+    clip = write_clip(tmp_path / "cam.mp4", seconds=8, fps=4)
+    first = LocalIngest(cfg, build_processor(cfg, log=None), tmp_path / "data", log=lambda m: None)
+    assert first.run(Source(str(clip), "cam")).status == "done"
+    again = LocalIngest(cfg, build_processor(cfg, log=None), tmp_path / "data", log=lambda m: None)
+    assert again.run(Source(str(clip), "cam")).status == "skipped"  # same weights: nothing to do
+    before = fingerprint(cfg)
+    train_into(2)  # new weights, same folder, same config text
+    assert fingerprint(cfg) != before
+    retrained = LocalIngest(cfg, build_processor(cfg, log=None), tmp_path / "data", log=lambda m: None)
+    assert retrained.run(Source(str(clip), "cam")).status == "done"
+    assert fingerprint(load_config(None, [*tiny_overrides, f"temporal.checkpoint={ckpt}", "encoder.dtype=bf16"])) \
+        != fingerprint(cfg)  # a dtype changes the numbers too
 
 
 def _free_port():

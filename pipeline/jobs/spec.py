@@ -24,7 +24,7 @@ from pipeline.errors import ConfigError
 KINDS = ("ingest", "digest")
 CATCH_UP = ("all", "latest", "none")
 PERIODS = ("day", "hour", "window")
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: no trailing newline
 
 
 @dataclass
@@ -84,7 +84,7 @@ def parse_spec(data: dict, origin: str) -> JobSpec:
         overrides = _flatten(overrides)
     spec = JobSpec(**{**data, "overrides": [str(o) for o in overrides], "path": origin})
     spec.schedule, spec.name = str(spec.schedule), str(spec.name)
-    if not NAME.match(spec.name):
+    if not isinstance(spec.name, str) or not NAME.fullmatch(spec.name):
         fail(f"name {spec.name!r} must be letters, digits, '.', '_' or '-' (at most 64)")
     if spec.kind not in KINDS:
         fail(f"kind must be one of {', '.join(KINDS)}, got {spec.kind!r}")

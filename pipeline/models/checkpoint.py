@@ -74,14 +74,18 @@ class StormConnector(nn.Module):
         """Pooled (B, T', h', w', D) -> visual tokens (B, T'*h'*w', llm_hidden) in scan order."""
         return self.projector(pooled.flatten(-4, -2))
 
-    def visual_tokens(self, grids: torch.Tensor, reducer, chunk_frames: int) -> torch.Tensor:
+    def pooled_tokens(self, grids: torch.Tensor, reducer, chunk_frames: int) -> torch.Tensor:
         """A whole clip (B, T, H, W, C), T a multiple of chunk_frames, as ingest would feed it:
-        chunk by chunk with the recurrent state carried -> (B, n_visual, llm_hidden)."""
+        chunk by chunk with the recurrent state carried -> pooled tokens (B, n_visual, D) in scan order."""
         state, pooled = None, []
         for start in range(0, grids.shape[1], chunk_frames):
             chunk_pooled, state = self.pool(grids[:, start : start + chunk_frames], reducer, state)
             pooled.append(chunk_pooled)
-        return self.to_llm(torch.cat(pooled, dim=1))
+        return torch.cat(pooled, dim=1).flatten(-4, -2)
+
+    def visual_tokens(self, grids: torch.Tensor, reducer, chunk_frames: int) -> torch.Tensor:
+        """pooled_tokens projected into the LLM: (B, n_visual, llm_hidden)."""
+        return self.projector(self.pooled_tokens(grids, reducer, chunk_frames))
 
 
 def save_storm(model: StormConnector, folder: str | Path) -> Path:

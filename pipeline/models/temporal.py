@@ -30,6 +30,11 @@ from safetensors.torch import save as st_save
 from pipeline.models.scan import SCAN_IMPLS, ScanFn, selective_scan_blocked
 
 MODES = ("stream", "chunk_bidirectional", "offline")
+
+
+class StateMismatch(ValueError):
+    """A saved temporal state that another model (or geometry) wrote."""
+
 STATE_FORMAT = "vidstorm.temporal_state.v1"
 
 
@@ -261,6 +266,8 @@ class TemporalEncoder(nn.Module):
             for _ in range(n_layers)
         )
         self.norm_f = nn.LayerNorm(d_model)
+        self._signature: str | None = None
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_signature", None))
 
     @property
     def bidirectional(self) -> bool:
@@ -272,9 +279,41 @@ class TemporalEncoder(nn.Module):
         flat = grids.reshape(-1, grids.shape[-1]).float()
         self.input_shift.copy_(flat.mean(0))
         self.input_scale.copy_(flat.std(0).clamp_min(1e-4))
+        self._signature = None
 
     def initial_state(self, batch: int = 1) -> TemporalState:
-        return TemporalState([layer.fwd.zero_state(batch) for layer in self.layers])
+        return TemporalState([layer.fwd.zero_state(batch) for layer in self.layers], meta={"model": self.signature()})
+
+    def signature(self) -> str:
+        """Which model a state belongs to: mode, geometry and a digest of the weights (computed once;
+        the weights do not change at inference). Stored in every state this encoder writes."""
+        if self._signature is None:
+            import hashlib
+
+            digest = hashlib.sha256(f"{self.mode}|{len(self.layers)}".encode())
+            for name, tensor in sorted(self.state_dict().items()):
+                digest.update(f"{name}{tuple(tensor.shape)}".encode())
+                digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+            self._signature = digest.hexdigest()[:16]
+        return self._signature
+
+    def check_state(self, state: TemporalState, batch: int) -> None:
+        """A carried state must come from this very model: never run fewer layers or mixed weights."""
+        problem = None
+        if len(state.layers) != len(self.layers):
+            problem = f"it has {len(state.layers)} layers, the model {len(self.layers)}"
+        else:
+            for i, (layer, s) in enumerate(zip(self.layers, state.layers)):
+                want = layer.fwd.zero_state(batch)
+                if s.conv.shape != want.conv.shape or s.ssm.shape != want.ssm.shape:
+                    problem = (f"layer {i} holds conv {tuple(s.conv.shape)} / ssm {tuple(s.ssm.shape)}, the model "
+                               f"needs {tuple(want.conv.shape)} / {tuple(want.ssm.shape)}")
+                    break
+        if problem is None and state.meta.get("model", self.signature()) != self.signature():
+            problem = f"it was written by model {state.meta['model']}, this is model {self.signature()}"
+        if problem:
+            raise StateMismatch(f"the carried temporal state does not fit this temporal encoder ({problem}); "
+                                "start the stream afresh (delete its saved state) or use the model that wrote it")
 
     def forward(
         self, tokens: torch.Tensor, state: TemporalState | None = None
@@ -310,11 +349,14 @@ class TemporalEncoder(nn.Module):
         b, seq_len, _ = seq.shape
         if self.mode == "offline" or state is None:
             state = self.initial_state(b)
+        else:
+            self.check_state(state, b)
         state = state.to(seq.device)
         scan = SCAN_IMPLS[self.scan_impl]
         new_layers = []
         for layer, layer_state in zip(self.layers, state.layers):
             seq, new_layer_state = layer(seq, layer_state, scan)
             new_layers.append(new_layer_state)
-        new_state = TemporalState(new_layers, state.frames_seen, state.tokens_seen + seq_len, dict(state.meta))
+        meta = dict(state.meta, model=self.signature())
+        new_state = TemporalState(new_layers, state.frames_seen, state.tokens_seen + seq_len, meta)
         return self.norm_f(seq), new_state

@@ -32,6 +32,7 @@ from pipeline.models.pooling import TokenReducer
 from pipeline.train.data import Dataset, FeatureCache, Sample, read_jsonl
 from pipeline.train.evaluate import evaluate
 from pipeline.train.model import VisualLM
+from pipeline.train.warmup import HEAD_NAME, ChoiceHead, WarmupObjective
 
 STATE_NAME = "train_state.json"
 OPTIMIZER_NAME = "optimizer.pt"
@@ -60,6 +61,7 @@ class Models:
     vlm: VisualLM  # connector + training-time reducer + LLM
     eval_vlm: VisualLM  # same modules, test-time reducer (pooling.sample_s)
     cache: FeatureCache
+    warmup: WarmupObjective | None = None  # stage warmup: the choice head the temporal encoder trains with
 
 
 def build_models(cfg: Config, device: torch.device, log=print, training: bool = True,
@@ -80,7 +82,7 @@ def build_models(cfg: Config, device: torch.device, log=print, training: bool = 
         init_from(connector, Path(t.init_from), log)
     connector.train()
     for name in ("temporal", "projector"):
-        trains = name in t.trainable or t.stage == "align"
+        trains = {"warmup": name == "temporal", "align": True}.get(t.stage, name in t.trainable)
         getattr(connector, name).requires_grad_(trains)
     if "llm" in t.trainable and t.stage == "sft":
         llm.model.requires_grad_(True)
@@ -93,8 +95,12 @@ def build_models(cfg: Config, device: torch.device, log=print, training: bool = 
         raise TrainError(f"decode.chunk_frames={chunk} must be a multiple of {group} "
                          f"(pooling.temporal_k x train.sample_s and x pooling.sample_s)")
     cache = FeatureCache(encoder, cfg.decode.fps, chunk, group, t.max_chunks, grids)
-    return Models(encoder, connector, VisualLM(connector, train_reducer, llm, chunk, use_bf16),
-                  VisualLM(connector, test_reducer, llm, chunk, use_bf16), cache)
+    vlm = VisualLM(connector, train_reducer, llm, chunk, use_bf16)
+    warmup = None
+    if training and t.stage == "warmup":
+        torch.manual_seed(t.seed)
+        warmup = WarmupObjective(vlm, ChoiceHead(cfg.temporal.d_model, llm.hidden_size).to(device))
+    return Models(encoder, connector, vlm, VisualLM(connector, test_reducer, llm, chunk, use_bf16), cache, warmup)
 
 
 def init_from(connector: StormConnector, folder: Path, log=print) -> None:
@@ -125,7 +131,17 @@ def load_data(cfg: Config, cache: FeatureCache, log=print) -> tuple[Dataset, lis
     t, s = cfg.train, cfg.summarizer
     if not t.data:
         raise TrainError("train.data is empty: give one or more JSONL files (train.data=[a.jsonl,b.jsonl])")
-    data = cache.usable(read_jsonl(list(t.data), s.caption_prompt, t.qa_prompt), log=log)
+    data = read_jsonl(list(t.data), s.caption_prompt, t.qa_prompt)
+    if t.tasks:
+        data = Dataset([x for x in data.samples if x.task in t.tasks], data.problems, data.lines)
+        if not data.samples:
+            raise TrainError(f"no samples of train.tasks={list(t.tasks)} in {', '.join(t.data)}")
+    if t.stage == "warmup":  # the choice head needs options; captions wait for align / sft
+        data = Dataset([x for x in data.samples if x.is_choice], data.problems, data.lines)
+        if not data.samples:
+            raise TrainError(f"train.stage=warmup needs multiple-choice samples (question, options, answer) "
+                             f"in {', '.join(t.data)}; it found none")
+    data = cache.usable(data, log=log)
     for problem in data.problems:
         log(f"skipped: {problem}")
     if not data.samples:
@@ -144,6 +160,9 @@ def parameter_groups(models: Models, t) -> list[dict]:
     for name, param in models.connector.named_parameters():
         if param.requires_grad:
             (decay if param.dim() >= 2 and "A_log" not in name else no_decay).append(param)
+    if models.warmup is not None:
+        for name, param in models.warmup.head.named_parameters():
+            (decay if param.dim() >= 2 else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": t.weight_decay, "lr": t.lr},
               {"params": no_decay, "weight_decay": 0.0, "lr": t.lr}]
     llm = [p for p in models.vlm.llm.model.parameters() if p.requires_grad]
@@ -182,6 +201,11 @@ def save_checkpoint(folder: Path, models: Models, optimizer, step: int, metrics:
     state = {"step": step, "metrics": metrics, "stage": cfg.train.stage, "encoder": cfg.encoder.model,
              "llm": cfg.summarizer.model, "mode": cfg.temporal.mode, "data": list(cfg.train.data)}
     (staging / STATE_NAME).write_text(json.dumps(state, indent=1))
+    if models.warmup is not None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().cpu().contiguous() for k, v in models.warmup.head.state_dict().items()},
+                  str(staging / HEAD_NAME))
     if "llm" in cfg.train.trainable and cfg.train.stage == "sft":
         models.vlm.llm.model.save_pretrained(staging / "llm")
         models.vlm.llm.tokenizer.save_pretrained(staging / "llm")
@@ -205,8 +229,10 @@ def load_checkpoint(folder: Path, models: Models, optimizer) -> tuple[int, dict]
     weights = load_file(str(folder / "model.safetensors"))
     try:
         models.connector.load_state_dict(weights)
+        if models.warmup is not None:
+            models.warmup.head.load_state_dict(load_file(str(folder / HEAD_NAME)))
         optimizer.load_state_dict(torch.load(folder / OPTIMIZER_NAME, weights_only=True))
-    except (RuntimeError, ValueError, KeyError) as err:
+    except (RuntimeError, ValueError, KeyError, OSError) as err:
         raise TrainError(f"cannot resume from {folder}: it does not fit this model ({str(err)[:160]})") from None
     return int(state["step"]), state.get("metrics", {})
 
@@ -254,7 +280,10 @@ def train(cfg: Config, worker: Worker | None = None, log=print, should_stop=lamb
         idx = batch_indices(step, worker.rank, worker.world, t.batch_size, len(data.samples), t.seed)
         batch = [data.samples[i] for i in idx]
         grids = [models.cache.get(x.media) for x in batch]
-        loss = models.vlm.loss(grids, [x.prompt for x in batch], [x.answer for x in batch])
+        if models.warmup is not None:
+            loss = models.warmup.loss(grids, batch)
+        else:
+            loss = models.vlm.loss(grids, [x.prompt for x in batch], [x.answer for x in batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if worker.all_reduce is not None:  # average gradients (and the loss, for the log) over workers
@@ -298,6 +327,11 @@ def _validate(models: Models, val: list[Sample]) -> dict:
         return {}
     models.connector.eval()
     try:
+        if models.warmup is not None:  # the head's accuracy: the LLM cannot read a warm-up checkpoint yet
+            result = models.warmup.accuracy(models.cache, [x for x in val if x.is_choice])
+            found = {"val_accuracy": result["accuracy"]}
+            found.update({f"val_{task}": acc for task, acc in result["per_task"].items()})
+            return found
         if val[0].is_choice:
             result = evaluate(models.eval_vlm, models.cache, val)
             found = {"val_accuracy": result["accuracy"]}

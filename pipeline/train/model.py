@@ -40,8 +40,9 @@ class VisualLM:
             self._prompt_cache[prompt] = self.llm.prompt_ids(prompt)
         return self._prompt_cache[prompt]
 
-    def visual(self, grids: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per-sample SigLIP grids (T_i, g, g, C) -> per-sample visual tokens (n_i, H).
+    def visual(self, grids: list[torch.Tensor], project: bool = True) -> list[torch.Tensor]:
+        """Per-sample SigLIP grids (T_i, g, g, C) -> per-sample visual tokens (n_i, H)
+        (or, with project=False, the pooled tokens before the projector (n_i, D)).
 
         Clips of one length run as one batch; the recurrent state is carried chunk to chunk.
         """
@@ -52,7 +53,8 @@ class VisualLM:
         for idx in by_length.values():
             batch = torch.stack([grids[i] for i in idx]).to(self.device)  # (b, T, g, g, C)
             with self._autocast():
-                tokens = self.connector.visual_tokens(batch, self.reducer, self.chunk_frames)
+                tokens = (self.connector.visual_tokens if project else self.connector.pooled_tokens)(
+                    batch, self.reducer, self.chunk_frames)
             for j, i in enumerate(idx):
                 out[i] = tokens[j]
         return out

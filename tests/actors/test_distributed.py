@@ -5,6 +5,7 @@ import threading
 import time
 import uuid
 
+import numpy as np
 import pytest
 import ray
 
@@ -13,6 +14,7 @@ from actors.stages import Keys
 from pipeline.config import load_config
 from pipeline.decode import Source
 from pipeline.ingest import LocalIngest
+from pipeline.store import Store
 from pipeline.store.query import StoreQuery
 from pipeline.synth import write_clip
 
@@ -29,9 +31,34 @@ def clips(tmp_path_factory):
     }
 
 
+class Close:
+    """A stored vector that compares equal to another within float tolerance."""
+
+    __hash__ = None
+
+    def __init__(self, value):
+        self.value = np.asarray(value, np.float32)
+
+    def __eq__(self, other):
+        return (isinstance(other, Close) and self.value.shape == other.value.shape
+                and bool(np.allclose(self.value, other.value, rtol=1e-4, atol=1e-5)))
+
+    def __repr__(self):
+        return f"Close({self.value[:3]}...)"
+
+
 def _rows(store_root):
+    """Every stored row's key -> its values. A segment carries its visual embedding (the mean of its
+    pooled tokens): a 6-token caption from a tiny LLM can survive a dropped temporal state, it cannot."""
     q = StoreQuery(store_root)
-    segments = {(r["stream_id"], r["chunk_seq"]): (r["t_start"], r["t_end"], r["caption"]) for r in q.segments()}
+    store = Store(store_root)
+    embeddings = {}
+    for stream_id in {r["stream_id"] for r in q.segments()}:
+        for row in store.stream_rows("segments", stream_id, ["chunk_seq", "visual_embedding"]):
+            embeddings[(stream_id, row["chunk_seq"])] = Close(row["visual_embedding"])
+    segments = {(r["stream_id"], r["chunk_seq"]): (r["t_start"], r["t_end"], r["caption"],
+                                                   embeddings[(r["stream_id"], r["chunk_seq"])])
+                for r in q.segments()}
     summaries = {(r["stream_id"], r["level"], r["seq"]): (r["t_start"], r["t_end"], r["text"])
                  for r in q.summaries()}
     return segments, summaries

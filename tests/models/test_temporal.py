@@ -288,3 +288,29 @@ def test_carried_state_without_grad_holds_no_graph_and_no_chunk_buffer():
     for layer in state.layers:
         assert layer.ssm.grad_fn is not None and layer.conv.grad_fn is not None
         assert layer.conv.untyped_storage().nbytes() == layer.conv.numel() * layer.conv.element_size()
+
+
+def test_a_state_from_another_model_is_refused_never_truncated():
+    from pipeline.models.temporal import StateMismatch
+
+    enc = _encoder("stream")
+    with torch.no_grad():
+        _, state = enc(_frames(2))
+    restored = TemporalState.from_bytes(state.to_bytes())
+    assert restored.meta["model"] == enc.signature()
+    with torch.no_grad():
+        enc(_frames(2, seed=5), restored)  # its own state: fine
+
+    three = TemporalEncoder(VISION_DIM, d_model=16, n_layers=3, mode="stream", d_state=4).eval()
+    with pytest.raises(StateMismatch, match="2 layers, the model 3"):
+        three(_frames(2), restored)  # zip() over layers would silently run two of three
+    wider = TemporalEncoder(VISION_DIM, d_model=16, n_layers=2, mode="stream", d_state=8).eval()
+    with pytest.raises(StateMismatch, match="layer 0 holds"):
+        wider(_frames(2), restored)
+    retrained = _encoder("stream", seed=9)  # same geometry, other weights
+    with pytest.raises(StateMismatch, match="written by model"):
+        retrained(_frames(2), restored)
+    # loading other weights into an encoder changes its signature
+    before = enc.signature()
+    enc.load_state_dict(retrained.state_dict())
+    assert enc.signature() == retrained.signature() != before

@@ -90,6 +90,48 @@ def test_align_with_the_frozen_smollm2_lowers_the_loss_and_leaves_the_llm_unchan
     assert any(k.startswith("temporal.layers") for k in changed) and any(k.startswith("projector") for k in changed)
 
 
+def test_warmup_trains_the_temporal_encoder_alone_and_its_checkpoint_seeds_the_next_stage(tiny_overrides, qa_set,
+                                                                                           tmp_path):
+    from safetensors.torch import load_file
+
+    from pipeline.train.warmup import HEAD_NAME
+
+    cfg = load_config(None, _overrides(tiny_overrides, qa_set, tmp_path / "warm", steps=150, batch_size=8,
+                                       save_every=150, stage="warmup"))
+    models = build_models(cfg, torch.device("cpu"), log=None)
+    before = {k: v.clone() for k, v in models.connector.state_dict().items()}
+    losses = []
+    metrics = train(cfg, log=lambda m: None, on_step=losses.append, models=models)
+    lines = [json.loads(line) for line in (qa_set / "train.jsonl").read_text().splitlines()]
+    assert all("caption" in r for r in lines)  # every line is a caption sample too: warm-up leaves those out
+    assert metrics["samples"] == sum("options" in r for r in lines) > 0
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.5 * first, (first, last)
+    changed = {k for k, v in models.connector.state_dict().items() if not torch.equal(v, before[k])}
+    assert any(k.startswith("temporal.layers") for k in changed)
+    assert not any(k.startswith("projector") for k in changed)  # the LLM side waits for the next stage
+    assert (tmp_path / "warm" / HEAD_NAME).is_file()  # for --resume; ingest never reads it
+    # the next stage starts from the warm temporal encoder (input statistics included)
+    nxt = load_config(None, _overrides(tiny_overrides, qa_set, tmp_path / "next", steps=1, stage="sft",
+                                       trainable="[projector]", init_from=tmp_path / "warm"))
+    seeded = build_models(nxt, torch.device("cpu"), log=None)
+    warm = load_file(str(tmp_path / "warm" / "model.safetensors"))
+    for name, value in seeded.connector.temporal.state_dict().items():
+        assert torch.equal(value, warm[f"temporal.{name}"]), name
+    assert not any(p.requires_grad for p in seeded.connector.temporal.parameters())
+
+
+def test_warmup_without_questions_is_one_clear_error(tiny_overrides, qa_set, tmp_path):
+    captions = tmp_path / "captions.jsonl"
+    rows = [json.loads(line) for line in (qa_set / "train.jsonl").read_text().splitlines()][:3]
+    captions.write_text("".join(json.dumps({"video": str(qa_set / r["video"]), "caption": r["caption"]}) + "\n"
+                                for r in rows))
+    result = vidstorm("train", "--local", *_overrides(tiny_overrides, qa_set, tmp_path / "w", stage="warmup",
+                                                      data=f"[{captions}]"))
+    assert result.returncode != 0
+    assert "needs multiple-choice samples" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_prompt_is_masked_out_of_the_loss(tiny_overrides, qa_set, tmp_path):
     cfg = load_config(None, _overrides(tiny_overrides, qa_set, tmp_path / "x"))
     models = build_models(cfg, torch.device("cpu"), log=None)
