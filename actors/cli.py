@@ -68,7 +68,7 @@ def cmd_ingest(args) -> int:
     from pipeline.build import build_processor, untrained_notice
     from pipeline.config import load_config, to_yaml
     from pipeline.decode import expand_sources
-    from pipeline.ingest import LocalIngest
+    from pipeline.ingest import JobResult, LocalIngest
 
     overrides = [a for a in args.sources if _is_override(a)]
     cfg = load_config(args.config, overrides)
@@ -92,9 +92,8 @@ def cmd_ingest(args) -> int:
 
         print(f"vidstorm: error: {err}", file=sys.stderr)
         now = time.time()
-        store.write_job({"job_id": uuid.uuid4().hex[:12], "kind": "ingest", "source": err.source,
-                         "stream_id": "", "status": "failed", "error": str(err), "started_at": now,
-                         "finished_at": now, "chunks": 0, "segments": 0, "summaries": 0})
+        store.write_job(JobResult(uuid.uuid4().hex[:12], err.source, "", status="failed", error=str(err),
+                                  started_at=now, finished_at=now).row())
     failed = len(errors)
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     if sources and args.local:

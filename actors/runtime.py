@@ -148,9 +148,8 @@ class DistributedIngest:
 
         w, prefix = self.cfg.workers, self.cfg.queue.prefix
         image_size, _ = vision_geometry(self.cfg.encoder.model)  # fail here, once, on a bad model path
-        has_gpus = ray.cluster_resources().get("GPU", 0) > 0
-        encoder_gpus = w.gpus_per_encoder if w.gpus_per_encoder >= 0 else float(has_gpus)
-        summarizer_gpus = w.gpus_per_summarizer if w.gpus_per_summarizer >= 0 else float(has_gpus)
+        gpus = actor_gpus(w, ray.cluster_resources().get("GPU", 0) > 0)
+        encoder_gpus, summarizer_gpus = gpus["encoder"], gpus["summarizer"]
         pad = self.cfg.pooling.temporal_k * self.cfg.pooling.sample_s
         p = Pipeline()
         p.actors[f"{prefix}-writer"] = self._actor(WriterActor, f"{prefix}-writer", stages.store_root(self.data_dir))
@@ -158,7 +157,8 @@ class DistributedIngest:
             p.actors[f"{prefix}-summarizer-{i}"] = self._actor(SummarizerActor, f"{prefix}-summarizer-{i}",
                                                                gpus=summarizer_gpus)
         for i in range(w.temporal):
-            p.actors[f"{prefix}-temporal-{i}"] = self._actor(TemporalActor, f"{prefix}-temporal-{i}", i)
+            p.actors[f"{prefix}-temporal-{i}"] = self._actor(TemporalActor, f"{prefix}-temporal-{i}", i,
+                                                             gpus=gpus["temporal"])
         for i in range(w.encoders):
             p.actors[f"{prefix}-encoder-{i}"] = self._actor(EncoderActor, f"{prefix}-encoder-{i}",
                                                             gpus=encoder_gpus)
@@ -175,7 +175,9 @@ class DistributedIngest:
     # --- jobs ---
 
     def _prepare(self, sources: list[Source]) -> list[dict]:
-        from pipeline.ingest import Ingested
+        from dataclasses import asdict
+
+        from pipeline.ingest import Ingested, JobResult
 
         done_before = Ingested(Path(self.data_dir) / "store")
         config_fp, jobs = fingerprint(self.cfg), []
@@ -184,9 +186,9 @@ class DistributedIngest:
             if done_before.holds(source, content_fp, config_fp):
                 self.log(f"{source.stream_id}: already ingested with this config; nothing to do")
                 continue
-            jobs.append({"job_id": uuid.uuid4().hex[:12], "source": source.uri, "stream_id": source.stream_id,
-                         "live": source.live, "content_fingerprint": content_fp,
-                         "config_fingerprint": config_fp, "started_at": time.time()})
+            job = JobResult(uuid.uuid4().hex[:12], source.uri, source.stream_id, content_fingerprint=content_fp,
+                            config_fingerprint=config_fp)
+            jobs.append({**asdict(job), "live": source.live})  # the message decoders and the writer carry
         return jobs
 
     def _reset(self, jobs: list[dict], resume: bool = False) -> list[str]:
@@ -236,8 +238,10 @@ class DistributedIngest:
         if not jobs:
             return []
         store = Store(Path(self.data_dir) / "store")
+        from pipeline.ingest import JobResult
+
         for job in jobs:
-            store.write_job({**job, "kind": "ingest", "status": "running"})
+            store.write_job(JobResult.from_job(job).row())  # status running
         self._reset(jobs, resume)
         p = self.pipeline or self.start_actors()
         for loop in p.loops:
@@ -294,15 +298,16 @@ class DistributedIngest:
         """Record every stream of `jobs` that has no final row yet as `status`."""
         from pipeline.store import Store
 
+        from pipeline.ingest import JobResult
+
         store = Store(Path(self.data_dir) / "store")
         for job in jobs:
             if job["stream_id"] in rows:
                 continue
             error = f"{job['source']}: {reason}"
-            row = {**job, "kind": "ingest", "status": status, "error": error, "finished_at": time.time()}
+            row = JobResult.from_job(job, status=status, error=error, finished_at=time.time()).row()
             store.write_job(row)
-            rows[job["stream_id"]] = {**row, "chunks": 0, "segments": 0, "summaries": 0, "video_seconds": 0.0,
-                                      "wall_seconds": row["finished_at"] - job["started_at"]}
+            rows[job["stream_id"]] = row
         return [rows[j["stream_id"]] for j in jobs]
 
     def shutdown(self, timeout: float = 10.0) -> None:
@@ -336,6 +341,16 @@ class DecoderActor(_ActorMixin, stages.DecoderStage):
 
 class EncoderActor(_ActorMixin, stages.EncoderStage):
     pass
+
+
+def actor_gpus(workers, has_gpus: bool) -> dict[str, float]:
+    """GPUs each model actor reserves. Auto (-1): a whole GPU for SigLIP and the LLM, a quarter for the
+    temporal owner; none without GPUs. An actor that reserves none never sees CUDA, so `auto` devices
+    would never pick it."""
+    auto = {"encoder": 1.0, "summarizer": 1.0, "temporal": 0.25}
+    chosen = {"encoder": workers.gpus_per_encoder, "summarizer": workers.gpus_per_summarizer,
+              "temporal": workers.gpus_per_temporal}
+    return {k: (v if v >= 0 else auto[k] * has_gpus) for k, v in chosen.items()}
 
 
 class TemporalActor(_ActorMixin, stages.TemporalStage):

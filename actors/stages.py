@@ -474,16 +474,13 @@ class WriterStage(Stage):
                 self._finish(stream_id, end, view)
 
     def _finish(self, stream_id: str, end: dict, view: dict) -> None:
+        from pipeline.ingest import JobResult
+
         job = end["job"]
-        row = {
-            "job_id": job["job_id"], "kind": "ingest", "source": job["source"], "stream_id": stream_id,
-            "status": end["status"], "error": end["error"], "content_fingerprint": job.get("content_fingerprint", ""),
-            "config_fingerprint": job.get("config_fingerprint", ""), "chunks": end["last_chunk_seq"] + 1,
-            "segments": len(view["chunks"]), "summaries": len(view["summaries"]),
-            "video_seconds": job.get("video_seconds", 0.0), "started_at": job["started_at"],
-            "finished_at": time.time(), "job_name": job.get("job_name"), "run_id": job.get("run_id"),
-        }
-        row["wall_seconds"] = row["finished_at"] - row["started_at"]
+        row = JobResult.from_job(
+            job, stream_id=stream_id, status=end["status"], error=end["error"], chunks=end["last_chunk_seq"] + 1,
+            segments=len(view["chunks"]), summaries=len(view["summaries"]), finished_at=time.time(),
+        ).row()
         self.store.write_job(row)
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(self.keys.done, stream_id, json.dumps(row))

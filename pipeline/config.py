@@ -146,6 +146,8 @@ class WorkersConfig:
     # GPUs each encoder / summarizer actor reserves; -1 = one if the cluster has GPUs, else none
     gpus_per_encoder: float = -1.0
     gpus_per_summarizer: float = -1.0
+    # the temporal owner's share of a GPU; -1 = 0.25 if the cluster has GPUs (so `auto` devices pick CUDA)
+    gpus_per_temporal: float = -1.0
     # torch threads in each actor. Ray sets OMP_NUM_THREADS=1 in workers that reserve no
     # CPUs, which would leave SigLIP and the LLM single-threaded; 0 = every core of the node.
     torch_threads: int = 0
@@ -281,7 +283,7 @@ def validate(cfg: Config, source: str = "config") -> None:
     for name in ("decoders", "encoders", "temporal", "summarizers", "streams_per_decoder"):
         if getattr(cfg.workers, name) < 1:
             fail(f"workers.{name} must be >= 1, got {getattr(cfg.workers, name)}")
-    for name in ("gpus_per_encoder", "gpus_per_summarizer"):
+    for name in ("gpus_per_encoder", "gpus_per_summarizer", "gpus_per_temporal"):
         value = getattr(cfg.workers, name)
         if value < 0 and value != -1:
             fail(f"workers.{name} must be -1 (auto) or >= 0, got {value}")

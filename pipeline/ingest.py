@@ -12,7 +12,7 @@ import os
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from pipeline.config import Config, fingerprint
@@ -47,8 +47,15 @@ class JobResult:
     run_id: str = ""
 
     def row(self) -> dict:
+        """The jobs-table row: every ingest job row (--local, distributed, failed listings) is built here."""
         wall = (self.finished_at or time.time()) - self.started_at
         return {**self.__dict__, "wall_seconds": wall}
+
+    @classmethod
+    def from_job(cls, job: dict, **changes) -> "JobResult":
+        """A distributed job (the dict the runtime hands to the decoders and the writer) with changes."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in job.items() if k in known and v is not None}, **changes})
 
 
 class Ingested:

@@ -311,18 +311,35 @@ def selective_scan_blocked(
     return _finish(y, u, D, z, u.dtype), h
 
 
-def state_contribution(delta, A, C, initial_state):
+def state_contribution(delta, A, C, initial_state, segment: int = 256):
     """What an initial state adds to a zero-state scan's outputs and final state.
 
     Because the scan is linear in h_0:
         y_t   += C_t . (exp(sum_{i<=t} delta_i A) * h_0)
         h_L   += exp(sum_{i<=L} delta_i A) * h_0
     delta here is already biased and softplus'ed.  Returns (dy: (B, D, L), dh: (B, D, N)).
+    Runs in segments of `segment` tokens, carrying the decayed state from one to the next,
+    so its intermediates are (B, D, segment, N), never (B, D, L, N): a long chunk cannot OOM.
     """
-    cum = torch.cumsum(delta.float()[..., None] * A.float()[None, :, None, :], dim=2)  # (B, D, L, N)
-    carried = torch.exp(cum) * initial_state.float()[:, :, None, :]
-    dy = torch.einsum("bdln,bnl->bdl", carried, C.float())
-    return dy, carried[:, :, -1]
+    h = initial_state.float()
+    Af, Cf, df = A.float()[None, :, None, :], C.float(), delta.float()
+    dys = []
+    for start in range(0, delta.shape[-1], segment):
+        cum = torch.cumsum(df[:, :, start : start + segment, None] * Af, dim=2)  # (B, D, l, N)
+        carried = torch.exp(cum) * h[:, :, None, :]
+        dys.append(torch.einsum("bdln,bnl->bdl", carried, Cf[:, :, start : start + segment]))
+        h = carried[:, :, -1]
+    dy = torch.cat(dys, dim=-1) if dys else df.new_zeros(df.shape)
+    return dy, h
+
+
+def add_initial_state(y, last, delta, A, C, initial_state, segment: int = 256):
+    """A zero-state kernel's (y, last) plus what `initial_state` contributes; nothing to add (and
+    nothing computed) for no state or an all-zero one, e.g. the first chunk of every stream."""
+    if initial_state is None or not bool(initial_state.any()):
+        return y, last
+    dy, dh = state_contribution(delta, A, C, initial_state, segment)
+    return y + dy, last + dh
 
 
 def selective_scan_mamba_ssm(
@@ -334,10 +351,9 @@ def selective_scan_mamba_ssm(
     y, last = selective_scan_fn(
         u, delta, A, B, C, None, None, delta_bias, delta_softplus, return_last_state=True
     )
-    y, last = y.float(), last.float()
-    if initial_state is not None:
-        dy, dh = state_contribution(_discretize_inputs(delta, delta_bias, delta_softplus), A, C, initial_state)
-        y, last = y + dy, last + dh
+    y, last = add_initial_state(y.float(), last.float(),
+                                _discretize_inputs(delta, delta_bias, delta_softplus) if initial_state is not None
+                                else delta, A, C, initial_state)
     return _finish(y, u, D, z, u.dtype), last
 
 

@@ -96,11 +96,7 @@ def build_models(cfg: Config, device: torch.device, log=print, training: bool = 
                          f"(pooling.temporal_k x train.sample_s and x pooling.sample_s)")
     cache = FeatureCache(encoder, cfg.decode.fps, chunk, group, t.max_chunks, grids)
     vlm = VisualLM(connector, train_reducer, llm, chunk, use_bf16)
-    warmup = None
-    if training and t.stage == "warmup":
-        torch.manual_seed(t.seed)
-        warmup = WarmupObjective(vlm, ChoiceHead(cfg.temporal.d_model, llm.hidden_size).to(device))
-    return Models(encoder, connector, vlm, VisualLM(connector, test_reducer, llm, chunk, use_bf16), cache, warmup)
+    return Models(encoder, connector, vlm, VisualLM(connector, test_reducer, llm, chunk, use_bf16), cache)
 
 
 def init_from(connector: StormConnector, folder: Path, log=print) -> None:
@@ -205,7 +201,7 @@ def save_checkpoint(folder: Path, models: Models, optimizer, step: int, metrics:
         from safetensors.torch import save_file
 
         save_file({k: v.detach().cpu().contiguous() for k, v in models.warmup.head.state_dict().items()},
-                  str(staging / HEAD_NAME))
+                  str(staging / HEAD_NAME), metadata={"options": json.dumps(list(models.warmup.head.options))})
     if "llm" in cfg.train.trainable and cfg.train.stage == "sft":
         models.vlm.llm.model.save_pretrained(staging / "llm")
         models.vlm.llm.tokenizer.save_pretrained(staging / "llm")
@@ -230,6 +226,13 @@ def load_checkpoint(folder: Path, models: Models, optimizer) -> tuple[int, dict]
     try:
         models.connector.load_state_dict(weights)
         if models.warmup is not None:
+            from safetensors import safe_open
+
+            with safe_open(str(folder / HEAD_NAME), "pt") as f:
+                saved = json.loads((f.metadata() or {}).get("options", "[]"))
+            if saved != list(models.warmup.head.options):
+                raise ValueError(f"its choice head knows {len(saved)} options, this data has "
+                                 f"{len(models.warmup.head.options)}")
             models.warmup.head.load_state_dict(load_file(str(folder / HEAD_NAME)))
         optimizer.load_state_dict(torch.load(folder / OPTIMIZER_NAME, weights_only=True))
     except (RuntimeError, ValueError, KeyError, OSError) as err:
@@ -257,6 +260,10 @@ def train(cfg: Config, worker: Worker | None = None, log=print, should_stop=lamb
     if lead:
         log(f"train: {len(data.samples)} samples from {data.lines} lines ({len(data.problems)} skipped), "
             f"{len(val)} validation samples, {worker.world} worker(s)")
+    if t.stage == "warmup":  # the choice head knows the options of this data
+        torch.manual_seed(t.seed)
+        options = sorted({o for x in data.samples for o in x.options})
+        models.warmup = WarmupObjective(models.vlm, ChoiceHead(cfg.temporal.d_model, options).to(worker.device))
     # 3. optimizer and schedule; resume where a run stopped
     optimizer = torch.optim.AdamW(parameter_groups(models, t), betas=(0.9, 0.95))
     base_lrs = [g["lr"] for g in optimizer.param_groups]

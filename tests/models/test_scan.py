@@ -8,6 +8,7 @@ from pipeline.models.scan import (
     resolve_scan_impl,
     selective_scan_blocked,
     selective_scan_ref,
+    add_initial_state,
     state_contribution,
 )
 
@@ -81,6 +82,48 @@ def test_state_correction_makes_zero_state_scan_exact():
     dy, dh = state_contribution(delta, args["A"], args["C"], h0)
     torch.testing.assert_close(y_zero + dy, y_true, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(h_zero + dh, h_true, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("segment", [1, 5, 32, 33, 1000])
+def test_state_correction_in_bounded_segments_equals_the_scan_from_h0(segment):
+    """The correction runs in segments (intermediates (B, D, segment, N), never (B, D, L, N))."""
+    args = _inputs(2, 12, 8, 33)
+    h0 = torch.randn(2, 12, 8)
+    plain = {k: v for k, v in args.items() if k not in ("D", "z")}
+    y_zero, h_zero = selective_scan_ref(**plain)
+    y_true, h_true = selective_scan_ref(**plain, initial_state=h0)
+    delta = F.softplus(args["delta"] + args["delta_bias"][:, None])
+    y, h = add_initial_state(y_zero, h_zero, delta, args["A"], args["C"], h0, segment=segment)
+    torch.testing.assert_close(y, y_true, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h, h_true, rtol=1e-5, atol=1e-5)
+
+
+def test_a_zero_state_needs_no_correction_and_gets_none(monkeypatch):
+    import pipeline.models.scan as scan
+
+    def boom(*args, **kwargs):
+        raise AssertionError("correction computed for a zero state")
+
+    args = _inputs(1, 4, 2, 9)
+    y, h = torch.randn(1, 4, 9), torch.randn(1, 4, 2)
+    monkeypatch.setattr(scan, "state_contribution", boom)
+    for state in (None, torch.zeros(1, 4, 2)):  # the first chunk of every stream
+        y2, h2 = scan.add_initial_state(y, h, args["delta"], args["A"], args["C"], state)
+        assert y2 is y and h2 is h
+    with pytest.raises(AssertionError, match="zero state"):
+        scan.add_initial_state(y, h, args["delta"], args["A"], args["C"], torch.ones(1, 4, 2))
+
+
+def test_the_temporal_actor_reserves_a_gpu_share_when_the_cluster_has_gpus():
+    from actors.runtime import actor_gpus
+    from pipeline.config import load_config
+
+    w = load_config(None, []).workers
+    assert actor_gpus(w, has_gpus=True) == {"encoder": 1.0, "summarizer": 1.0, "temporal": 0.25}
+    assert actor_gpus(w, has_gpus=False) == {"encoder": 0.0, "summarizer": 0.0, "temporal": 0.0}
+    pinned = load_config(None, ["workers.gpus_per_temporal=1", "workers.gpus_per_encoder=0.5"]).workers
+    assert actor_gpus(pinned, has_gpus=False)["temporal"] == 1.0
+    assert actor_gpus(pinned, has_gpus=True)["encoder"] == 0.5
 
 
 def test_scan_impl_is_chosen_once_and_visibly():
