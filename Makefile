@@ -40,15 +40,22 @@ test: $(STAMP) $(COMPOSE_STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 # The trained toy model (configs/toy.yaml): a frozen, seeded random SigLIP and STORM parts trained
-# with the frozen SmolLM2 on synthetic temporal QA. Both ship in models/toy/; `make toy-model`
+# on synthetic temporal QA: the temporal encoder warmed up without the LLM (direction, then every
+# question), then the projector into the frozen SmolLM2. Both ship in models/toy/; `make toy-model`
 # renders the data and trains them again from scratch (see the README for the time it takes).
 TOY := models/toy
+WARMUP := train.stage=warmup train.steps=300 train.batch_size=32 train.warmup_steps=20 train.autocast=fp32 \
+	train.grad_clip=0 train.eval_every=100 train.save_every=100 train.val_samples=0
 
 toy-model: $(STAMP)
 	$(VS) demo-assets --data $(DATA)
 	rm -rf $(DATA)/toy-data
 	$(VS) synth-data $(DATA)/toy-data --n 1500 --seed 7 --size 96 192 --fps 10 15
-	$(VS) train --local --config configs/toy.yaml
+	$(VS) train --local --config configs/toy.yaml $(WARMUP) "train.tasks=[direction]" "train.init_from=''" \
+	  train.out=$(DATA)/toy-warmup-direction train.lr=0.002
+	$(VS) train --local --config configs/toy.yaml $(WARMUP) train.init_from=$(DATA)/toy-warmup-direction \
+	  train.out=$(DATA)/toy-warmup train.lr=0.001
+	$(VS) train --local --config configs/toy.yaml train.init_from=$(DATA)/toy-warmup
 
 $(TOY)/storm/model.safetensors:
 	$(MAKE) toy-model
