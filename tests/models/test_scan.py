@@ -71,14 +71,20 @@ def test_long_sequence_segments_carry_state(monkeypatch):
     torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-5)
 
 
-def test_state_correction_makes_zero_state_scan_exact():
-    """What the mamba-ssm path does: zero-state kernel + linear correction == scan from h0."""
+def _zero_state_and_true_scans():
+    """A scan from zero and the same scan from a random h0 (what the correction must bridge)."""
     args = _inputs(2, 12, 8, 33)
     h0 = torch.randn(2, 12, 8)
     plain = {k: v for k, v in args.items() if k not in ("D", "z")}
     y_zero, h_zero = selective_scan_ref(**plain)
     y_true, h_true = selective_scan_ref(**plain, initial_state=h0)
     delta = F.softplus(args["delta"] + args["delta_bias"][:, None])
+    return args, h0, delta, (y_zero, h_zero), (y_true, h_true)
+
+
+def test_state_correction_makes_zero_state_scan_exact():
+    """What the mamba-ssm path does: zero-state kernel + linear correction == scan from h0."""
+    args, h0, delta, (y_zero, h_zero), (y_true, h_true) = _zero_state_and_true_scans()
     dy, dh = state_contribution(delta, args["A"], args["C"], h0)
     torch.testing.assert_close(y_zero + dy, y_true, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(h_zero + dh, h_true, rtol=1e-5, atol=1e-5)
@@ -87,12 +93,7 @@ def test_state_correction_makes_zero_state_scan_exact():
 @pytest.mark.parametrize("segment", [1, 5, 32, 33, 1000])
 def test_state_correction_in_bounded_segments_equals_the_scan_from_h0(segment):
     """The correction runs in segments (intermediates (B, D, segment, N), never (B, D, L, N))."""
-    args = _inputs(2, 12, 8, 33)
-    h0 = torch.randn(2, 12, 8)
-    plain = {k: v for k, v in args.items() if k not in ("D", "z")}
-    y_zero, h_zero = selective_scan_ref(**plain)
-    y_true, h_true = selective_scan_ref(**plain, initial_state=h0)
-    delta = F.softplus(args["delta"] + args["delta_bias"][:, None])
+    args, h0, delta, (y_zero, h_zero), (y_true, h_true) = _zero_state_and_true_scans()
     y, h = add_initial_state(y_zero, h_zero, delta, args["A"], args["C"], h0, segment=segment)
     torch.testing.assert_close(y, y_true, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(h, h_true, rtol=1e-5, atol=1e-5)
