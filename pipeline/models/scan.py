@@ -130,6 +130,16 @@ def _token_major(x_p, seq_len):
     return x_p.permute(2, 3, 1, 0).reshape(batch, width, n_blocks * block)[..., :seq_len]
 
 
+def _blocked_inputs(u, delta, B, C, block_len):
+    """The scan's inputs in position-major blocks, zero-padded to whole blocks (forward and backward
+    share it): block, n_blocks, delta and delta*u (Lb, nb, B, D, 1), B (Lb, nb, B, 1, N), C (Lb, nb, B, N)."""
+    block, n_blocks = _block_layout(u.shape[-1], block_len)
+    delta_p = _pos_major(delta, block, n_blocks)[..., None]
+    drive_p = _pos_major(delta * u, block, n_blocks)[..., None]
+    B_p = _pos_major(B, block, n_blocks)[:, :, :, None, :]
+    return block, n_blocks, delta_p, drive_p, B_p, _pos_major(C, block, n_blocks)
+
+
 def _blocked_segment(u, delta, A, B, C, h0, block_len):
     """Block-parallel scan of one segment, before the D skip and z gate.
 
@@ -142,13 +152,8 @@ def _blocked_segment(u, delta, A, B, C, h0, block_len):
     """
     batch, d_inner, seq_len = u.shape
     n_state = A.shape[1]
-    block, n_blocks = _block_layout(seq_len, block_len)
-
     # 1. position-major blocked layout, zero-padded to whole blocks
-    delta_p = _pos_major(delta, block, n_blocks)[..., None]  # (Lb, nb, B, D, 1)
-    drive_p = _pos_major(delta * u, block, n_blocks)[..., None]  # (Lb, nb, B, D, 1)
-    B_p = _pos_major(B, block, n_blocks)[:, :, :, None, :]  # (Lb, nb, B, 1, N)
-    C_p = _pos_major(C, block, n_blocks)  # (Lb, nb, B, N)
+    block, n_blocks, delta_p, drive_p, B_p, C_p = _blocked_inputs(u, delta, B, C, block_len)
     y = u.new_empty(block, n_blocks, batch, d_inner)
 
     # 2. recurrence inside every block at once, from a zero state
@@ -189,13 +194,9 @@ def _blocked_segment_backward(u, delta, A, B, C, h0, dy, dh, block_len):
     """
     batch, d_inner, seq_len = u.shape
     n_state = A.shape[1]
-    block, n_blocks = _block_layout(seq_len, block_len)
-
     # 1. the forward's position-major layout, plus dy
-    delta_p = _pos_major(delta, block, n_blocks)[..., None]  # (Lb, nb, B, D, 1)
-    drive_p = _pos_major(delta * u, block, n_blocks)[..., None]  # (Lb, nb, B, D, 1)
-    B_p = _pos_major(B, block, n_blocks)[:, :, :, None, :]  # (Lb, nb, B, 1, N)
-    C_p = _pos_major(C, block, n_blocks)[:, :, :, None, :]  # (Lb, nb, B, 1, N)
+    block, n_blocks, delta_p, drive_p, B_p, C_p = _blocked_inputs(u, delta, B, C, block_len)
+    C_p = C_p[:, :, :, None, :]  # (Lb, nb, B, 1, N)
     dy_p = _pos_major(dy, block, n_blocks)[..., None]  # (Lb, nb, B, D, 1)
     decay = u.new_empty(n_blocks, batch, d_inner, n_state)
     block_decay = torch.exp(delta_p.sum(dim=0) * A)  # (nb, B, D, N)
