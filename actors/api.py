@@ -247,11 +247,10 @@ def create_app(
     @router.post("/jobs/{name}/run", status_code=202, response_model=RunRequested,
                  responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 503: {"model": ErrorBody}})
     def run_job(name: str):
-        from pipeline.names import NAME
+        from pipeline.names import JOB_NAME_MAX, is_name, rule
 
-        if not NAME.fullmatch(name):  # never let a network-supplied name near a path or a key
-            raise HTTPException(400, "a job name is 1-128 letters, digits, '.', '_' or '-', starting with "
-                                     "a letter or digit")
+        if not is_name(name, JOB_NAME_MAX):  # never let a network-supplied name near a path or a key
+            raise HTTPException(400, f"a job name is {rule(JOB_NAME_MAX)}")
         if run_requester is None:
             raise HTTPException(503, NO_SCHEDULER)
         try:

@@ -312,9 +312,9 @@ def _jobs_show(args) -> int:
 
 
 def _spec(specs, name):
-    from pipeline.names import check_name
+    from pipeline.names import JOB_NAME_MAX, check_name
 
-    check_name(name, "job name")
+    check_name(name, "job name", JOB_NAME_MAX)
     if name not in specs:
         known = ", ".join(sorted(specs)) or "none"
         raise VidstormError(f"no job named {name!r} (jobs: {known})")
@@ -370,12 +370,10 @@ def _jobs_cancel(args) -> int:
 def _jobs_add(args) -> int:
     from pathlib import Path
 
-    from pipeline.jobs.spec import NAME, parse_spec
-    from pipeline.names import BadName
+    from pipeline.jobs.spec import parse_spec
+    from pipeline.names import JOB_NAME_MAX, check_name
 
-    if not NAME.fullmatch(args.name):  # before it becomes a file name
-        raise BadName(f"job name {args.name[:60]!r} is not allowed: 1-64 letters, digits, '.', '_' or '-', "
-                      "starting with a letter or digit")
+    check_name(args.name, "job name", JOB_NAME_MAX)  # before it becomes a file name
     target = Path(args.data) / "jobs" / f"{args.name}.yaml"
     if target.exists() and not args.force:
         raise VidstormError(f"{target} exists: pass --force to replace it")

@@ -232,14 +232,13 @@ class DistributedIngest:
         the run early with the unfinished streams recorded as cancelled; `resume` continues
         streams an interrupted run (same queue prefix) left half done.
         """
+        from pipeline.ingest import JobResult
         from pipeline.store import Store
 
         jobs = [{**job, **(tags or {})} for job in self._prepare(sources)]
         if not jobs:
             return []
         store = Store(Path(self.data_dir) / "store")
-        from pipeline.ingest import JobResult
-
         for job in jobs:
             store.write_job(JobResult.from_job(job).row())  # status running
         self._reset(jobs, resume)
@@ -296,9 +295,8 @@ class DistributedIngest:
 
     def _end_unfinished(self, jobs: list[dict], rows: dict, status: str, reason: str) -> list[dict]:
         """Record every stream of `jobs` that has no final row yet as `status`."""
-        from pipeline.store import Store
-
         from pipeline.ingest import JobResult
+        from pipeline.store import Store
 
         store = Store(Path(self.data_dir) / "store")
         for job in jobs:

@@ -11,18 +11,27 @@ import re
 
 from pipeline.errors import VidstormError
 
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+NAME_MAX = 128  # stream ids
+JOB_NAME_MAX = 64  # job names (a spec file's name)
 
 
 class BadName(VidstormError, ValueError):
     """A stream id, job name or file name that is not allowed to touch a path."""
 
 
-def check_name(value, what: str = "name") -> str:
+def is_name(value, max_len: int = NAME_MAX) -> bool:
+    return isinstance(value, str) and len(value) <= max_len and NAME.fullmatch(value) is not None
+
+
+def rule(max_len: int = NAME_MAX) -> str:
+    return f"1-{max_len} letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def check_name(value, what: str = "name", max_len: int = NAME_MAX) -> str:
     """`value` if it is a safe name, else BadName with one clear line."""
-    if isinstance(value, str) and NAME.fullmatch(value):
+    if is_name(value, max_len):
         return value
     shown = repr(value)
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
-    raise BadName(f"{what} {shown} is not allowed: use 1-128 letters, digits, '.', '_' or '-', "
-                  "starting with a letter or digit")
+    raise BadName(f"{what} {shown} is not allowed: use {rule(max_len)}")

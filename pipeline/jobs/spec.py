@@ -14,17 +14,16 @@ A spec that cannot work fails when it is loaded, in one line naming the file and
 
 from __future__ import annotations
 
-import re
 import zoneinfo
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.errors import ConfigError
+from pipeline.names import JOB_NAME_MAX, is_name, rule
 
 KINDS = ("ingest", "digest")
 CATCH_UP = ("all", "latest", "none")
 PERIODS = ("day", "hour", "window")
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: no trailing newline
 
 
 @dataclass
@@ -84,8 +83,8 @@ def parse_spec(data: dict, origin: str) -> JobSpec:
         overrides = _flatten(overrides)
     spec = JobSpec(**{**data, "overrides": [str(o) for o in overrides], "path": origin})
     spec.schedule, spec.name = str(spec.schedule), str(spec.name)
-    if not isinstance(spec.name, str) or not NAME.fullmatch(spec.name):
-        fail(f"name {spec.name!r} must be letters, digits, '.', '_' or '-' (at most 64)")
+    if not is_name(spec.name, JOB_NAME_MAX):
+        fail(f"name {spec.name[:60]!r} is not allowed: use {rule(JOB_NAME_MAX)}")
     if spec.kind not in KINDS:
         fail(f"kind must be one of {', '.join(KINDS)}, got {spec.kind!r}")
     if len(spec.schedule.split()) != 5 or not croniter.is_valid(spec.schedule):
