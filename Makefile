@@ -50,11 +50,11 @@ WARMUP := train.stage=warmup train.steps=300 train.batch_size=32 train.warmup_st
 toy-model: $(STAMP)
 	$(VS) demo-assets --data $(DATA)
 	rm -rf $(DATA)/toy-data
-	$(VS) synth-data $(DATA)/toy-data --n 1500 --seed 7 --size 96 192 --fps 10 15
+	$(VS) synth-data $(DATA)/toy-data --n 1500 --seed 7 --size 96 480 --fps 10 30
 	$(VS) train --local --config configs/toy.yaml $(WARMUP) "train.tasks=[direction]" "train.init_from=''" \
 	  train.out=$(DATA)/toy-warmup-direction train.lr=0.002
 	$(VS) train --local --config configs/toy.yaml $(WARMUP) train.init_from=$(DATA)/toy-warmup-direction \
-	  train.out=$(DATA)/toy-warmup train.lr=0.001
+	  train.out=$(DATA)/toy-warmup train.lr=0.001 train.steps=400
 	$(VS) train --local --config configs/toy.yaml train.init_from=$(DATA)/toy-warmup
 
 $(TOY)/storm/model.safetensors:

@@ -25,15 +25,17 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
+from pydantic import BaseModel, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.errors import VidstormError
 from pipeline.store.query import QueryError, StoreQuery
+from pipeline.store.schema import JOBS, LISTED, SEGMENTS, SUMMARIES
 
 log = logging.getLogger("vidstorm.api")
 
@@ -57,17 +59,27 @@ class Stream(BaseModel):
     last_update: dt.datetime | None
 
 
-class Segment(BaseModel):
-    stream_id: str
-    chunk_seq: int
-    t_start: float | None
-    t_end: float | None
-    wall_clock: dt.datetime | None
-    caption: str | None
-    n_frames: int | None
-    source: str | None
-    config_fingerprint: str | None
-    created_at: dt.datetime | None
+def _columns_model(name: str, schema: pa.Schema, keys: tuple[str, ...], listed: tuple[str, ...] | None = None,
+                   defaults: bool = False) -> type[BaseModel]:
+    """A response model whose fields are a stored table's columns (store/schema.py; `listed`: those
+    a listing returns): keys required, the rest nullable (default None when `defaults`)."""
+    python = {pa.types.is_string: str, pa.types.is_integer: int, pa.types.is_floating: float,
+              pa.types.is_timestamp: dt.datetime}
+    found = {}
+    for column in schema:
+        if listed is not None and column.name not in listed:
+            continue
+        kind = next(t for test, t in python.items() if test(column.type))
+        if column.name in keys:
+            found[column.name] = (kind, ...)
+        else:
+            found[column.name] = (kind | None, None if defaults else ...)
+    return create_model(name, **found)
+
+
+Segment = _columns_model("Segment", SEGMENTS, keys=("stream_id", "chunk_seq"), listed=LISTED["segments"])
+Summary = _columns_model("Summary", SUMMARIES, keys=("stream_id", "level", "seq"), listed=LISTED["summaries"])
+Job = _columns_model("Job", JOBS, keys=("job_id",), defaults=True)
 
 
 class Hit(BaseModel):
@@ -78,41 +90,6 @@ class Hit(BaseModel):
     t_end: float | None
     text: str | None
     score: float | None  # cosine similarity; null only if a stored vector was not finite
-
-
-class Summary(BaseModel):
-    stream_id: str
-    level: str
-    seq: int
-    t_start: float | None
-    t_end: float | None
-    wall_clock: dt.datetime | None
-    text: str | None
-
-
-class Job(BaseModel):
-    job_id: str
-    kind: str | None = None
-    source: str | None = None
-    stream_id: str | None = None
-    status: str | None = None
-    error: str | None = None
-    detail: str | None = None  # a run's one-line account
-    content_fingerprint: str | None = None
-    config_fingerprint: str | None = None
-    chunks: int | None = None
-    segments: int | None = None
-    summaries: int | None = None
-    video_seconds: float | None = None
-    wall_seconds: float | None = None
-    started_at: dt.datetime | None = None
-    finished_at: dt.datetime | None = None
-    updated_at: dt.datetime | None = None
-    job_name: str | None = None
-    run_id: str | None = None
-    window: dt.datetime | None = None
-    trigger: str | None = None
-    attempts: int | None = None
 
 
 class StreamList(BaseModel):

@@ -149,6 +149,8 @@ def cmd_segments(args) -> int:
     else:
         print(f"{'stream':28s} {'seq':5s} {'video time':17s} caption")
     for row in rows:
+        if row.get("gap_before"):  # a live source that dropped and came back
+            print(f"{row['stream_id'][:28]:28s} {'':5s} -- gap: source away {row['gap_before']:.1f} s, reconnected --")
         print(f"{row['stream_id'][:28]:28s} #{row['chunk_seq']:<4d} {_span(row)}  {row['caption']}")
     return 0
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import uuid
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +42,94 @@ def worker_env(cfg: Config) -> dict:
         if var in os.environ:
             env[var] = os.environ[var]
     return env
+
+
+def init_ray(cfg: Config, **options) -> None:
+    """ray.init for one command: a local Ray, or the cluster at `ray.address`. Failures are one line."""
+    import ray
+
+    address = cfg.ray.address
+    if address and address != "auto" and "://" not in address:
+        check_ray_cluster(address)
+    try:
+        ray.init(address=address or None, namespace=cfg.ray.namespace, include_dashboard=False,
+                 configure_logging=False, **options)
+    except Exception as err:
+        first = str(err).splitlines()[0]
+        raise VidstormError(f"cannot start or reach Ray ({address or 'local'}): {first}") from None
+
+
+def check_ray_cluster(address: str, timeout: float = 5.0) -> None:
+    """Fail in one line, at once, where ray.init would retry for 20-40 s, print a warning a second
+    and then say only "Failed to connect": the head unreachable, or its token missing or wrong.
+
+    A Ray started with token authentication (`ray start --head` does so by default) serves only
+    clients with RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+    ~/.ray/auth_token), and Ray reads these for an explicit address from the environment alone.
+    """
+    import socket
+
+    import ray
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return  # not host:port; ray.init says what is wrong with it
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise VidstormError(f"cannot reach Ray at {address} ({err.strerror or err}): is its "
+                            f"head running (`ray start --head`), and is ray.address its host:port?") from None
+    try:
+        from ray._raylet import (AuthenticationMode, AuthenticationTokenLoader, GcsClient,
+                                 get_authentication_mode)
+    except ImportError:  # a Ray without token authentication
+        return
+    use_token = get_authentication_mode() == AuthenticationMode.TOKEN
+    set_token = "set RAY_AUTH_TOKEN to the token the cluster was started with"
+    if use_token and not _has_ray_token(AuthenticationTokenLoader.instance()):
+        # (Ray's own client aborts the process here, from C++, with a stack trace)
+        path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+        where = f" ({path}, in RAY_AUTH_TOKEN_PATH, is missing or empty)" if path else ""
+        raise VidstormError(f"RAY_AUTH_MODE=token but no Ray token is set{where}: {set_token}")
+    try:
+        with _quiet_stderr():  # Ray's C++ client logs each refused attempt to fd 2 itself
+            GcsClient(address=address)
+    except ray.exceptions.AuthenticationError:
+        if not use_token:
+            raise VidstormError(f"the Ray cluster at {address} requires a token: set RAY_AUTH_MODE=token and "
+                                f"RAY_AUTH_TOKEN to the token the cluster was started with") from None
+        held = ("RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN")
+                else os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token")
+        raise VidstormError(f"the Ray cluster at {address} refused the token in {held}: "
+                            f"{set_token}") from None
+    except ray.exceptions.RpcError as err:  # something listens there, not a Ray head (after ~40 s)
+        raise VidstormError(f"no Ray head answers at {address} ({str(err).splitlines()[0].rstrip('.')}): "
+                            f"is ray.address the head's host:port (`ray start --head --port`)?") from None
+    except Exception:  # anything else: ray.init says what it is
+        return
+
+
+def _has_ray_token(loader) -> bool:
+    import ray
+
+    try:
+        return loader.has_token(ignore_auth_mode=True)
+    except ray.exceptions.AuthenticationError:  # RAY_AUTH_TOKEN_PATH names no readable token
+        return False
+
+
+@contextmanager
+def _quiet_stderr():
+    """File descriptor 2 to /dev/null for a moment (C++ writes there directly, past sys.stderr)."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 class Cluster:
@@ -69,12 +159,10 @@ class Cluster:
             raise VidstormError(f"cannot reach Redis at {mask_secrets(self.redis_url)}: {err}") from None
         if self.with_ray and not ray.is_initialized():
             try:
-                ray.init(address=self.cfg.ray.address or None, namespace=self.cfg.ray.namespace,
-                         include_dashboard=False, log_to_driver=False, configure_logging=False)
-            except Exception as err:
+                init_ray(self.cfg, log_to_driver=False)
+            except VidstormError:
                 self.stop()
-                raise VidstormError(f"cannot start or reach Ray ({self.cfg.ray.address or 'local'}): "
-                                    f"{str(err).splitlines()[0]}") from None
+                raise
             self.started_ray = True
         return self
 
@@ -104,6 +192,7 @@ class Supervised:
     args: tuple = ()
     ref: object = None
     restarts: int = 0
+    failed_at: float = float("-inf")  # monotonic time of the last call that failed on a dead actor
     result: object = None
     finished: bool = False
 
@@ -138,6 +227,8 @@ class DistributedIngest:
             options["num_gpus"] = gpus
         if concurrency > 1:
             options["max_concurrency"] = concurrency
+        if self.cfg.workers.scheduling == "spread":
+            options["scheduling_strategy"] = "SPREAD"
         options["runtime_env"] = {"env_vars": worker_env(self.cfg)}
         return ray.remote(**options)(cls).remote(self.cfg, self.cluster.redis_url, name, *args)
 
@@ -158,7 +249,7 @@ class DistributedIngest:
                                                                gpus=summarizer_gpus)
         for i in range(w.temporal):
             p.actors[f"{prefix}-temporal-{i}"] = self._actor(TemporalActor, f"{prefix}-temporal-{i}", i,
-                                                             gpus=gpus["temporal"])
+                                                             self.data_dir, gpus=gpus["temporal"])
         for i in range(w.encoders):
             p.actors[f"{prefix}-encoder-{i}"] = self._actor(EncoderActor, f"{prefix}-encoder-{i}",
                                                             gpus=encoder_gpus)
@@ -267,9 +358,15 @@ class DistributedIngest:
                 loop = refs[ref]
                 try:
                     loop.result, loop.finished = ray.get(ref), True
-                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-                    loop.restarts += 1
-                    self.log(f"{loop.method} on a restarted actor (restart {loop.restarts})")
+                except ray.exceptions.RayActorError as err:  # died, or unavailable (restarting, node lost)
+                    # An unavailable actor fails each new call within seconds until it is back: one
+                    # line per outage, not one per call.
+                    again = (isinstance(err, ray.exceptions.ActorUnavailableError)
+                             and time.monotonic() - loop.failed_at < 30)
+                    loop.failed_at = time.monotonic()
+                    if not again:
+                        loop.restarts += 1
+                        self.log(f"{loop.method} on a restarted actor (restart {loop.restarts})")
                     loop.launch()
                 except ray.exceptions.RayTaskError as err:  # a bug in a stage: say it, keep the others going
                     self.log(f"vidstorm: error: a {loop.method} call failed: {str(err).splitlines()[0]}")

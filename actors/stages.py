@@ -14,12 +14,21 @@ killed at any instant leaves either both or neither; what it held unacked is
 reclaimed by a live consumer. The temporal owner writes the stream's state in the
 same transaction: a new owner resumes from exactly the last applied chunk. The
 writer stores idempotently, so redelivery never makes a second row.
+
+temporal.mode=offline (files only; decoders refuse live sources): the temporal owner
+writes each chunk's projected tokens to a file (before its ack, with the state) and
+hands nothing on until the stream's end marker; then it scans the whole file and hands
+on each chunk's pooled tokens in order, each with a count of those handed on, so a
+new owner scans again and hands on only the rest. The files live in
+temporal.offline_spill_dir (default <data dir>/spill): a new owner on another machine
+needs the same folder, else the stream fails with one line.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import uuid
 from dataclasses import asdict, replace
@@ -28,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import Config
+from pipeline.errors import VidstormError
 from pipeline.queue import RedisQueue, connect, retrying
 from pipeline.processor import visual_embedding, window_of
 from pipeline.types import FrameChunk, Segment, Summary, pack, unpack
@@ -60,8 +70,11 @@ class Keys:
     def owner(self, index: int) -> str:
         return f"{self.p}:owner:{index}"
 
+    def offline(self, stream_id: str) -> str:
+        return f"{self.p}:offline:{stream_id}"  # offline mode: chunks handed on after the whole-file scan
+
     def stream_keys(self, stream_id: str) -> list[str]:
-        return [self.tokens(stream_id), self.state(stream_id), self.decoded(stream_id)]
+        return [self.tokens(stream_id), self.state(stream_id), self.decoded(stream_id), self.offline(stream_id)]
 
 
 def end_marker(stream_id: str, last_chunk_seq: int, status: str, error: str, job: dict) -> bytes:
@@ -143,6 +156,7 @@ class DecoderStage(Stage):
 
     def decode(self, job: dict) -> str:
         from pipeline.decode import Source, SourceError, VideoDecoder
+        from pipeline.ingest import check_offline_source
 
         source = Source(job["source"], job["stream_id"], job["live"])
         key = self.keys.decoded(source.stream_id)
@@ -152,14 +166,14 @@ class DecoderStage(Stage):
         next_seq = int(progress.get("next_chunk_seq", 0))
         video_seconds = float(progress.get("video_seconds", 0.0))
         d = self.cfg.decode
-        decoder = VideoDecoder(
-            source, self.image_size, d.fps, d.chunk_frames, self.pad_multiple, d.threads, d.keyframes_only,
-            d.open_timeout, d.read_timeout,
+        decoder = VideoDecoder.for_config(
+            source, d, self.image_size, self.pad_multiple,
             start_at=float(progress.get("t_end", 0.0)) if next_seq and not source.live else 0.0,
             first_chunk_seq=next_seq,
         )
         status, error = "done", ""
         try:
+            check_offline_source(source, self.cfg.temporal.mode)
             for chunk in decoder.chunks():
                 self.wait_for_room(self.keys.frames)
                 if self.stopping():  # shut down mid-stream: the position stays, no end marker
@@ -237,7 +251,8 @@ class EncoderStage(Stage):
                 tokens = grids[start : start + len(c.frames)].numpy()
                 start += len(c.frames)
                 meta = {"type": "tokens", "stream_id": c.stream_id, "chunk_seq": c.chunk_seq, "t_start": c.t_start,
-                        "t_end": c.t_end, "n_valid": c.n_valid, "wall_clock": c.wall_clock, "source": c.source}
+                        "t_end": c.t_end, "n_valid": c.n_valid, "wall_clock": c.wall_clock, "source": c.source,
+                        "gap_before": c.gap_before}
                 outputs.append((self.keys.tokens(c.stream_id), pack(meta, {"tokens": tokens})))
         for stream in {s for s, _ in outputs}:
             self.wait_for_room(stream)
@@ -247,12 +262,15 @@ class EncoderStage(Stage):
 
 class TemporalStage(Stage):
     """Owns streams: applies each stream's chunks in chunk_seq order (reorder buffer),
-    runs the temporal encoder and pooling, checkpoints the state with every chunk."""
+    runs the temporal encoder and pooling, checkpoints the state with every chunk.
+    In offline mode it keeps each chunk on disk and scans the whole file at its end."""
 
     role = "temporal"
 
-    def __init__(self, cfg, redis_url, name, index: int):
+    def __init__(self, cfg, redis_url, name, index: int, data_dir: str | None = None):
         super().__init__(cfg, redis_url, name)
+        import tempfile
+
         from pipeline.build import build_processor
 
         self.index = index
@@ -260,6 +278,10 @@ class TemporalStage(Stage):
         self.buffers: dict[str, dict[int, tuple]] = {}  # stream -> chunk_seq -> (msg, meta, arrays)
         self.ends: dict[str, tuple] = {}
         self.states: dict = {}
+        self.offline = cfg.temporal.mode == "offline"
+        default_spill = Path(data_dir) / "spill" if data_dir else Path(tempfile.gettempdir()) / "vidstorm-spill"
+        self.spill_dir = Path(cfg.temporal.offline_spill_dir or default_spill)
+        self._beat = 0.0
 
     def _streams(self) -> list[str]:
         return sorted(m.decode() for m in self.r.smembers(self.keys.owner(self.index)))
@@ -301,26 +323,96 @@ class TemporalStage(Stage):
             msg, meta, arrays = buffer[state.next_chunk_seq]
             import torch
 
-            pooled, temporal_state = self.processor.temporal(torch.from_numpy(arrays["tokens"].copy()), state.temporal)
-            payload = pack(dict(meta, type="pooled"), {"pooled": pooled.numpy(),
-                                                       "visual_embedding": visual_embedding(pooled)})
+            tokens = torch.from_numpy(arrays["tokens"].copy())
+            if self.offline:  # on disk before the ack: the whole-file scan at the end reads it
+                from pipeline.models.offline import save_projected
+
+                save_projected(self._offline_input(stream_id, meta["chunk_seq"]),
+                               self.processor.offline_project(tokens), meta)
+                outputs, temporal_state = [], None
+            else:
+                pooled, temporal_state = self.processor.temporal(tokens, state.temporal)
+                outputs = [(self.keys.pooled, _pooled_message(meta, pooled))]
             # The state moves on only once the handoff has committed: if it raises, the chunk is
             # still pending in Redis and in the buffer, and is applied again from the old state.
             advanced = replace(state, temporal=temporal_state, next_chunk_seq=meta["chunk_seq"] + 1)
             blob = advanced.to_bytes()
-            self.wait_for_room(self.keys.pooled)
-            self.handoff(msg, [(self.keys.pooled, payload)],
-                         extra=lambda pipe, k=self.keys.state(stream_id), b=blob: pipe.set(k, b))
+            if outputs:
+                self.wait_for_room(self.keys.pooled)
+            self.handoff(msg, outputs, extra=lambda pipe, k=self.keys.state(stream_id), b=blob: pipe.set(k, b))
             buffer.pop(meta["chunk_seq"])
             self.states[stream_id] = state = advanced
         end = self.ends.get(stream_id)
         if end and end[1]["last_chunk_seq"] < state.next_chunk_seq:
+            marker = self._offline_outputs(stream_id, end) if self.offline else end[0].data
             msg, meta = self.ends.pop(stream_id)
-            # the stream is over for this owner: stop listening to it, in the same transaction
-            self.handoff(msg, [(self.keys.pooled, msg.data)],
-                         extra=lambda pipe: pipe.srem(self.keys.owner(self.index), stream_id))
+
+            def over(pipe):  # the stream is over for this owner: stop listening to it, in the same transaction
+                pipe.srem(self.keys.owner(self.index), stream_id)
+                pipe.delete(self.keys.offline(stream_id))
+
+            self.handoff(msg, [(self.keys.pooled, marker)], extra=over)
             self.buffers.pop(stream_id, None)
             self.states.pop(stream_id, None)
+            if self.offline:
+                shutil.rmtree(self._offline_input(stream_id, 0).parent, ignore_errors=True)
+
+    # --- offline mode ---
+
+    def _offline_input(self, stream_id: str, chunk_seq: int) -> Path:
+        """Where a chunk's projected tokens wait for the end of its file (one folder per stream and prefix)."""
+        import hashlib
+
+        from pipeline.names import check_name
+
+        prefix = hashlib.sha256(self.keys.p.encode()).hexdigest()[:8]
+        folder = self.spill_dir / f"{check_name(stream_id, 'stream id')}.{prefix}.inputs"
+        return folder / f"chunk-{chunk_seq:08d}.safetensors"
+
+    def _offline_outputs(self, stream_id: str, end: tuple) -> bytes:
+        """The whole file's scan; each chunk's pooled tokens handed on in order, each in one transaction
+        with the count handed on (a new owner hands on only the rest). Returns the end marker to pass on."""
+        from pipeline.models.offline import read_projected_header
+
+        msg, end_meta = end
+        key = self.keys.offline(stream_id)
+        emitted = int(retrying(lambda: self.r.get(key)) or 0)
+        paths = [self._offline_input(stream_id, seq) for seq in range(end_meta["last_chunk_seq"] + 1)]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            error = (f"{end_meta['job'].get('source', stream_id)}: the offline scan's buffered chunks are gone "
+                     f"({missing[0]} is missing; the temporal owner moved to a machine without them): "
+                     "ingest the file again, with temporal.offline_spill_dir on storage every worker shares")
+            return end_marker(stream_id, emitted - 1, "failed", error, end_meta["job"])
+        t = self.cfg.temporal
+        handed = emitted
+        try:
+            with self.processor.offline_scan(t.offline_spill_mb, self.spill_dir, on_step=self._heartbeat) as scan:
+                for path in paths:
+                    scan.add_file(path)
+                for seq, pooled in enumerate(self.processor.offline_pooled(scan)):
+                    if seq < emitted:
+                        continue  # handed on before a restart
+                    _, meta = read_projected_header(paths[seq])
+                    self.wait_for_room(self.keys.pooled)
+                    self.handoff([], [(self.keys.pooled, _pooled_message(meta, pooled))],
+                                 extra=lambda pipe, n=seq + 1: pipe.set(key, n))
+                    handed = seq + 1
+        except VidstormError as err:  # e.g. a spill folder that cannot be written: the stream fails, in one line
+            return end_marker(stream_id, handed - 1, "failed", str(err), end_meta["job"])
+        return msg.data
+
+    def _heartbeat(self) -> None:
+        """A long whole-file scan hands nothing on: show the supervisor it is alive (not stalled)."""
+        now = time.monotonic()
+        if now - self._beat > 1.0:
+            self._beat = now
+            retrying(lambda: self.r.hincrby(self.keys.progress, f"{self.name}:offline-scan", 1))
+
+
+def _pooled_message(meta: dict, pooled) -> bytes:
+    """A chunk's pooled tokens for the summarizers, with the tokens message's fields."""
+    return pack(dict(meta, type="pooled"), {"pooled": pooled.numpy(), "visual_embedding": visual_embedding(pooled)})
 
 
 class SummarizerStage(Stage):
@@ -356,7 +448,7 @@ class SummarizerStage(Stage):
         return self.processor.segment(
             torch.from_numpy(arrays["pooled"].copy()), stream_id=meta["stream_id"], chunk_seq=meta["chunk_seq"],
             t_start=meta["t_start"], t_end=meta["t_end"], n_frames=meta["n_valid"], source=meta["source"],
-            wall_clock=meta["wall_clock"])
+            wall_clock=meta["wall_clock"], gap_before=float(meta.get("gap_before") or 0.0))
 
     def _summary(self, meta) -> Summary:
         return self.processor.summary(stream_id=meta["stream_id"], level=meta["level"], seq=meta["seq"],

@@ -74,18 +74,12 @@ def train_on_ray(cfg: Config, resume: bool = False, log=print) -> dict:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from actors.runtime import worker_env
+    from actors.runtime import init_ray, worker_env
 
     t = cfg.train
     started = False
     if not ray.is_initialized():
-        try:
-            ray.init(address=cfg.ray.address or None, namespace=cfg.ray.namespace, include_dashboard=False,
-                     log_to_driver=True, configure_logging=False,
-                     runtime_env={"env_vars": worker_env(cfg)})
-        except Exception as err:
-            raise VidstormError(f"cannot start or reach Ray ({cfg.ray.address or 'local'}): "
-                                f"{str(err).splitlines()[0]}") from None
+        init_ray(cfg, log_to_driver=True, runtime_env={"env_vars": worker_env(cfg)})
         started = True
     storage = storage_dir(t.out)
     storage.mkdir(parents=True, exist_ok=True)

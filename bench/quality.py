@@ -1,8 +1,8 @@
 """The toy STORM table: the paper's ablations on synthetic temporal QA, trained and tested in one run.
 
-    python bench/quality.py [--n 1500] [--steps 500] [--out DIR]
+    python bench/quality.py [--n 1500] [--test 300] [--out DIR]
 
-Rows (same data, same frozen encoder, same steps, same seed):
+Rows (same data, same frozen encoder, same recipe and steps, same seed):
   baseline_100  no Mamba (pixel shuffle + Linear + 2-layer MLP, VILA-style), 100% of the tokens
   baseline_12   no Mamba, temporal pooling k=4, test-time sampling s=2: 12.5%
   storm_100     STORM bidirectional, 100%
@@ -10,12 +10,16 @@ Rows (same data, same frozen encoder, same steps, same seed):
   storm_12      STORM + pooling k=4 + test-time sampling s=2: 12.5% (the storm_25 weights)
   stream_12     STORM `stream` mode (one direction, state carried), 12.5%
 
-Sampling is training-free, as in the paper: the 12.5% rows are trained with pooling only and
-sample every second pooled frame at test time. To fit 2 CPU cores the rows use a small LM
-trained alongside (a 4-layer Llama with SmolLM2's tokenizer), not the frozen SmolLM2 of
-configs/toy.yaml; the encoder is the same small random frozen SigLIP. Train and validation
-clips are rendered at 96-192 px / 10-15 fps; the test split spans the whole family
-(96-480 px, 10-30 fps). The last line is one JSON object.
+Each row is trained with the toy model's recipe (configs/toy.yaml, pipeline/train/warmup.py):
+(1) `warmup` on the direction questions, (2) `warmup` on every question and caption from (1),
+the encoder's pooled tokens read by a choice head with no LLM pass; (3) `sft` of the projector
+and the LM from (2), the warm encoder frozen. Sampling is training-free, as in the paper: the
+12.5% rows are trained with pooling only and sample every second pooled frame at test time.
+To fit 2 CPU cores, (3) uses a small LM trained alongside (a 4-layer Llama with SmolLM2's
+tokenizer), not the frozen SmolLM2 of configs/toy.yaml; the encoder is the same small random
+frozen SigLIP. Every row reads the same SigLIP grids (each clip's frames padded to 8 by
+repeating the last). Train/validation clips and the test split are rendered over the whole
+family (96-480 px, 10-30 fps) with different seeds. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -58,24 +62,39 @@ GRID_TOKENS = 16  # 8x8 SigLIP patches after the 2x2 pixel shuffle, per frame
 FRAMES = 8
 
 
-def row_overrides(name: str, work: Path, lm: Path, siglip: Path, steps: int, batch: int) -> list[str]:
+def row_overrides(name: str, work: Path, lm: Path, siglip: Path) -> list[str]:
     layers, mode, k, s = ROWS[name]
     return [
         f"encoder.model={siglip}", "encoder.select_layer=-1", f"summarizer.model={lm}", "summarizer.system_prompt=''",
         f"temporal.n_layers={layers}", f"temporal.mode={mode}", f"pooling.temporal_k={k}", f"pooling.sample_s={s}",
-        *TOY_GEOMETRY,
-        "train.stage=sft", "train.trainable=[temporal,projector,llm]", "train.lr=0.002", "train.lr_llm=0.001",
-        f"train.steps={steps}", f"train.batch_size={batch}", "train.warmup_steps=30", "train.eval_every=100000",
-        f"train.save_every={steps}", "train.autocast=fp32", "train.sample_s=1",
-        f"train.data=[{work / 'data' / 'train.jsonl'}]", f"train.out={work / 'ckpt' / SHARES_WEIGHTS.get(name, name)}",
+        *TOY_GEOMETRY, "train.autocast=fp32", "train.sample_s=1", "train.val_samples=0", "train.eval_every=100000",
+        f"train.data=[{work / 'data' / 'train.jsonl'}]",
+    ]
+
+
+def stages(name: str, work: Path, args) -> list[list[str]]:
+    """The three runs of a row: warm-up on direction, warm-up on everything, sft of projector + LM."""
+    out = work / "ckpt" / name
+    warm = ["train.stage=warmup", f"train.batch_size={args.warm_batch}", "train.warmup_steps=20", "train.grad_clip=0"]
+    return [
+        [*warm, "train.tasks=[direction]", f"train.steps={args.warm1}", "train.lr=0.002",
+         f"train.save_every={args.warm1}", f"train.out={out}-w1"],
+        [*warm, f"train.init_from={out}-w1", f"train.steps={args.warm2}", "train.lr=0.001",
+         f"train.save_every={args.warm2}", f"train.out={out}-w2"],
+        ["train.stage=sft", "train.trainable=[projector,llm]", f"train.init_from={out}-w2", "train.lr=0.002",
+         "train.lr_llm=0.001", f"train.steps={args.sft}", f"train.batch_size={args.batch}", "train.warmup_steps=20",
+         f"train.save_every={args.sft}", f"train.out={out}"],
     ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1500, help="train + val clips")
-    parser.add_argument("--test", type=int, default=400, help="test clips (full family ranges)")
-    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--test", type=int, default=300, help="test clips")
+    parser.add_argument("--warm1", type=int, default=250, help="warm-up steps on direction")
+    parser.add_argument("--warm2", type=int, default=300, help="warm-up steps on every question and caption")
+    parser.add_argument("--warm-batch", type=int, default=32)
+    parser.add_argument("--sft", type=int, default=200, help="sft steps (projector + LM)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--out", help="keep the work folder here (default: a temporary one)")
@@ -85,30 +104,37 @@ def main() -> None:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
 
     t0 = time.time()
-    write_dataset(work / "data", args.n, args.seed, splits=(0.9, 0.1, 0.0), size_range=(96, 192),
-                  fps_range=(10, 15))
-    write_dataset(work / "test", args.test, args.seed + 1, splits=(0.0, 0.0, 1.0))  # the whole family
+    write_dataset(work / "data", args.n, args.seed, splits=(0.9, 0.1, 0.0))
+    write_dataset(work / "test", args.test, args.seed + 1, splits=(0.0, 0.0, 1.0))
     siglip = build_random_siglip(work / "siglip", **TOY_SIGLIP)
     lm = build_small_lm(work / "lm")
     log(f"data + models ready in {time.time() - t0:.0f}s")
 
-    grids: dict[int, dict] = {}  # SigLIP grids, shared by rows that pad clips alike
+    # SigLIP grids, encoded once for every row: padded for the 8-frame group (the 12.5% rows')
+    grids: dict = {}
+    cfg = load_config(None, row_overrides("baseline_12", work, lm, siglip))
+    cache = build_models(cfg, torch.device("cpu"), log=None, grids=grids).cache
+    test = read_jsonl(work / "test" / "test.jsonl", cfg.summarizer.caption_prompt, cfg.train.qa_prompt)
+    train_set = read_jsonl(work / "data" / "train.jsonl", cfg.summarizer.caption_prompt, cfg.train.qa_prompt)
+    cache.usable(train_set)
+    cache.usable(test)
+    log(f"grids ready in {time.time() - t0:.0f}s")
+
     results = {}
     for name, (layers, mode, k, s) in ROWS.items():
-        overrides = row_overrides(name, work, lm, siglip, args.steps, args.batch)
-        cfg = load_config(None, overrides)
-        store = grids.setdefault(k * s, {})
-        train_s = 0.0
+        base = row_overrides(name, work, lm, siglip)
         if name not in SHARES_WEIGHTS:
             started = time.time()
-            train(cfg, log=log, models=build_models(cfg, torch.device("cpu"), log=None, grids=store))
+            for stage in stages(name, work, args):
+                cfg = load_config(None, [*base, *stage])
+                train(cfg, log=log, models=build_models(cfg, torch.device("cpu"), log=None, grids=grids))
             train_s = time.time() - started
         else:
             train_s = results[SHARES_WEIGHTS[name]]["train_s"]
-        cfg = load_config(None, [*overrides, f"temporal.checkpoint={cfg.train.out}"])
-        models = build_models(cfg, torch.device("cpu"), log=None, training=False, grids=store)
+        ckpt = work / "ckpt" / SHARES_WEIGHTS.get(name, name)
+        cfg = load_config(None, [*base, f"temporal.checkpoint={ckpt}", f"summarizer.model={ckpt / 'llm'}"])
+        models = build_models(cfg, torch.device("cpu"), log=None, training=False, grids=grids)
         models.connector.eval()
-        test = read_jsonl(work / "test" / "test.jsonl", cfg.summarizer.caption_prompt, cfg.train.qa_prompt)
         with torch.no_grad():
             result = evaluate(models.eval_vlm, models.cache, test.samples)
         tokens = (FRAMES // (k * s)) * GRID_TOKENS
@@ -124,7 +150,8 @@ def main() -> None:
               f"{r['accuracy']:>9.3f}{r.get('reversed_consistency', 0):>10.3f}{r['visual_tokens']:>8}"
               f"{r['token_share']:>8.1%}{r['train_s']:>9.0f}")
     print(f"LM: a 4-layer Llama trained alongside (not SmolLM2); {args.n} train+val clips, {args.test} test clips "
-          f"of the whole family; {args.steps} steps x {args.batch}; total {time.time() - t0:.0f}s")
+          f"of the whole family; per row warm-up {args.warm1} + {args.warm2} steps x {args.warm_batch}, sft "
+          f"{args.sft} steps x {args.batch}; total {time.time() - t0:.0f}s")
     summary = {name: r["accuracy"] for name, r in results.items()}
     summary["per_row"] = {name: {k: r[k] for k in ("per_task", "reversed_consistency", "visual_tokens", "train_s", "n")
                                  if k in r} for name, r in results.items()}

@@ -30,7 +30,12 @@ class DecodeConfig:
     threads: int = 0  # PyAV decoder threads; 0 lets FFmpeg choose
     keyframes_only: bool = False  # decode only keyframes (very sparse sampling)
     open_timeout: float = 10.0  # seconds to reach a live source (refusals are retried)
-    read_timeout: float = 10.0  # seconds without data before a live source counts as ended
+    read_timeout: float = 10.0  # seconds without data before a live source counts as dropped
+    # A live source that drops (camera reboot, network blip) is reopened with backoff (0.2 s doubling
+    # up to reconnect_backoff_max) for up to reconnect_outage seconds; the stream goes on with its
+    # temporal state and the gap recorded (segments.gap_before). 0 = a drop ends the stream.
+    reconnect_outage: float = 30.0
+    reconnect_backoff_max: float = 5.0
 
 
 @dataclass
@@ -55,6 +60,11 @@ class TemporalConfig:
     # Trained STORM parts (downsample+Linear, Mamba layers, projector); empty = random init.
     checkpoint: str = ""
     seed: int = 0  # init seed when no checkpoint is given
+    # offline mode scans a whole file layer by layer: its activations (two layers' worth of the
+    # file's tokens at the peak) stay in memory up to this many MB, the rest goes to disk in
+    # offline_spill_dir (an absolute folder; empty = <data dir>/spill), deleted after each file
+    offline_spill_mb: float = 1024.0
+    offline_spill_dir: str = ""
 
 
 @dataclass
@@ -151,6 +161,9 @@ class WorkersConfig:
     # torch threads in each actor. Ray sets OMP_NUM_THREADS=1 in workers that reserve no
     # CPUs, which would leave SigLIP and the LLM single-threaded; 0 = every core of the node.
     torch_threads: int = 0
+    # where Ray places the stage actors: default = Ray's choice (it favours the driver's node; GPU
+    # stages go where the GPUs are) | spread = round-robin over the cluster's nodes
+    scheduling: str = "default"
 
 
 @dataclass
@@ -180,6 +193,7 @@ class TrainConfig:
     autocast: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU | bf16 | fp32
     sample_s: int = 1  # temporal sampling while training; pooling.sample_s applies at test time
     max_chunks: int = 4  # chunks (decode.chunk_frames each) taken from the start of a training video
+    grid_cache: str = ""  # folder keeping SigLIP grids across runs (keyed by weights, decoding, clip content)
     qa_prompt: str = "<video>\n{question}\nOptions: {options}."
     seed: int = 0
     # Ray Train (TorchTrainer): gloo on CPU, nccl on GPU. --local runs the same loop in-process.
@@ -266,10 +280,16 @@ def validate(cfg: Config, source: str = "config") -> None:
         )
     if dec.fps <= 0:
         fail(f"decode.fps must be > 0, got {dec.fps}")
+    if dec.open_timeout <= 0 or dec.read_timeout <= 0:
+        fail(f"decode.open_timeout and decode.read_timeout must be > 0, got {dec.open_timeout}, {dec.read_timeout}")
+    if dec.reconnect_outage < 0 or dec.reconnect_backoff_max <= 0:
+        fail(f"decode.reconnect_outage must be >= 0 and decode.reconnect_backoff_max > 0, got "
+             f"{dec.reconnect_outage}, {dec.reconnect_backoff_max}")
     if cfg.temporal.mode not in TEMPORAL_MODES:
         fail(f"temporal.mode must be one of {', '.join(TEMPORAL_MODES)}, got {cfg.temporal.mode!r}")
     if cfg.temporal.scan_impl not in SCAN_IMPLS:
         fail(f"temporal.scan_impl must be one of {', '.join(SCAN_IMPLS)}, got {cfg.temporal.scan_impl!r}")
+    validate_spill(cfg.temporal, fail)
     for section in ("encoder", "summarizer"):
         part = getattr(cfg, section)
         if part.dtype not in DTYPES:
@@ -287,6 +307,8 @@ def validate(cfg: Config, source: str = "config") -> None:
         value = getattr(cfg.workers, name)
         if value < 0 and value != -1:
             fail(f"workers.{name} must be -1 (auto) or >= 0, got {value}")
+    if cfg.workers.scheduling not in ("default", "spread"):
+        fail(f"workers.scheduling must be default or spread, got {cfg.workers.scheduling!r}")
     if cfg.queue.max_in_flight < 1 or cfg.queue.max_deliveries < 1 or cfg.queue.reclaim_idle_s <= 0:
         fail("queue.max_in_flight and queue.max_deliveries must be >= 1 and queue.reclaim_idle_s > 0")
     if cfg.redis.url and not cfg.redis.url.startswith(("redis://", "rediss://", "unix://")):
@@ -298,6 +320,16 @@ def validate(cfg: Config, source: str = "config") -> None:
     if cfg.encoder.batch_size < 1:
         fail(f"encoder.batch_size must be >= 1, got {cfg.encoder.batch_size}")
     validate_train(cfg.train, fail)
+
+
+def validate_spill(t: TemporalConfig, fail) -> None:
+    if not math.isfinite(t.offline_spill_mb) or t.offline_spill_mb < 0:
+        fail(f"temporal.offline_spill_mb must be a number of megabytes >= 0 (0 = keep nothing in memory), "
+             f"got {t.offline_spill_mb}")
+    folder = t.offline_spill_dir
+    if folder and (not Path(folder).is_absolute() or any(c in folder for c in "\0\n\r")):
+        fail(f"temporal.offline_spill_dir must be an absolute folder path (or empty for <data dir>/spill), "
+             f"got {folder!r}")
 
 
 def validate_train(t: TrainConfig, fail) -> None:
@@ -332,7 +364,8 @@ def fingerprint(cfg: Config) -> str:
         "summarizer": {k: v for k, v in asdict(cfg.summarizer).items() if k not in ("device", "dtype")},
         "summary": asdict(cfg.summary),
     }
-    relevant["temporal"].pop("scan_impl")  # every implementation gives the same numbers
+    for key in ("scan_impl", "offline_spill_mb", "offline_spill_dir"):  # the same numbers whatever these are
+        relevant["temporal"].pop(key)
     # a checkpoint retrained into the same folder is another model: hash what is in it, not its name
     relevant["temporal"]["weights"] = content_digest(cfg.temporal.checkpoint) if cfg.temporal.checkpoint else ""
     relevant["summarizer"]["weights"] = content_digest(cfg.summarizer.model)

@@ -164,29 +164,48 @@ class VideoDecoder:
         read_timeout: float = 10.0,
         start_at: float = 0.0,
         first_chunk_seq: int = 0,
+        reconnect_outage: float = 0.0,
+        reconnect_backoff_max: float = 5.0,
     ):
         self.source, self.size, self.period = source, size, 1.0 / fps
         self.chunk_frames, self.pad_multiple = chunk_frames, pad_multiple
         self.threads, self.keyframes_only = threads, keyframes_only
         self.open_timeout, self.read_timeout = open_timeout, read_timeout
         self.start_at, self.first_chunk_seq = start_at, first_chunk_seq
+        self.reconnect_outage, self.reconnect_backoff_max = reconnect_outage, reconnect_backoff_max
         self.duration: float | None = None  # seconds, when the container knows it
         self.recorded_at: float | None = None  # unix seconds of the file's start, when it says (cameras do)
         self.frames_decoded = 0  # every decoded frame, sampled or not
+        self.reconnects = 0  # live: times the source came back after a drop
+        self.connected_at: float | None = None  # unix seconds the (last) connection was made
         self._container = None
+        self._shift = 0.0  # live: added to a connection's own timestamps (each reconnect restarts them)
+        self._rebase: tuple[float, float] | None = None  # live, after a reconnect: (t_first, wall0) to rebase on
+
+    @classmethod
+    def for_config(cls, source: Source, decode, size: int, pad_multiple: int, **kwargs) -> "VideoDecoder":
+        """A decoder with the settings of a DecodeConfig (--local and the distributed decoders)."""
+        return cls(source, size, decode.fps, decode.chunk_frames, pad_multiple, decode.threads,
+                   decode.keyframes_only, decode.open_timeout, decode.read_timeout,
+                   reconnect_outage=decode.reconnect_outage, reconnect_backoff_max=decode.reconnect_backoff_max,
+                   **kwargs)
 
     # 1. open, with clear errors
-    def open(self):
+    def open(self, retry_until: float | None = None):
+        """Open the source. Refused connections are retried until `retry_until` (time.monotonic();
+        default open_timeout from now); each attempt may take open_timeout to connect and probe."""
         uri = self.source.uri
         if not self.source.live:
             if not os.path.isfile(uri):
                 raise SourceError(uri, "no such file")
             if os.path.getsize(uri) == 0:
                 raise SourceError(uri, "empty file (0 bytes)")
-        deadline = time.monotonic() + self.open_timeout
+        deadline = time.monotonic() + self.open_timeout if retry_until is None else retry_until
         while True:
             try:
+                attempt = time.time()
                 container = av.open(uri, timeout=(self.open_timeout, self.read_timeout))
+                self.connected_at = attempt  # live: its first frame is (about) this moment's picture
                 break
             except av.error.ConnectionRefusedError as err:
                 if time.monotonic() >= deadline:  # a camera that is restarting gets a few tries
@@ -235,6 +254,10 @@ class VideoDecoder:
                 if frame.pts is None:
                     continue
                 t = float(frame.pts * stream.time_base)
+                if self._rebase is not None:  # first frame after a reconnect: continue on the wall clock
+                    t_first, wall0 = self._rebase
+                    self._shift, self._rebase = t_first + (self.connected_at - wall0) - t, None
+                t += self._shift
                 if t < self.start_at - EPS:
                     continue
                 if next_t is None:  # the grid starts at the resume point, else at the first frame
@@ -247,7 +270,7 @@ class VideoDecoder:
                     next_t += self.period
         except av.error.FFmpegError as err:
             if self.source.live and next_t is not None:
-                return  # a live stream that stops answering has ended
+                return  # a live stream that stops answering has dropped (or ended)
             where = f" after {next_t:.1f}s" if next_t is not None else ""
             raise SourceError(self.source.uri, f"corrupt or unreadable video data{where} ({_describe(err)})") from None
 
@@ -258,21 +281,30 @@ class VideoDecoder:
         frames, stamps, seq = [], [], self.first_chunk_seq
         wall0 = t_first = None
         last_t = None
+        gap, back = 0.0, False  # seconds away before the next chunk; a live source just reconnected
         try:
-            for t, frame in self._sampled_frames():
-                if self.source.live and wall0 is None:
-                    wall0, t_first = time.time(), t
-                elif wall0 is None and self.recorded_at is not None:  # a file that says when it was shot
-                    wall0, t_first = self.recorded_at, self._start_time()
-                rgb = frame.to_ndarray(width=self.size, height=self.size, format="rgb24", interpolation="BILINEAR")
-                frames.append(rgb)
-                stamps.append(t)
-                last_t = t
-                if len(frames) == self.chunk_frames:
-                    yield self._chunk(seq, frames, stamps, wall0, t_first)
-                    frames, stamps, seq = [], [], seq + 1
-            if frames:
-                yield self._chunk(seq, frames, stamps, wall0, t_first)
+            while True:
+                for t, frame in self._sampled_frames():
+                    if self.source.live and wall0 is None:  # the first frame is the picture at connection
+                        wall0, t_first = self.connected_at or time.time(), t  # (probing and lag come after)
+                    elif wall0 is None and self.recorded_at is not None:  # a file that says when it was shot
+                        wall0, t_first = self.recorded_at, self._start_time()
+                    if back:  # the first frame after a reconnect: the time away is the gap
+                        gap, back = max(0.0, t - last_t - self.period), False
+                    rgb = frame.to_ndarray(width=self.size, height=self.size, format="rgb24",
+                                           interpolation="BILINEAR")
+                    frames.append(rgb)
+                    stamps.append(t)
+                    last_t = t
+                    if len(frames) == self.chunk_frames:
+                        yield self._chunk(seq, frames, stamps, wall0, t_first, gap)
+                        frames, stamps, seq, gap = [], [], seq + 1, 0.0
+                if frames:  # no chunk spans a gap: what came before the drop is a chunk of its own
+                    yield self._chunk(seq, frames, stamps, wall0, t_first, gap)
+                    frames, stamps, seq, gap = [], [], seq + 1, 0.0
+                if not (self.source.live and wall0 is not None and self._reconnect(t_first, wall0)):
+                    break
+                back = True
             if last_t is None and self.start_at > 0:  # resumed after the last sample: nothing left,
                 self._check_complete(self.start_at - self.period)  # but a cut file is still cut
                 return
@@ -282,7 +314,28 @@ class VideoDecoder:
         finally:
             self.close()
 
-    def _chunk(self, seq, frames, stamps, wall0, t_first) -> FrameChunk:
+    def _reconnect(self, t_first: float, wall0: float) -> bool:
+        """A live source dropped: reopen it with backoff for up to reconnect_outage seconds.
+        True when it is back (its timestamps are then rebased on the wall clock, so the time it was
+        away shows as a gap); False when the outage ran out (the stream ends)."""
+        self.close()
+        if self.reconnect_outage <= 0:
+            return False
+        give_up = time.monotonic() + self.reconnect_outage
+        delay = 0.2
+        while give_up - time.monotonic() > 0:
+            try:
+                self.open(retry_until=give_up)  # an attempt that connected may finish probing past give_up
+            except SourceError:
+                time.sleep(min(delay, max(0.0, give_up - time.monotonic())))
+                delay = min(2 * delay, self.reconnect_backoff_max)
+                continue
+            self.reconnects += 1
+            self._rebase = (t_first, wall0)
+            return True
+        return False
+
+    def _chunk(self, seq, frames, stamps, wall0, t_first, gap: float = 0.0) -> FrameChunk:
         n_valid = len(frames)
         padded = -(-n_valid // self.pad_multiple) * self.pad_multiple
         frames = frames + [frames[-1]] * (padded - n_valid)
@@ -295,6 +348,7 @@ class VideoDecoder:
             t_end=stamps[-1] + self.period,
             wall_clock=wall,
             source=self.source.uri,
+            gap_before=round(gap, 3),
         )
 
     def _check_complete(self, last_t: float):

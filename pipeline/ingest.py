@@ -4,6 +4,11 @@ Each source is one job with a row in the jobs table (running, then done or
 failed). A bad source costs only its own job: its error is one line and the
 other sources still run. After every chunk the stream's state is checkpointed
 next to the store, so an interrupted ingest resumes where it stopped.
+
+With temporal.mode=offline a file is scanned whole first (every chunk's SigLIP grid,
+then the layer-by-layer bidirectional scan, spilling to disk past
+temporal.offline_spill_mb), then captioned chunk by chunk as in the other modes. A live
+source never ends, so offline mode refuses it with one line (the job fails, the others go on).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import os
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from pipeline.config import Config, fingerprint
@@ -25,6 +30,14 @@ from pipeline.store.query import StoreQuery
 
 class Cancelled(Exception):
     """The run this ingest belongs to was cancelled."""
+
+
+def check_offline_source(source: Source, mode: str) -> None:
+    """temporal.mode=offline scans a whole file: a live source (no end) is refused, never quietly run in
+    another mode. --local and the distributed decoders both ask here."""
+    if mode == "offline" and source.live:
+        raise SourceError(source.uri, "temporal.mode=offline scans whole files and cannot run on a live source; "
+                          "ingest it with temporal.mode=chunk_bidirectional (same weights)")
 
 
 @dataclass
@@ -187,28 +200,22 @@ class LocalIngest:
         return job
 
     def _ingest(self, source: Source, job: JobResult) -> None:
+        if self.cfg.temporal.mode == "offline":
+            return self._ingest_offline(source, job)
         d = self.cfg.decode
         state = None if source.live else self._load_state(source.stream_id)
         start_at = state.t_end if state and state.t_end is not None else 0.0
-        decoder = VideoDecoder(
-            source,
-            size=self.processor.encoder.image_size,
-            fps=d.fps,
-            chunk_frames=d.chunk_frames,
-            pad_multiple=self.processor.reducer.frames_per_group,
-            threads=d.threads,
-            keyframes_only=d.keyframes_only,
-            open_timeout=d.open_timeout,
-            read_timeout=d.read_timeout,
-            start_at=start_at,
-            first_chunk_seq=state.next_chunk_seq if state else 0,
+        decoder = VideoDecoder.for_config(
+            source, d, self.processor.encoder.image_size, self.processor.reducer.frames_per_group,
+            start_at=start_at, first_chunk_seq=state.next_chunk_seq if state else 0,
         )
         if state:
             self.log(f"{source.stream_id}: resuming at chunk {state.next_chunk_seq} ({start_at:.1f}s)")
         frames = 0
         for chunk in decoder.chunks():
-            if self.should_stop():
-                raise Cancelled()  # the state checkpoint stays: a later run resumes here
+            self._check_cancel()
+            if chunk.gap_before:
+                self.log(f"{source.stream_id}: the source was away {chunk.gap_before:.1f} s and is back (gap recorded)")
             records, state = self.processor.step(chunk, state)
             self._store(records, job)
             job.chunks += 1
@@ -220,6 +227,48 @@ class LocalIngest:
         records, state = self.processor.finish(state)
         self._store(records, job)
         self._state_path(source.stream_id).unlink(missing_ok=True)
+
+    def _ingest_offline(self, source: Source, job: JobResult) -> None:
+        """Every chunk's grid into one whole-file scan, then a caption per chunk as `step` does. A crash
+        while captioning resumes after the last stored chunk (the file is scanned again); a file cut
+        short keeps the chunks decoded before the cut, and its job still fails."""
+        check_offline_source(source, "offline")
+        t = self.cfg.temporal
+        state = self._load_state(source.stream_id) or StreamState(source.stream_id)
+        if state.next_chunk_seq:
+            self.log(f"{source.stream_id}: resuming after chunk {state.next_chunk_seq - 1} "
+                     "(the file is scanned again)")
+        decoder = VideoDecoder.for_config(source, self.cfg.decode, self.processor.encoder.image_size,
+                                          self.processor.reducer.frames_per_group)
+        chunks, frames, cut = [], 0, None
+        spill_dir = t.offline_spill_dir or self.data_dir / "spill"
+        with self.processor.offline_scan(t.offline_spill_mb, spill_dir, on_step=self._check_cancel) as scan:
+            try:
+                for chunk in decoder.chunks():
+                    self._check_cancel()
+                    scan.add(self.processor.encode(chunk.frames))
+                    chunks.append(replace(chunk, frames=chunk.frames[:0].copy()))  # its times, not its pixels
+                    job.chunks += 1
+                    frames += chunk.n_valid
+                    job.video_seconds += chunk.t_end - chunk.t_start
+                    self.progress.update(job, frames, decoder.duration, chunk.t_end)
+            except SourceError as err:
+                cut = err
+            for chunk, pooled in zip(chunks, self.processor.offline_pooled(scan)):
+                self._check_cancel()
+                if self.processor.is_next(chunk, state):
+                    records, state = self.processor.step_pooled(chunk, pooled, state)
+                    self._store(records, job)
+                    self._save_state(state)
+        if cut is not None:
+            raise cut
+        records, state = self.processor.finish(state)
+        self._store(records, job)
+        self._state_path(source.stream_id).unlink(missing_ok=True)
+
+    def _check_cancel(self) -> None:
+        if self.should_stop():
+            raise Cancelled()  # the state checkpoint stays: a later run resumes here
 
     def _store(self, records: list, job: JobResult) -> None:
         self.store.write_records(records)

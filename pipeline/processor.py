@@ -5,6 +5,10 @@
     finish(state) -> (records, state)
         flush the open window, then a whole-stream summary
 
+temporal.mode=offline instead scans a whole file before any caption: the caller feeds
+every chunk's SigLIP grid to `offline_scan()`, then takes `offline_pooled()` chunk by
+chunk into `step_pooled()` (caption and roll-up as in `step`).
+
 Captions roll up hierarchically: chunk captions -> a window summary every
 `window_seconds` of video -> a stream summary at the end, each level written by
 the LLM from the level below. All per-stream state is in StreamState, which the
@@ -17,10 +21,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
+from pipeline.models.offline import OfflineScan, project_chunk
 from pipeline.models.temporal import TemporalState
 from pipeline.types import FrameChunk, Segment, Summary, pack, unpack
 
@@ -115,22 +122,52 @@ class StreamProcessor:
     def summarize(self, texts: list[str], prompt: str) -> str:
         return summarize_hierarchical(self.summarizer, texts, prompt, self.rollup.max_items_per_prompt)
 
+    # --- offline mode: the whole file through the temporal encoder first ---
+
+    def offline_scan(self, spill_mb: float, spill_dir: str | Path, on_step=None) -> OfflineScan:
+        """An empty whole-source scan: add() each chunk's grid, then offline_pooled(). Close it after."""
+        return OfflineScan(self.connector.temporal, int(spill_mb * 2**20), spill_dir, on_step=on_step)
+
+    def offline_project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """A chunk's grid (T, g, g, C) -> its first-layer input (T, h, w, D), as OfflineScan.add keeps it
+        (the distributed temporal stage saves these until the file ends, then add_file()s them)."""
+        return project_chunk(self.connector.temporal, tokens)
+
+    def offline_pooled(self, scan: OfflineScan) -> Iterator[torch.Tensor]:
+        """Each chunk's pooled tokens (T', h', w', D), in order, from a scan holding the whole source."""
+        for out in scan.outputs():
+            with torch.inference_mode():
+                pooled = self.reducer(out).cpu()
+            yield pooled
+
     # --- one stream, chunk by chunk ---
 
-    def step(self, chunk: FrameChunk, state: StreamState | None) -> tuple[list, StreamState]:
-        state = state or StreamState(chunk.stream_id)
+    def is_next(self, chunk: FrameChunk, state: StreamState) -> bool:
+        """True for the chunk the stream waits for, False for one already applied (a replay)."""
         if chunk.chunk_seq < state.next_chunk_seq:
-            return [], state  # a replayed chunk: already applied, nothing new to say
+            return False
         if chunk.chunk_seq != state.next_chunk_seq:
             raise ValueError(
                 f"stream {chunk.stream_id}: chunk {chunk.chunk_seq} arrived before chunk {state.next_chunk_seq}"
             )
+        return True
+
+    def step(self, chunk: FrameChunk, state: StreamState | None) -> tuple[list, StreamState]:
+        state = state or StreamState(chunk.stream_id)
+        if not self.is_next(chunk, state):
+            return [], state  # a replayed chunk: already applied, nothing new to say
         # 1-3. encode, temporal, pool
         pooled, temporal_state = self.temporal(self.encode(chunk.frames), state.temporal)
         # 4. caption
+        return self.step_pooled(chunk, pooled, state, temporal_state)
+
+    def step_pooled(self, chunk: FrameChunk, pooled: torch.Tensor, state: StreamState,
+                    temporal_state: TemporalState | None = None) -> tuple[list, StreamState]:
+        """Caption a chunk whose pooled tokens are known and advance the roll-up (`step`'s second half;
+        offline mode's whole-source scan gives the pooled tokens). The chunk's frames are not used."""
         segment = self.segment(pooled, stream_id=chunk.stream_id, chunk_seq=chunk.chunk_seq, t_start=chunk.t_start,
                                t_end=chunk.t_end, n_frames=chunk.n_valid, source=chunk.source,
-                               wall_clock=chunk.wall_clock)
+                               wall_clock=chunk.wall_clock, gap_before=chunk.gap_before)
         return self.after_caption(segment, state, temporal_state)
 
     def after_caption(self, segment: Segment, state: StreamState, temporal_state=None) -> tuple[list, StreamState]:
@@ -153,7 +190,7 @@ class StreamProcessor:
         return records, state
 
     def segment(self, pooled: torch.Tensor, *, stream_id: str, chunk_seq: int, t_start: float, t_end: float,
-                n_frames: int, source: str, wall_clock) -> Segment:
+                n_frames: int, source: str, wall_clock, gap_before: float = 0.0) -> Segment:
         """One chunk's row: its caption, embeddings and times. --local and the distributed
         summarizer both build segments here."""
         caption = self.caption(pooled)
@@ -161,7 +198,7 @@ class StreamProcessor:
             stream_id=stream_id, chunk_seq=chunk_seq, t_start=t_start, t_end=t_end, caption=caption,
             visual_embedding=visual_embedding(pooled), text_embedding=self.embedder.embed([caption])[0],
             n_frames=n_frames, config_fingerprint=self.config_fingerprint, source=source, wall_clock=wall_clock,
-            created_at=time.time(),
+            created_at=time.time(), gap_before=gap_before,
         )
 
     def summary(self, *, stream_id: str, level: str, seq: int, t_start: float, t_end: float, texts: list[str],

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
+import pyarrow as pa
 
 MAGIC = b"VST1"
 ALLOWED_DTYPES = {"uint8", "float32", "float64", "int64"}
@@ -80,6 +81,7 @@ class FrameChunk:
     t_end: float  # end of the span this chunk covers
     wall_clock: float | None = None  # unix seconds of the first frame: live sources, tagged files
     source: str = ""
+    gap_before: float = 0.0  # seconds a live source was away before this chunk (it reconnected)
 
     @property
     def n_valid(self) -> int:
@@ -97,6 +99,7 @@ class FrameChunk:
             "t_end": self.t_end,
             "wall_clock": self.wall_clock,
             "source": self.source,
+            "gap_before": self.gap_before,
         }
         return pack(header, {"frames": self.frames, "timestamps": np.asarray(self.timestamps, np.float64)})
 
@@ -120,39 +123,59 @@ class FrameChunk:
             t_end=float(meta["t_end"]),
             wall_clock=None if meta.get("wall_clock") is None else float(meta["wall_clock"]),
             source=str(meta.get("source", "")),
+            gap_before=float(meta.get("gap_before") or 0.0),
         )
+
+
+def column(arrow_type: pa.DataType, **kwargs):
+    """A dataclass field that is also a stored column: its Arrow type rides in the field's metadata.
+    store/schema.py builds the tables' schemas from these, and the API its response models."""
+    return field(metadata={"arrow": arrow_type}, **kwargs)
+
+
+TEXT_DIM = 384  # all-MiniLM-L6-v2
+UTC_US = pa.timestamp("us", tz="UTC")
 
 
 @dataclass
 class Segment:
     """One chunk's caption and embeddings: a row of the segments table."""
 
-    stream_id: str
-    chunk_seq: int
-    t_start: float
-    t_end: float
-    caption: str
-    visual_embedding: np.ndarray  # (d_model,) float32, mean of the pooled visual tokens
-    text_embedding: np.ndarray  # (384,) float32, L2-normalised caption embedding
-    n_frames: int
-    config_fingerprint: str
-    source: str = ""
-    wall_clock: float | None = None  # unix seconds: live sources, files tagged with creation_time
-    created_at: float = 0.0  # unix seconds
-    level: str = "chunk"
+    stream_id: str = column(pa.string())
+    chunk_seq: int = column(pa.int64())
+    t_start: float = column(pa.float64())
+    t_end: float = column(pa.float64())
+    caption: str = column(pa.string())
+    visual_embedding: np.ndarray = column(pa.list_(pa.float32()))  # (d_model,) mean of the pooled visual tokens
+    text_embedding: np.ndarray = column(pa.list_(pa.float32(), TEXT_DIM))  # L2-normalised caption embedding
+    n_frames: int = column(pa.int32())
+    config_fingerprint: str = column(pa.string())
+    source: str = column(pa.string(), default="")
+    wall_clock: float | None = column(UTC_US, default=None)  # unix seconds: live sources, tagged files
+    created_at: float = column(UTC_US, default=0.0)  # unix seconds
+    level: str = column(pa.string(), default="chunk")
+    gap_before: float = column(pa.float64(), default=0.0)  # seconds a live source was away before it
 
 
 @dataclass
 class Summary:
     """A roll-up written by the LLM from the level below: window, stream, or period."""
 
-    stream_id: str
-    level: str  # "window" | "stream" | "period"
-    seq: int  # window index for "window"; 0 for "stream"
-    t_start: float
-    t_end: float
-    text: str
-    text_embedding: np.ndarray
-    config_fingerprint: str
-    wall_clock: float | None = None
-    created_at: float = 0.0
+    stream_id: str = column(pa.string())
+    level: str = column(pa.string())  # "window" | "stream" | "period"
+    seq: int = column(pa.int64())  # window index for "window"; 0 for "stream"
+    t_start: float = column(pa.float64())
+    t_end: float = column(pa.float64())
+    text: str = column(pa.string())
+    text_embedding: np.ndarray = column(pa.list_(pa.float32(), TEXT_DIM))
+    config_fingerprint: str = column(pa.string())
+    wall_clock: float | None = column(UTC_US, default=None)
+    created_at: float = column(UTC_US, default=0.0)
+
+
+def arrow_schema(record_type) -> pa.Schema:
+    """The stored columns of a record dataclass, in field order: every field is a column."""
+    missing = [f.name for f in fields(record_type) if "arrow" not in f.metadata]
+    if missing:
+        raise TypeError(f"{record_type.__name__}: fields {missing} are not declared with column(<arrow type>)")
+    return pa.schema([(f.name, f.metadata["arrow"]) for f in fields(record_type)])

@@ -47,6 +47,10 @@ def test_chunk_length_must_be_a_multiple_of_k_times_s():
         ("encoder.dtype=fp64", "encoder.dtype must be one of"),
         ("decode.fps=0", "decode.fps must be > 0"),
         ("temporal.scan_impl=magic", "temporal.scan_impl must be one of"),
+        ("decode.reconnect_outage=-1", "decode.reconnect_outage must be >= 0"),
+        ("decode.reconnect_backoff_max=0", "decode.reconnect_backoff_max > 0"),
+        ("decode.read_timeout=0", "decode.open_timeout and decode.read_timeout must be > 0"),
+        ("workers.scheduling=everywhere", "workers.scheduling must be default or spread, got 'everywhere'"),
     ],
 )
 def test_inconsistent_values(override, message):
@@ -68,3 +72,23 @@ def test_shipped_configs_load():
 
     for path in sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml")):
         load_config(path)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("temporal.offline_spill_mb=-1", r"command line: temporal.offline_spill_mb must be a number of megabytes >= 0"),
+    ("temporal.offline_spill_mb=nan", r"temporal.offline_spill_mb must be a number of megabytes >= 0 .*got nan"),
+    ("temporal.offline_spill_mb=lots", r"bad value for 'temporal.offline_spill_mb'"),
+    ("temporal.offline_spill_dir=relative/spill", r"temporal.offline_spill_dir must be an absolute folder path"),
+])
+def test_bad_offline_spill_settings_are_one_line(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["temporal.mode=offline", override])
+
+
+def test_offline_spill_settings_do_not_change_the_fingerprint(tmp_path):
+    from pipeline.config import fingerprint
+
+    cfg = load_config(None, ["temporal.mode=offline", "temporal.offline_spill_mb=0",
+                             f"temporal.offline_spill_dir={tmp_path}"])
+    assert cfg.temporal.offline_spill_mb == 0.0
+    assert fingerprint(cfg) == fingerprint(load_config(None, ["temporal.mode=offline"]))

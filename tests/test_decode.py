@@ -162,10 +162,11 @@ def test_refused_or_unreachable_url(url, problem):
 
 def test_frame_chunk_wire_format_round_trip_and_garbage():
     chunk = FrameChunk("s", 3, np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3),
-                       np.array([1.0, 2.0]), 3.0, wall_clock=1.7e9, source="x.mp4")
+                       np.array([1.0, 2.0]), 3.0, wall_clock=1.7e9, source="x.mp4", gap_before=4.5)
     back = FrameChunk.from_bytes(chunk.to_bytes())
     assert np.array_equal(back.frames, chunk.frames) and back.timestamps.tolist() == [1.0, 2.0]
     assert (back.stream_id, back.chunk_seq, back.t_end, back.wall_clock) == ("s", 3, 3.0, 1.7e9)
+    assert back.gap_before == 4.5  # a live source's recorded gap crosses to the encoder stage
     for garbage in [b"", b"hello world", b"VST1\xff\xff\xff\xff{}", chunk.to_bytes()[:-5]]:
         with pytest.raises(ValueError):
             FrameChunk.from_bytes(garbage)

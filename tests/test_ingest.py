@@ -176,7 +176,8 @@ def test_live_stream_is_ingested_while_it_plays(tmp_path, tiny_overrides):
         assert server.stdout.readline().strip() == "listening"
         data = tmp_path / "data"
         done = vidstorm("ingest", f"tcp://127.0.0.1:{port}", "--stream", "lobby", "--local", "--data", str(data),
-                        *tiny_overrides, "decode.fps=2", "decode.chunk_frames=8", timeout=120)
+                        *tiny_overrides, "decode.fps=2", "decode.chunk_frames=8", "decode.reconnect_outage=0",
+                        timeout=120)
         server_out = server.communicate(timeout=30)[0]
     finally:
         server.kill()
@@ -191,3 +192,73 @@ def test_live_stream_is_ingested_while_it_plays(tmp_path, tiny_overrides):
     assert rows[0]["created_at"].timestamp() < ended - 2
     (whole,) = StoreQuery(data / "store").summaries("lobby", level="stream")
     assert whole["t_end"] >= 9.5
+
+
+def _live_server(port: int, seconds: float) -> subprocess.Popen:
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "helpers" / "live_server.py"), f"tcp://127.0.0.1:{port}?listen=1",
+         str(seconds)], stdout=subprocess.PIPE, text=True,
+    )
+    assert server.stdout.readline().strip() == "listening"
+    return server
+
+
+def test_live_source_that_drops_reconnects_and_records_the_gap(tmp_path, tiny_overrides):
+    """A camera whose server is killed mid-stream and comes back: one stream, a recorded gap, no crash;
+    the stream ends only after the configured outage once the server is gone for good."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from actors.api import create_app
+
+    port, data = _free_port(), tmp_path / "data"
+    first = _live_server(port, 60)
+    ingest = subprocess.Popen(
+        [sys.executable, "-m", "actors.cli", "ingest", f"tcp://127.0.0.1:{port}", "--stream", "lobby", "--local",
+         "--data", str(data), *tiny_overrides, "decode.fps=2", "decode.chunk_frames=8",
+         "decode.reconnect_outage=8", "decode.reconnect_backoff_max=0.5"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    second = None
+    try:
+        assert first.stdout.readline().startswith("playing")  # the ingest has connected
+        time.sleep(6)  # ~12 frames at 2 fps: one whole chunk, then a partial one when the server dies
+        first.kill()
+        first.wait(timeout=10)
+        killed = time.time()
+        time.sleep(2)
+        second = _live_server(port, 6)
+        back = float(second.stdout.readline().split()[1])
+        out, err = ingest.communicate(timeout=120)
+    finally:
+        for proc in (first, second, ingest):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    assert ingest.returncode == 0, err
+    assert "Traceback" not in err
+    query = StoreQuery(data / "store")
+    rows = query.segments()
+    assert {r["stream_id"] for r in rows} == {"lobby"}
+    assert [r["chunk_seq"] for r in rows] == list(range(len(rows)))
+    gaps = [i for i, r in enumerate(rows) if r["gap_before"]]
+    assert len(gaps) == 1, [(r["chunk_seq"], r["t_start"], r["gap_before"]) for r in rows]
+    i = gaps[0]
+    before, after = rows[i - 1], rows[i]
+    assert 1 <= i and before["n_frames"] < 8 and rows[-1]["n_frames"] >= 1  # what came before the drop is kept
+    # the gap is the time the camera was away (killed -> back), on the video clock and the wall clock
+    assert abs(after["gap_before"] - (back - killed)) < 1.5, (after["gap_before"], back - killed)
+    assert abs(after["t_start"] - before["t_end"] - after["gap_before"]) < 1e-3
+    wall = (after["wall_clock"] - before["wall_clock"]).total_seconds()
+    assert abs(wall - (after["t_start"] - before["t_start"])) < 1e-3
+    # the second connection's ~6 s are stored after the gap, and one job ended done
+    assert sum(r["n_frames"] for r in rows[i:]) >= 8
+    (job,) = query.jobs()
+    assert job["status"] == "done" and job["stream_id"] == "lobby"
+    (whole,) = query.summaries("lobby", level="stream")
+    assert whole["t_end"] >= rows[-1]["t_end"] - 1e-3
+    listing = vidstorm("segments", "--data", str(data))
+    assert f"gap: source away {after['gap_before']:.1f} s" in listing.stdout
+    with TestClient(create_app(data / "store", None, None)) as client:
+        items = client.get("/segments").json()["items"]
+    assert [x["gap_before"] for x in items] == [r["gap_before"] for r in rows]

@@ -44,3 +44,50 @@ def test_job_rows_are_built_in_one_place():
                 if rel not in allowed:
                     offenders.append(f"{rel}:{node.lineno}")
     assert offenders == [], offenders
+
+
+def test_columns_are_written_once():
+    """The segments and summaries columns are the record dataclasses' fields (types.py), the stored
+    schema is built from them, and the API's response models from the stored schemas: a column added
+    or retyped in one place reaches the others, and a record field without a column type is refused."""
+    import dataclasses
+
+    import pyarrow as pa
+    import pytest
+
+    from actors import api
+    from pipeline.ingest import JobResult
+    from pipeline.store.schema import JOBS, LISTED, SEGMENTS, SUMMARIES
+    from pipeline.types import Segment, Summary, arrow_schema, column
+
+    assert SEGMENTS.names == [f.name for f in dataclasses.fields(Segment)]
+    assert SUMMARIES.names == [f.name for f in dataclasses.fields(Summary)]
+    assert set(api.Segment.model_fields) == set(SEGMENTS.names) - {"visual_embedding", "text_embedding", "level"}
+    assert set(api.Summary.model_fields) == set(SUMMARIES.names) - {"text_embedding", "config_fingerprint",
+                                                                     "created_at"}
+    assert list(api.Segment.model_fields) == list(LISTED["segments"])  # what the query selects
+    assert list(api.Summary.model_fields) == list(LISTED["summaries"])
+    assert set(api.Job.model_fields) == set(JOBS.names)
+    assert set(JobResult(job_id="j", source="s", stream_id="x").row()) <= set(JOBS.names)
+
+    @dataclasses.dataclass
+    class Extended:
+        stream_id: str = column(pa.string())
+        gap: float = column(pa.float64(), default=0.0)
+
+    assert arrow_schema(Extended).field("gap").type == pa.float64()
+    model = api._columns_model("Extended", arrow_schema(Extended), keys=("stream_id",))
+    assert model(stream_id="a", gap=None).gap is None and model.model_fields["stream_id"].is_required()
+
+    @dataclasses.dataclass
+    class Forgotten:
+        stream_id: str = column(pa.string())
+        note: str = ""
+
+    with pytest.raises(TypeError, match="note"):
+        arrow_schema(Forgotten)
+    # no second column list left in the API or the store
+    for rel in ("actors/api.py", "pipeline/store/schema.py", "pipeline/store/query.py"):
+        source = (ROOT / rel).read_text()
+        assert "caption: str" not in source and '("caption", pa.string())' not in source, rel
+        assert "n_frames, source" not in source, rel

@@ -76,7 +76,10 @@ class StormConnector(nn.Module):
 
     def pooled_tokens(self, grids: torch.Tensor, reducer, chunk_frames: int) -> torch.Tensor:
         """A whole clip (B, T, H, W, C), T a multiple of chunk_frames, as ingest would feed it:
-        chunk by chunk with the recurrent state carried -> pooled tokens (B, n_visual, D) in scan order."""
+        chunk by chunk with the recurrent state carried -> pooled tokens (B, n_visual, D) in scan order.
+        In offline mode ingest scans a whole file in both directions, which is one pass over the clip."""
+        if self.temporal.mode == "offline":
+            return self.pool(grids, reducer)[0].flatten(-4, -2)
         state, pooled = None, []
         for start in range(0, grids.shape[1], chunk_frames):
             chunk_pooled, state = self.pool(grids[:, start : start + chunk_frames], reducer, state)

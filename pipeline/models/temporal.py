@@ -12,7 +12,12 @@ Modes:
   stream               forward direction only; state carried chunk to chunk.
                        Running in pieces equals one pass over the whole sequence.
   chunk_bidirectional  forward state carried; a backward mixer scans inside each chunk.
-  offline              forward and backward over everything given; nothing carried.
+  offline              a whole file, as in the paper: forward and backward over the whole
+                       source, layer by layer, each direction's state carried over all
+                       chunks (in reverse for the backward one); equals one bidirectional
+                       pass over the whole sequence. `OfflineScan` in offline.py runs it
+                       chunk by chunk with activations spilled to disk past a set size;
+                       `forward` on its own is that pass over what it is given.
 """
 
 from __future__ import annotations
@@ -212,10 +217,15 @@ class TemporalLayer(nn.Module):
         """x: (B, L, D). The backward mixer starts fresh: it sees only what is given."""
         h = self.norm(x)
         out, new_state = self.fwd(h, state, scan)
-        if self.bwd is not None:
-            out_bwd, _ = self.bwd(h.flip(1), None, scan)
-            out = 0.5 * (out + out_bwd.flip(1))
-        return x + out, new_state
+        if self.bwd is None:
+            return x + out, new_state
+        out_bwd, _ = self.bwd(h.flip(1), None, scan)
+        return self.combine(x, out, out_bwd.flip(1)), new_state
+
+    @staticmethod
+    def combine(x: torch.Tensor, out_fwd: torch.Tensor, out_bwd: torch.Tensor) -> torch.Tensor:
+        """The residual over both directions (out_bwd already flipped back into token order)."""
+        return x + 0.5 * (out_fwd + out_bwd)
 
 
 def pixel_shuffle_down(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
@@ -325,18 +335,21 @@ class TemporalEncoder(nn.Module):
         """
         unbatched = tokens.dim() == 4
         x = tokens[None] if unbatched else tokens
-        b, t = x.shape[:2]
 
         # 1. downsample + Linear
-        x = (x - self.input_shift) / self.input_scale
-        x = self.proj(pixel_shuffle_down(x, self.downsample))  # (B, T, h, w, D)
-        _, _, h, w, d = x.shape
+        x = self.project(x)  # (B, T, h, w, D)
+        b, t, h, w, d = x.shape
 
         # 2. scan row-major within a frame, then frame to frame
         seq, new_state = self.forward_tokens(x.reshape(b, t * h * w, d), state)
         out = seq.reshape(b, t, h, w, d)
         new_state.frames_seen += t
         return (out[0] if unbatched else out), new_state
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, H, W, C) vision grid -> (B, T, h, w, d_model): standardise, 2x2 pixel shuffle, Linear."""
+        x = (tokens - self.input_shift) / self.input_scale
+        return self.proj(pixel_shuffle_down(x, self.downsample))
 
     def forward_tokens(
         self, seq: torch.Tensor, state: TemporalState | None = None

@@ -31,7 +31,7 @@ import pyarrow.dataset as ds
 
 from pipeline.store import index as vector_index
 from pipeline.store.index import VectorIndex
-from pipeline.store.schema import SCHEMAS, TEXT_DIM
+from pipeline.store.schema import LISTED, SCHEMAS, TEXT_DIM
 
 INDEX_DIR = "_index"
 TABLES = ("segments", "summaries", "jobs")
@@ -383,8 +383,7 @@ class StoreQuery:
         after: a (stream_id, chunk_seq) cursor, rows strictly after it."""
         clauses, params = self._filters(stream, since, until, q, after)
         sql = (
-            "SELECT stream_id, chunk_seq, t_start, t_end, wall_clock, caption, n_frames, source, "
-            f"config_fingerprint, created_at FROM segments{_where(clauses)} ORDER BY stream_id, chunk_seq"
+            f"SELECT {', '.join(LISTED['segments'])} FROM segments{_where(clauses)} ORDER BY stream_id, chunk_seq"
         )
         return self._rows(sql + _limit(limit), params)
 
@@ -395,7 +394,7 @@ class StoreQuery:
             params.append(level)
         order = "CASE level WHEN 'stream' THEN 0 WHEN 'period' THEN 1 ELSE 2 END"
         return self._rows(
-            f"SELECT stream_id, level, seq, t_start, t_end, wall_clock, text FROM summaries{_where(clauses)} "
+            f"SELECT {', '.join(LISTED['summaries'])} FROM summaries{_where(clauses)} "
             f"ORDER BY stream_id, {order}, seq",
             params,
         )

@@ -3,41 +3,13 @@ summaries (stream_id, seq, level), jobs (job_id; the latest row of a job wins)."
 
 import pyarrow as pa
 
-TEXT_DIM = 384
-UTC_US = pa.timestamp("us", tz="UTC")
+from pipeline.types import TEXT_DIM, UTC_US, Segment, Summary, arrow_schema
 
-SEGMENTS = pa.schema(
-    [
-        ("stream_id", pa.string()),
-        ("chunk_seq", pa.int64()),
-        ("level", pa.string()),
-        ("t_start", pa.float64()),
-        ("t_end", pa.float64()),
-        ("wall_clock", UTC_US),
-        ("caption", pa.string()),
-        ("visual_embedding", pa.list_(pa.float32())),
-        ("text_embedding", pa.list_(pa.float32(), TEXT_DIM)),
-        ("n_frames", pa.int32()),
-        ("config_fingerprint", pa.string()),
-        ("source", pa.string()),
-        ("created_at", UTC_US),
-    ]
-)
+__all__ = ["TEXT_DIM", "SEGMENTS", "SUMMARIES", "JOBS", "KEYS", "LISTED", "SCHEMAS"]
 
-SUMMARIES = pa.schema(
-    [
-        ("stream_id", pa.string()),
-        ("level", pa.string()),
-        ("seq", pa.int64()),
-        ("t_start", pa.float64()),
-        ("t_end", pa.float64()),
-        ("wall_clock", UTC_US),
-        ("text", pa.string()),
-        ("text_embedding", pa.list_(pa.float32(), TEXT_DIM)),
-        ("config_fingerprint", pa.string()),
-        ("created_at", UTC_US),
-    ]
-)
+# segments and summaries: the columns are the record dataclasses' fields (pipeline/types.py)
+SEGMENTS = arrow_schema(Segment)
+SUMMARIES = arrow_schema(Summary)
 
 JOBS = pa.schema(
     [
@@ -69,4 +41,9 @@ JOBS = pa.schema(
 )
 
 KEYS = {"segments": ("chunk_seq", "level"), "summaries": ("seq", "level")}
+# what listings (`vidstorm segments`/`summaries`, the API's /segments and /summaries) return of each table
+LISTED = {
+    "segments": tuple(n for n in SEGMENTS.names if n not in ("visual_embedding", "text_embedding", "level")),
+    "summaries": tuple(n for n in SUMMARIES.names if n not in ("text_embedding", "config_fingerprint", "created_at")),
+}
 SCHEMAS = {"segments": SEGMENTS, "summaries": SUMMARIES, "jobs": JOBS}

@@ -16,7 +16,9 @@ A broken line or unreadable clip is one line in `problems`, never an exception.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.decode import Source, SourceError, VideoDecoder
+from pipeline.decode import Source, SourceError, VideoDecoder, fingerprint
 
 PLACEHOLDER = "<video>"
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -174,12 +176,44 @@ class FeatureCache:
     """
 
     def __init__(self, encoder, fps: float, chunk_frames: int, pad_multiple: int, max_chunks: int,
-                 grids: dict | None = None):
-        """`grids`: a dict to keep them in, shared by runs with the same encoder and decoding."""
+                 grids: dict | None = None, disk: Path | None = None, key: str = ""):
+        """`grids`: a dict to keep them in, shared by runs with the same encoder and decoding.
+        `disk`: a folder that keeps them across runs (safetensors, one file per clip), named by
+        `key` (what the grids depend on: encoder weights, decoding) and the clip's content."""
         self.encoder, self.fps, self.chunk_frames = encoder, fps, chunk_frames
         self.pad_multiple, self.max_chunks = pad_multiple, max_chunks
         self._grids: dict[Path, torch.Tensor] = {} if grids is None else grids
         self.failed: dict[Path, str] = {}
+        self.disk, self.key = (Path(disk) if disk else None), key
+
+    def _disk_file(self, media: Path) -> Path | None:
+        if self.disk is None:
+            return None
+        try:
+            content = fingerprint(str(media))
+        except OSError:
+            return None
+        name = hashlib.sha256(f"{self.key}|{content}".encode()).hexdigest()[:40]
+        return self.disk / f"{name}.safetensors"
+
+    def _load(self, media: Path) -> torch.Tensor:
+        from safetensors.torch import load_file, save_file
+
+        stored = self._disk_file(media)
+        if stored is not None and stored.is_file():
+            try:
+                return load_file(str(stored))["grid"]
+            except Exception:  # a torn or foreign file: encode again and replace it
+                pass
+        frames = load_frames(media, self.encoder.image_size, self.fps, self.chunk_frames,
+                             self.pad_multiple, self.max_chunks)
+        grid = self.encoder.encode(frames).half().contiguous()
+        if stored is not None:
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            tmp = stored.with_suffix(f".tmp{os.getpid()}")
+            save_file({"grid": grid}, str(tmp))
+            os.replace(tmp, stored)
+        return grid
 
     def get(self, media: Path) -> torch.Tensor | None:
         """(T, g, g, C) fp32, or None for a clip that cannot be read (the reason is in `failed`)."""
@@ -187,12 +221,10 @@ class FeatureCache:
             return None
         if media not in self._grids:
             try:
-                frames = load_frames(media, self.encoder.image_size, self.fps, self.chunk_frames,
-                                     self.pad_multiple, self.max_chunks)
+                self._grids[media] = self._load(media)
             except SourceError as err:
                 self.failed[media] = str(err)
                 return None
-            self._grids[media] = self.encoder.encode(frames).half()
         return self._grids[media].float()
 
     def usable(self, dataset: Dataset, log=None) -> Dataset:

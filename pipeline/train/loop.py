@@ -32,7 +32,7 @@ from pipeline.models.pooling import TokenReducer
 from pipeline.train.data import Dataset, FeatureCache, Sample, read_jsonl
 from pipeline.train.evaluate import evaluate
 from pipeline.train.model import VisualLM
-from pipeline.train.warmup import HEAD_NAME, ChoiceHead, WarmupObjective
+from pipeline.train.warmup import HEAD_NAME, ChoiceHead, WarmupObjective, caption_vocabulary, words_of
 
 STATE_NAME = "train_state.json"
 OPTIMIZER_NAME = "optimizer.pt"
@@ -94,7 +94,14 @@ def build_models(cfg: Config, device: torch.device, log=print, training: bool = 
     if chunk % group:
         raise TrainError(f"decode.chunk_frames={chunk} must be a multiple of {group} "
                          f"(pooling.temporal_k x train.sample_s and x pooling.sample_s)")
-    cache = FeatureCache(encoder, cfg.decode.fps, chunk, group, t.max_chunks, grids)
+    key = ""
+    if t.grid_cache:  # what a cached grid depends on: the encoder's weights and the decoding
+        from pipeline.config import content_digest
+
+        key = json.dumps([content_digest(e.model), e.dtype, e.select_layer, cfg.decode.fps, chunk, group,
+                          t.max_chunks])
+    cache = FeatureCache(encoder, cfg.decode.fps, chunk, group, t.max_chunks, grids,
+                         disk=Path(t.grid_cache) if t.grid_cache else None, key=key)
     vlm = VisualLM(connector, train_reducer, llm, chunk, use_bf16)
     return Models(encoder, connector, vlm, VisualLM(connector, test_reducer, llm, chunk, use_bf16), cache)
 
@@ -132,11 +139,13 @@ def load_data(cfg: Config, cache: FeatureCache, log=print) -> tuple[Dataset, lis
         data = Dataset([x for x in data.samples if x.task in t.tasks], data.problems, data.lines)
         if not data.samples:
             raise TrainError(f"no samples of train.tasks={list(t.tasks)} in {', '.join(t.data)}")
-    if t.stage == "warmup":  # the choice head needs options; captions wait for align / sft
-        data = Dataset([x for x in data.samples if x.is_choice], data.problems, data.lines)
+    if t.stage == "warmup":  # questions through the choice head, captions through its word head
+        vocabulary = set(caption_vocabulary([x.answer for x in data.samples if not x.is_choice]))
+        data = Dataset([x for x in data.samples if x.is_choice or words_of(x.answer) & vocabulary],
+                       data.problems, data.lines)
         if not data.samples:
             raise TrainError(f"train.stage=warmup needs multiple-choice samples (question, options, answer) "
-                             f"in {', '.join(t.data)}; it found none")
+                             f"or captions with words seen twice in {', '.join(t.data)}; it found none")
     data = cache.usable(data, log=log)
     for problem in data.problems:
         log(f"skipped: {problem}")
@@ -146,6 +155,8 @@ def load_data(cfg: Config, cache: FeatureCache, log=print) -> tuple[Dataset, lis
     if t.val_data:
         raw = read_jsonl(t.val_data, s.caption_prompt, t.qa_prompt)
         choice = [x for x in raw.samples if x.is_choice] or raw.samples
+        if t.stage == "warmup":  # the head's validation reads captions too
+            choice = raw.samples
         val = cache.usable(Dataset(choice[: t.val_samples or None], raw.problems)).samples
     return data, val
 
@@ -201,7 +212,8 @@ def save_checkpoint(folder: Path, models: Models, optimizer, step: int, metrics:
         from safetensors.torch import save_file
 
         save_file({k: v.detach().cpu().contiguous() for k, v in models.warmup.head.state_dict().items()},
-                  str(staging / HEAD_NAME), metadata={"options": json.dumps(list(models.warmup.head.options))})
+                  str(staging / HEAD_NAME), metadata={"options": json.dumps(list(models.warmup.head.options)),
+                                                      "words": json.dumps(list(models.warmup.head.words))})
     if "llm" in cfg.train.trainable and cfg.train.stage == "sft":
         models.vlm.llm.model.save_pretrained(staging / "llm")
         models.vlm.llm.tokenizer.save_pretrained(staging / "llm")
@@ -229,10 +241,11 @@ def load_checkpoint(folder: Path, models: Models, optimizer) -> tuple[int, dict]
             from safetensors import safe_open
 
             with safe_open(str(folder / HEAD_NAME), "pt") as f:
-                saved = json.loads((f.metadata() or {}).get("options", "[]"))
-            if saved != list(models.warmup.head.options):
-                raise ValueError(f"its choice head knows {len(saved)} options, this data has "
-                                 f"{len(models.warmup.head.options)}")
+                meta = f.metadata() or {}
+            for what in ("options", "words"):
+                saved, ours = json.loads(meta.get(what, "[]")), list(getattr(models.warmup.head, what))
+                if saved != ours:
+                    raise ValueError(f"its choice head knows {len(saved)} {what}, this data has {len(ours)}")
             models.warmup.head.load_state_dict(load_file(str(folder / HEAD_NAME)))
         optimizer.load_state_dict(torch.load(folder / OPTIMIZER_NAME, weights_only=True))
     except (RuntimeError, ValueError, KeyError, OSError) as err:
@@ -263,7 +276,9 @@ def train(cfg: Config, worker: Worker | None = None, log=print, should_stop=lamb
     if t.stage == "warmup":  # the choice head knows the options of this data
         torch.manual_seed(t.seed)
         options = sorted({o for x in data.samples for o in x.options})
-        models.warmup = WarmupObjective(models.vlm, ChoiceHead(cfg.temporal.d_model, options).to(worker.device))
+        words = caption_vocabulary([x.answer for x in data.samples if not x.is_choice])
+        head = ChoiceHead(cfg.temporal.d_model, options, words=words)
+        models.warmup = WarmupObjective(models.vlm, head.to(worker.device))
     # 3. optimizer and schedule; resume where a run stopped
     optimizer = torch.optim.AdamW(parameter_groups(models, t), betas=(0.9, 0.95))
     base_lrs = [g["lr"] for g in optimizer.param_groups]
@@ -335,8 +350,10 @@ def _validate(models: Models, val: list[Sample]) -> dict:
     models.connector.eval()
     try:
         if models.warmup is not None:  # the head's accuracy: the LLM cannot read a warm-up checkpoint yet
-            result = models.warmup.accuracy(models.cache, [x for x in val if x.is_choice])
+            result = models.warmup.accuracy(models.cache, val)
             found = {"val_accuracy": result["accuracy"]}
+            if "caption_words" in result:
+                found["val_caption_words"] = result["caption_words"]
             found.update({f"val_{task}": acc for task, acc in result["per_task"].items()})
             return found
         if val[0].is_choice:

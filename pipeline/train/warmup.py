@@ -23,55 +23,113 @@ own input embeddings (linear map, question-conditioned) learned far slower or no
 
 from __future__ import annotations
 
+import re
+from collections import Counter
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 HEAD_NAME = "choice_head.safetensors"
+MAX_WORDS = 1024  # the caption vocabulary: the most frequent words seen in at least two answers
+_WORD = re.compile(r"[a-z]+")
+
+
+def words_of(text: str) -> set[str]:
+    return set(_WORD.findall(text.lower()))
+
+
+def caption_vocabulary(answers: list[str], limit: int = MAX_WORDS) -> list[str]:
+    """Words in at least two of the free-text answers (captions, assistant turns), most frequent first."""
+    counts = Counter(w for a in answers for w in words_of(a))
+    return sorted((w for w, c in counts.items() if c >= 2), key=lambda w: (-counts[w], w))[:limit]
 
 
 class ChoiceHead(nn.Module):
-    """score(option) = <mean_i MLP(token_i), E[option]>, E one learned vector per known option."""
+    """score(option) = <mean_i MLP(token_i), E[option]>, E one learned vector per known option.
 
-    def __init__(self, d_model: int, options: list[str], hidden: int = 256):
+    Free-text samples (captions) train a bag-of-words head on the same summary: one logit per
+    vocabulary word, `<summary, W[word]> + b[word]`, a sigmoid per word (is it in the caption?)."""
+
+    def __init__(self, d_model: int, options: list[str], hidden: int = 256, words: list[str] | None = None):
         super().__init__()
         self.options = {o: i for i, o in enumerate(options)}
+        self.words = {w: i for i, w in enumerate(words or [])}
         self.token = nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, d_model))
-        self.table = nn.Embedding(len(options), d_model)
+        self.table = nn.Embedding(max(1, len(options)), d_model)
+        self.word_table = nn.Embedding(max(1, len(self.words)), d_model)
+        self.word_bias = nn.Parameter(torch.zeros(max(1, len(self.words))))
         nn.init.normal_(self.table.weight, std=d_model**-0.5)
+        nn.init.normal_(self.word_table.weight, std=d_model**-0.5)
+
+    def summary(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.token(pooled).mean(dim=0)  # (D,)
 
     def forward(self, pooled: torch.Tensor, options: list[str]) -> torch.Tensor:
         """pooled (n, D) tokens of one sample, its option strings -> scores (k,)."""
-        summary = self.token(pooled).mean(dim=0)  # (D,)
+        summary = self.summary(pooled)
         known = torch.tensor([o in self.options for o in options], device=summary.device)
         ids = torch.tensor([self.options.get(o, 0) for o in options], device=summary.device)
         return torch.where(known, self.table(ids) @ summary, torch.zeros((), device=summary.device))
 
+    def word_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """pooled (n, D) -> one logit per vocabulary word (V,)."""
+        return self.word_table.weight @ self.summary(pooled) + self.word_bias
+
+    def word_target(self, text: str, device) -> torch.Tensor:
+        target = torch.zeros(max(1, len(self.words)), device=device)
+        for w in words_of(text):
+            if w in self.words:
+                target[self.words[w]] = 1.0
+        return target
+
 
 class WarmupObjective:
-    """Cross-entropy over each sample's options; the samples must be multiple choice."""
+    """Cross-entropy over a question's options; for a caption, binary cross-entropy per word."""
 
     def __init__(self, vlm, head: ChoiceHead):
         self.vlm, self.head = vlm, head  # vlm: connector + training reducer (the LLM is not run)
 
+    def _pooled(self, grids: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [p.float() for p in self.vlm.visual(grids, project=False)]
+
     def scores(self, grids: list[torch.Tensor], samples) -> list[torch.Tensor]:
-        pooled = self.vlm.visual(grids, project=False)
-        return [self.head(p.float(), s.options) for p, s in zip(pooled, samples)]
+        return [self.head(p, s.options) for p, s in zip(self._pooled(grids), samples)]
 
     def loss(self, grids: list[torch.Tensor], samples) -> torch.Tensor:
-        losses = [F.cross_entropy(score[None], torch.tensor([s.options.index(s.answer)], device=score.device))
-                  for score, s in zip(self.scores(grids, samples), samples)]
+        losses = []
+        for pooled, s in zip(self._pooled(grids), samples):
+            if s.is_choice:
+                score = self.head(pooled, s.options)
+                target = torch.tensor([s.options.index(s.answer)], device=score.device)
+                losses.append(F.cross_entropy(score[None], target))
+            else:  # summed over the vocabulary, per word in the caption: a caption weighs like a question
+                target = self.head.word_target(s.answer, pooled.device)
+                bce = F.binary_cross_entropy_with_logits(self.head.word_logits(pooled), target, reduction="sum")
+                losses.append(bce / target.sum().clamp(min=1.0))
         return torch.stack(losses).mean()
 
     @torch.no_grad()
     def accuracy(self, cache, samples, batch: int = 32) -> dict:
-        """Per-task and overall accuracy of the head (the warm-up's validation figure)."""
+        """Per-task and overall accuracy of the head (the warm-up's validation figure); for captions,
+        `caption_words`: the share of a caption's known words among the head's top-k (k = their number)."""
         from pipeline.train.evaluate import summarize
 
-        records = []
+        records, hits, wanted = [], 0, 0
         for start in range(0, len(samples), batch):
             part = samples[start : start + batch]
-            for score, s in zip(self.scores([cache.get(x.media) for x in part], part), part):
-                records.append({"task": s.task, "answer": s.answer, "predicted": s.options[int(score.argmax())],
-                                "id": s.id, "pair": s.pair, "control": s.control})
-        return summarize(records)
+            for pooled, s in zip(self._pooled([cache.get(x.media) for x in part]), part):
+                if s.is_choice:
+                    predicted = s.options[int(self.head(pooled, s.options).argmax())]
+                    records.append({"task": s.task, "answer": s.answer, "predicted": predicted,
+                                    "id": s.id, "pair": s.pair, "control": s.control})
+                    continue
+                target = self.head.word_target(s.answer, pooled.device)
+                k = int(target.sum())
+                if k:
+                    hits += int(target[self.head.word_logits(pooled).topk(k).indices].sum())
+                    wanted += k
+        result = summarize(records)
+        if wanted:
+            result["caption_words"] = round(hits / wanted, 4)
+        return result

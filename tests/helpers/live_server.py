@@ -1,15 +1,20 @@
 """Serve a generated clip as a live MPEG-TS stream on 127.0.0.1, paced in real time.
 
-    python live_server.py URL SECONDS [FPS]
+    python live_server.py tcp://127.0.0.1:PORT?listen=1 SECONDS [FPS]
 
-URL is an FFmpeg listening address, e.g. tcp://127.0.0.1:PORT?listen=1. The
-server waits for one client, plays SECONDS of video at wall-clock pace, then
-closes the connection (the end of the stream) and exits.
+The server listens on PORT, prints "listening", waits for one client, prints
+"playing <unix time>" once it has connected, plays SECONDS of video at wall-clock
+pace from then, closes the connection (the end of the stream), prints
+"ended <unix time>" and exits. (FFmpeg's own `listen=1` output returns before a
+client connects and would send the frames it paced meanwhile as one burst, so
+the socket is accepted here and PyAV writes the stream into it.)
 """
 
+import socket
 import sys
 import time
 from fractions import Fraction
+from urllib.parse import urlsplit
 
 import av
 
@@ -17,11 +22,32 @@ sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
 from pipeline.synth import frame_image  # noqa: E402
 
 
+class _Socket:
+    """The write side PyAV needs: every write goes out at once."""
+
+    def __init__(self, conn: socket.socket):
+        self.conn = conn
+
+    def write(self, data) -> int:
+        self.conn.sendall(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
 def main():
-    url, seconds = sys.argv[1], float(sys.argv[2])
+    url, seconds = urlsplit(sys.argv[1]), float(sys.argv[2])
     fps = int(sys.argv[3]) if len(sys.argv) > 3 else 10
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((url.hostname, url.port))
+    listener.listen(1)
     print("listening", flush=True)
-    with av.open(url, "w", format="mpegts") as out:
+    conn, _ = listener.accept()
+    listener.close()
+    print(f"playing {time.time():.3f}", flush=True)
+    with conn, av.open(_Socket(conn), "w", format="mpegts", buffer_size=188 * 8) as out:
         stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
         stream.time_base = Fraction(1, 1000)

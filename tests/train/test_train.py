@@ -103,8 +103,8 @@ def test_warmup_trains_the_temporal_encoder_alone_and_its_checkpoint_seeds_the_n
     losses = []
     metrics = train(cfg, log=lambda m: None, on_step=losses.append, models=models)
     lines = [json.loads(line) for line in (qa_set / "train.jsonl").read_text().splitlines()]
-    assert all("caption" in r for r in lines)  # every line is a caption sample too: warm-up leaves those out
-    assert metrics["samples"] == sum("options" in r for r in lines) > 0
+    assert all("caption" in r for r in lines)  # every line is a question and a caption: both train the head
+    assert metrics["samples"] == sum("options" in r for r in lines) + len(lines) > len(lines)
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.5 * first, (first, last)
     changed = {k for k, v in models.connector.state_dict().items() if not torch.equal(v, before[k])}
@@ -121,15 +121,72 @@ def test_warmup_trains_the_temporal_encoder_alone_and_its_checkpoint_seeds_the_n
     assert not any(p.requires_grad for p in seeded.connector.temporal.parameters())
 
 
-def test_warmup_without_questions_is_one_clear_error(tiny_overrides, qa_set, tmp_path):
+def test_warmup_on_captions_learns_their_words(tiny_overrides, qa_set, tmp_path):
+    """Captions alone warm the encoder up: a sigmoid per vocabulary word (is it in the caption?);
+    validation reads back the words of each caption among the head's top-k."""
+    from pipeline.train.warmup import words_of
+
+    rows = [json.loads(line) for line in (qa_set / "train.jsonl").read_text().splitlines()]
     captions = tmp_path / "captions.jsonl"
-    rows = [json.loads(line) for line in (qa_set / "train.jsonl").read_text().splitlines()][:3]
     captions.write_text("".join(json.dumps({"video": str(qa_set / r["video"]), "caption": r["caption"]}) + "\n"
                                 for r in rows))
+    cfg = load_config(None, _overrides(tiny_overrides, qa_set, tmp_path / "w", steps=150, batch_size=8,
+                                       save_every=150, eval_every=150, stage="warmup", data=f"[{captions}]",
+                                       val_data=captions, val_samples=0))
+    models = build_models(cfg, torch.device("cpu"), log=None)
+    losses = []
+    metrics = train(cfg, log=lambda m: None, on_step=losses.append, models=models)
+    assert metrics["samples"] == len(rows)
+    head = models.warmup.head
+    assert {"moves", "appears"} <= set(head.words) and not head.options
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.5 * first, (first, last)
+    # the words it picks are the caption's: far above what the word frequencies alone give
+    assert metrics["val_caption_words"] > 0.8, metrics
+    sample = models.cache.get(qa_set / rows[0]["video"])
+    with torch.no_grad():
+        pooled = models.vlm.visual([sample], project=False)[0].float()
+        logits = head.word_logits(pooled)
+    truth = words_of(rows[0]["caption"]) & set(head.words)
+    top = {w for w, i in head.words.items() if i in set(logits.topk(len(truth)).indices.tolist())}
+    assert len(top & truth) >= len(truth) - 1, (top, truth)
+
+
+def test_warmup_without_questions_or_known_words_is_one_clear_error(tiny_overrides, qa_set, tmp_path):
+    captions = tmp_path / "captions.jsonl"  # one caption: no word is seen twice, so nothing to learn
+    row = json.loads((qa_set / "train.jsonl").read_text().splitlines()[0])
+    captions.write_text(json.dumps({"video": str(qa_set / row["video"]), "caption": row["caption"]}) + "\n")
     result = vidstorm("train", "--local", *_overrides(tiny_overrides, qa_set, tmp_path / "w", stage="warmup",
                                                       data=f"[{captions}]"))
     assert result.returncode != 0
     assert "needs multiple-choice samples" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_grid_cache_on_disk_is_reused_and_keyed_by_what_the_grids_depend_on(tiny_overrides, qa_set, tmp_path):
+    from pipeline.train.data import FeatureCache
+
+    cfg = load_config(None, _overrides(tiny_overrides, qa_set, tmp_path / "x", grid_cache=tmp_path / "grids"))
+    models = build_models(cfg, torch.device("cpu"), log=None)
+    clip = sorted((qa_set / "clips").glob("*.mp4"))[0]
+    first = models.cache.get(clip)
+    files = list((tmp_path / "grids").glob("*.safetensors"))
+    assert len(files) == 1
+
+    class NoEncoder:  # a second run must read the file, not encode again
+        image_size = models.encoder.image_size
+
+        def encode(self, frames):
+            raise AssertionError("encoded again")
+
+    c = models.cache
+    again = FeatureCache(NoEncoder(), c.fps, c.chunk_frames, c.pad_multiple, c.max_chunks, disk=c.disk, key=c.key)
+    assert torch.equal(again.get(clip), first)
+    other = FeatureCache(models.encoder, c.fps, c.chunk_frames, c.pad_multiple, c.max_chunks, disk=c.disk,
+                         key=c.key + "other weights")
+    assert torch.equal(other.get(clip), first) and len(list((tmp_path / "grids").glob("*.safetensors"))) == 2
+    files[0].write_bytes(b"torn")  # a broken file is encoded again, not an error
+    fresh = FeatureCache(models.encoder, c.fps, c.chunk_frames, c.pad_multiple, c.max_chunks, disk=c.disk, key=c.key)
+    assert torch.equal(fresh.get(clip), first)
 
 
 def test_prompt_is_masked_out_of_the_loss(tiny_overrides, qa_set, tmp_path):
