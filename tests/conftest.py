@@ -90,3 +90,24 @@ def pytest_sessionfinish(session, exitstatus):
     import gc
 
     gc.collect()
+
+
+@pytest.fixture(scope="session")
+def publish_tokens(tiny_processor):
+    """publish(stage, keys, chunks=3) -> grids: random frames SigLIP-encoded and queued for a temporal
+    stage as the encoder stage queues them (stream "cam", one second per chunk)."""
+    import numpy as np
+
+    from pipeline.types import pack
+
+    def publish(stage, keys, chunks: int = 3) -> list:
+        size, frames_per_chunk = tiny_processor.encoder.image_size, stage.cfg.decode.chunk_frames
+        frames = np.random.default_rng(0).integers(0, 255, (chunks, frames_per_chunk, size, size, 3), np.uint8)
+        grids = [tiny_processor.encode(f) for f in frames]
+        for seq, grid in enumerate(grids):
+            meta = {"type": "tokens", "stream_id": "cam", "chunk_seq": seq, "t_start": float(seq),
+                    "t_end": seq + 1.0, "n_valid": len(grid), "wall_clock": None, "source": "x.mp4"}
+            stage.q.publish(keys.tokens("cam"), pack(meta, {"tokens": grid.numpy()}))
+        return grids
+
+    return publish

@@ -99,12 +99,7 @@ class RayNode:
     def kill(self) -> list[str]:
         """SIGKILL every process of the node (by PID). Returns the actors that were on it."""
         victims, on_it = self.processes(), self.actors()
-        for p in victims:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(victims, timeout=10)
+        _kill(victims)
         self.proc.wait(timeout=10)
         return on_it
 
@@ -116,14 +111,19 @@ class RayNode:
             self.proc.send_signal(signal.SIGTERM)
         _, left = psutil.wait_procs(ours, timeout=timeout)
         left += [p for p in self.processes() if p not in ours]
-        for p in left:  # whatever Ray did not take down itself
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(left, timeout=10)
+        _kill(left)  # whatever Ray did not take down itself
         self.proc.wait(timeout=10)
         self.proc = None
+
+
+def _kill(processes: list) -> None:
+    """SIGKILL these processes (by PID) and wait for them."""
+    for p in processes:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(processes, timeout=10)
 
 
 class TwoNodeCluster:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 import uuid
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,7 +14,7 @@ from actors.stages import DecoderStage, Keys, TemporalStage, end_marker
 from pipeline.config import load_config
 from pipeline.queue.redis_streams import PAYLOAD
 from pipeline.queue.server import EmbeddedRedis
-from pipeline.types import pack, unpack
+from pipeline.types import unpack
 
 
 @pytest.fixture
@@ -35,18 +34,12 @@ class OwnerDies(Exception):
 
 
 def test_offline_owner_hands_on_the_whole_file_scan_once_across_a_crash(tmp_path, tiny_overrides, tiny_processor,
-                                                                         redis_url):
+                                                                         redis_url, publish_tokens):
     cfg = _config(tiny_overrides, "temporal.offline_spill_mb=0")
     keys = Keys(cfg.queue.prefix)
     first = TemporalStage(cfg, redis_url, "temporal-0", index=0, data_dir=str(tmp_path))
     first.r.sadd(keys.owner(0), "cam")
-    size = tiny_processor.encoder.image_size
-    frames = np.random.default_rng(0).integers(0, 255, (3, cfg.decode.chunk_frames, size, size, 3), np.uint8)
-    grids = [tiny_processor.encode(f) for f in frames]
-    for seq, grid in enumerate(grids):
-        meta = {"type": "tokens", "stream_id": "cam", "chunk_seq": seq, "t_start": float(seq), "t_end": seq + 1.0,
-                "n_valid": len(grid), "wall_clock": None, "source": "x.mp4"}
-        first.q.publish(keys.tokens("cam"), pack(meta, {"tokens": grid.numpy()}))
+    grids = publish_tokens(first, keys)
     first.q.publish(keys.tokens("cam"), end_marker("cam", 2, "done", "", {"source": "x.mp4"}))
 
     real_handoff = first.handoff

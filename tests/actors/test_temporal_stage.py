@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 import uuid
 
-import numpy as np
 import redis
 import torch
 
@@ -15,23 +14,17 @@ from pipeline.config import load_config
 from pipeline.processor import StreamState
 from pipeline.queue.redis_streams import PAYLOAD
 from pipeline.queue.server import EmbeddedRedis
-from pipeline.types import pack, unpack
+from pipeline.types import unpack
 
 
-def test_a_failed_handoff_does_not_advance_the_state(tmp_path, tiny_overrides, tiny_processor):
+def test_a_failed_handoff_does_not_advance_the_state(tmp_path, tiny_overrides, tiny_processor, publish_tokens):
     server = EmbeddedRedis(tmp_path / "redis").start()
     try:
         cfg = load_config(None, [*tiny_overrides, f"queue.prefix=t{uuid.uuid4().hex[:6]}", "queue.reclaim_idle_s=0.2"])
         keys = Keys(cfg.queue.prefix)
         stage = TemporalStage(cfg, server.url, "temporal-0", index=0)
         stage.r.sadd(keys.owner(0), "cam")
-        size = tiny_processor.encoder.image_size
-        frames = np.random.default_rng(0).integers(0, 255, (3, cfg.decode.chunk_frames, size, size, 3), np.uint8)
-        tokens = [tiny_processor.encode(f) for f in frames]
-        for seq, grid in enumerate(tokens):
-            meta = {"type": "tokens", "stream_id": "cam", "chunk_seq": seq, "t_start": float(seq), "t_end": seq + 1.0,
-                    "n_valid": len(grid), "wall_clock": None, "source": "x.mp4"}
-            stage.q.publish(keys.tokens("cam"), pack(meta, {"tokens": grid.numpy()}))
+        tokens = publish_tokens(stage, keys)
 
         real_handoff, failures = stage.handoff, []
 
