@@ -57,7 +57,9 @@ def test_ctrl_c_stops_redis_and_ray(tmp_path, tiny_overrides):
     clip = write_clip(tmp_path / "long.mp4", seconds=120, fps=2)
     data = tmp_path / "data"
     rays_before = len(_processes("raylet"))
-    proc = subprocess.Popen(_cmd(data, str(clip), *tiny_overrides), cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default in the child even where this suite runs with it ignored (a background job)
+    proc = subprocess.Popen(_cmd(data, str(clip), *tiny_overrides), cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list((data / "store" / "segments").rglob("*.parquet")):
         time.sleep(0.2)  # wait until it is really working: the first segment is stored

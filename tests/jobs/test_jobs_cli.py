@@ -62,7 +62,8 @@ def test_scheduler_stops_on_ctrl_c_with_its_redis(tmp_path):
     specs.mkdir()
     (specs / "hourly.yaml").write_text("name: hourly\nkind: digest\nschedule: '0 * * * *'\n")
     proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "scheduler", "--local", "--jobs", str(specs),
-                             "--data", str(tmp_path / "data")], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+                             "--data", str(tmp_path / "data")], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # even if ours ignores it
     lines = []
     try:
         deadline = time.monotonic() + 60
