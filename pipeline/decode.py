@@ -269,8 +269,8 @@ class VideoDecoder:
                 while next_t <= t + EPS:
                     next_t += self.period
         except av.error.FFmpegError as err:
-            if self.source.live and next_t is not None:
-                return  # a live stream that stops answering has dropped (or ended)
+            if self.source.live and (next_t is not None or self._rebase is not None):
+                return  # a live stream that stops answering (here, or again after a reconnect) has dropped
             where = f" after {next_t:.1f}s" if next_t is not None else ""
             raise SourceError(self.source.uri, f"corrupt or unreadable video data{where} ({_describe(err)})") from None
 
