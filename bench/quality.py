@@ -98,7 +98,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--out", help="keep the work folder here (default: a temporary one)")
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows to run (default: all six)")
     args = parser.parse_args()
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown or not rows:
+        parser.error(f"--rows: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(ROWS)}")
+    rows += [SHARES_WEIGHTS[r] for r in rows if r in SHARES_WEIGHTS and SHARES_WEIGHTS[r] not in rows]
     torch.set_num_threads(os.cpu_count() or 2)
     work = Path(args.out or tempfile.mkdtemp(prefix="vidstorm-quality-"))
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -122,6 +128,8 @@ def main() -> None:
 
     results = {}
     for name, (layers, mode, k, s) in ROWS.items():
+        if name not in rows:
+            continue
         base = row_overrides(name, work, lm, siglip)
         if name not in SHARES_WEIGHTS:
             started = time.time()

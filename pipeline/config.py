@@ -182,6 +182,11 @@ class TrainConfig:
     batch_size: int = 8  # per worker
     lr: float = 1e-3
     lr_llm: float = 2e-5  # only when the LLM is trainable (sft)
+    # trainable "lora": low-rank adapters on the LLM's linear layers (pipeline/models/lora.py), saved
+    # with the STORM parts (lora.safetensors) and applied by ingest to captions only
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lr_lora: float = 1e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * this
     warmup_steps: int = 50
     weight_decay: float = 0.01
@@ -189,7 +194,7 @@ class TrainConfig:
     eval_every: int = 100
     save_every: int = 100
     val_samples: int = 200  # validation subset size (0 = all)
-    trainable: list[str] = field(default_factory=lambda: ["temporal", "projector"])  # sft; + "llm"
+    trainable: list[str] = field(default_factory=lambda: ["temporal", "projector"])  # sft; + "lora" or "llm"
     autocast: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU | bf16 | fp32
     sample_s: int = 1  # temporal sampling while training; pooling.sample_s applies at test time
     max_chunks: int = 4  # chunks (decode.chunk_frames each) taken from the start of a training video
@@ -204,7 +209,7 @@ class TrainConfig:
 
 
 TRAIN_STAGES = ("warmup", "align", "sft")
-TRAINABLE_PARTS = ("temporal", "projector", "llm")
+TRAINABLE_PARTS = ("temporal", "projector", "lora", "llm")
 AUTOCAST = ("auto", "bf16", "fp32")
 
 
@@ -343,6 +348,10 @@ def validate_train(t: TrainConfig, fail) -> None:
     for name in ("steps", "batch_size", "eval_every", "save_every", "sample_s", "max_chunks", "num_workers"):
         if getattr(t, name) < 1:
             fail(f"train.{name} must be >= 1, got {getattr(t, name)}")
+    if "lora" in t.trainable and "llm" in t.trainable:
+        fail("train.trainable: choose lora (adapters) or llm (every weight), not both")
+    if t.lora_rank < 1 or t.lora_alpha <= 0 or t.lr_lora <= 0:
+        fail("train.lora_rank must be >= 1, train.lora_alpha and train.lr_lora > 0")
     if t.lr <= 0 or t.lr_llm < 0 or not 0 <= t.min_lr_ratio <= 1 or t.warmup_steps < 0 or t.grad_clip < 0:
         fail("train.lr must be > 0, train.lr_llm >= 0, train.min_lr_ratio in [0, 1], warmup_steps and grad_clip >= 0")
     if "<video>" not in t.qa_prompt or "{question}" not in t.qa_prompt:

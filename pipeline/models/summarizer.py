@@ -114,6 +114,22 @@ class Summarizer:
         self.embed = self.model.get_input_embeddings()
         self.hidden_size = int(self.embed.weight.shape[1])
         self.pad_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
+        self.adapters: dict | None = None  # LoRA settings once adapters are on (pipeline/models/lora.py)
+
+    def add_adapters(self, rank: int, alpha: float, seed: int = 0) -> None:
+        """Fresh, trainable LoRA adapters (they start as a no-op)."""
+        from pipeline.models.lora import DEFAULT_TARGETS, apply_lora
+
+        apply_lora(self.model, rank, alpha, DEFAULT_TARGETS, seed=seed)
+        self.adapters = {"rank": rank, "alpha": alpha, "targets": DEFAULT_TARGETS}
+
+    def load_adapters(self, folder, trainable: bool = False) -> None:
+        """The LoRA adapters saved in a STORM checkpoint folder (lora.safetensors)."""
+        from pipeline.models.lora import load_lora, lora_parameters
+
+        self.adapters = load_lora(self.model, folder)
+        for p in lora_parameters(self.model):
+            p.requires_grad_(trainable)
 
     def _chat(self, user_text: str) -> str:
         messages = [{"role": "user", "content": user_text}]
@@ -145,7 +161,16 @@ class Summarizer:
 
     @torch.inference_mode()
     def generate(self, prompt: str, visual: torch.Tensor | None = None) -> str:
-        """Greedy generation. `visual` (n_tokens, hidden) replaces the <video> placeholder."""
+        """Greedy generation. `visual` (n_tokens, hidden) replaces the <video> placeholder.
+
+        LoRA adapters (if any) are on for prompts with visual tokens only: they were trained to read
+        a clip, and text-only prompts (summaries) get the LLM as it was."""
+        from pipeline.models.lora import lora_enabled
+
+        with lora_enabled(self.model, visual is not None):
+            return self._generate(prompt, visual)
+
+    def _generate(self, prompt: str, visual: torch.Tensor | None) -> str:
         if visual is None:
             parts = [self.embed(self._ids(self._chat(prompt).replace(PLACEHOLDER, "")))]
         else:

@@ -28,6 +28,7 @@ import torch
 from pipeline.config import Config
 from pipeline.errors import VidstormError
 from pipeline.models.checkpoint import StormConnector, build_connector, save_storm
+from pipeline.models.lora import LORA_NAME, lora_layers, lora_parameters, save_lora
 from pipeline.models.pooling import TokenReducer
 from pipeline.train.data import Dataset, FeatureCache, Sample, read_jsonl
 from pipeline.train.evaluate import evaluate
@@ -86,6 +87,13 @@ def build_models(cfg: Config, device: torch.device, log=print, training: bool = 
         getattr(connector, name).requires_grad_(trains)
     if "llm" in t.trainable and t.stage == "sft":
         llm.model.requires_grad_(True)
+    if training and "lora" in t.trainable and t.stage == "sft":  # adapters: fresh, or the init_from run's
+        if t.init_from and (Path(t.init_from) / LORA_NAME).is_file():
+            llm.load_adapters(Path(t.init_from), trainable=True)
+        else:
+            llm.add_adapters(t.lora_rank, t.lora_alpha, seed=t.seed)
+    elif not training and cfg.temporal.checkpoint and (Path(cfg.temporal.checkpoint) / LORA_NAME).is_file():
+        llm.load_adapters(Path(cfg.temporal.checkpoint))  # eval reads the model ingest would run
     use_bf16 = t.autocast == "bf16" or (t.autocast == "auto" and dev == "cuda")
     train_reducer = TokenReducer(p.temporal_k, t.sample_s, p.spatial_p)
     test_reducer = TokenReducer(p.temporal_k, p.sample_s, p.spatial_p)
@@ -172,7 +180,11 @@ def parameter_groups(models: Models, t) -> list[dict]:
             (decay if param.dim() >= 2 else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": t.weight_decay, "lr": t.lr},
               {"params": no_decay, "weight_decay": 0.0, "lr": t.lr}]
-    llm = [p for p in models.vlm.llm.model.parameters() if p.requires_grad]
+    adapters = lora_parameters(models.vlm.llm.model)
+    if adapters:
+        groups.append({"params": adapters, "weight_decay": 0.0, "lr": t.lr_lora})
+    seen = {id(p) for p in adapters}
+    llm = [p for p in models.vlm.llm.model.parameters() if p.requires_grad and id(p) not in seen]
     if llm:
         groups.append({"params": llm, "weight_decay": t.weight_decay, "lr": t.lr_llm})
     return [g for g in groups if g["params"]]
@@ -214,6 +226,8 @@ def save_checkpoint(folder: Path, models: Models, optimizer, step: int, metrics:
         save_file({k: v.detach().cpu().contiguous() for k, v in models.warmup.head.state_dict().items()},
                   str(staging / HEAD_NAME), metadata={"options": json.dumps(list(models.warmup.head.options)),
                                                       "words": json.dumps(list(models.warmup.head.words))})
+    if lora_layers(models.vlm.llm.model):
+        save_lora(models.vlm.llm.model, staging, **models.vlm.llm.adapters)
     if "llm" in cfg.train.trainable and cfg.train.stage == "sft":
         models.vlm.llm.model.save_pretrained(staging / "llm")
         models.vlm.llm.tokenizer.save_pretrained(staging / "llm")
@@ -237,6 +251,8 @@ def load_checkpoint(folder: Path, models: Models, optimizer) -> tuple[int, dict]
     weights = load_file(str(folder / "model.safetensors"))
     try:
         models.connector.load_state_dict(weights)
+        if lora_layers(models.vlm.llm.model):
+            models.vlm.llm.model.load_state_dict(load_file(str(folder / LORA_NAME)), strict=False)
         if models.warmup is not None:
             from safetensors import safe_open
 

@@ -19,22 +19,13 @@ from pipeline.config import load_config
 from pipeline.train.data import read_jsonl
 from pipeline.train.loop import build_models, train
 from pipeline.train.model import IGNORE, cross_entropy_reference
-from pipeline.train.synthqa import write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
-CHEAP = dict(size_range=(96, 112), fps_range=(10, 10), duration_range=(4.0, 4.5))
 
 
 def vidstorm(*args, timeout=300, **kwargs):
     return subprocess.run([sys.executable, "-m", "actors.cli", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=timeout, **kwargs)
-
-
-@pytest.fixture(scope="session")
-def qa_set(tmp_path_factory):
-    out = tmp_path_factory.mktemp("qa")
-    write_dataset(out, 20, seed=3, **CHEAP)
-    return out
 
 
 def _overrides(tiny_overrides, qa_set, out, **train):

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from actors.train import storage_dir
-from test_train import CHEAP, ROOT, _overrides  # noqa: F401  (fixtures below)
+from test_train import ROOT, _overrides
 from pipeline.train.synthqa import write_dataset
 
 
 @pytest.fixture(scope="module")
-def qa_set(tmp_path_factory):
+def qa_set(tmp_path_factory, cheap_render):
     out = tmp_path_factory.mktemp("qa-ray")
-    write_dataset(out, 12, seed=5, **CHEAP)
+    write_dataset(out, 12, seed=5, **cheap_render)
     return out
 
 
