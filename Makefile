@@ -41,7 +41,8 @@ test: $(STAMP) $(COMPOSE_STAMP)
 
 # The trained toy model (configs/toy.yaml): a frozen, seeded random SigLIP and STORM parts trained
 # on synthetic temporal QA: the temporal encoder warmed up without the LLM (direction, then every
-# question), then the projector into the frozen SmolLM2. Both ship in models/toy/; `make toy-model`
+# question and caption), then the projector and LoRA adapters of the frozen SmolLM2. They ship in
+# models/toy/; `make toy-model`
 # renders the data and trains them again from scratch (see the README for the time it takes).
 TOY := models/toy
 WARMUP := train.stage=warmup train.steps=300 train.batch_size=32 train.warmup_steps=20 train.autocast=fp32 \
@@ -50,11 +51,11 @@ WARMUP := train.stage=warmup train.steps=300 train.batch_size=32 train.warmup_st
 toy-model: $(STAMP)
 	$(VS) demo-assets --data $(DATA)
 	rm -rf $(DATA)/toy-data
-	$(VS) synth-data $(DATA)/toy-data --n 1500 --seed 7 --size 96 480 --fps 10 30
+	$(VS) synth-data $(DATA)/toy-data --n 4000 --seed 7 --size 96 480 --fps 10 30
 	$(VS) train --local --config configs/toy.yaml $(WARMUP) "train.tasks=[direction]" "train.init_from=''" \
 	  train.out=$(DATA)/toy-warmup-direction train.lr=0.002
 	$(VS) train --local --config configs/toy.yaml $(WARMUP) train.init_from=$(DATA)/toy-warmup-direction \
-	  train.out=$(DATA)/toy-warmup train.lr=0.001 train.steps=400
+	  train.out=$(DATA)/toy-warmup train.lr=0.001 train.steps=800
 	$(VS) train --local --config configs/toy.yaml train.init_from=$(DATA)/toy-warmup
 
 $(TOY)/storm/model.safetensors:

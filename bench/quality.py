@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1500, help="train + val clips")
     parser.add_argument("--test", type=int, default=300, help="test clips")
     parser.add_argument("--warm1", type=int, default=400, help="warm-up steps on direction")
-    parser.add_argument("--warm2", type=int, default=300, help="warm-up steps on every question and caption")
+    parser.add_argument("--warm2", type=int, default=800, help="warm-up steps on every question and caption")
     parser.add_argument("--warm-batch", type=int, default=32)
     parser.add_argument("--sft", type=int, default=200, help="sft steps (projector + LM)")
     parser.add_argument("--batch", type=int, default=16)
