@@ -33,11 +33,9 @@ def build_processor(cfg: Config, log=print, parts: tuple[str, ...] = ALL_PARTS) 
         encoder = SiglipEncoder(e.model, e.device, e.dtype, e.batch_size, e.select_layer)
     if "llm" in parts:
         summarizer = Summarizer(s.model, s.device, s.dtype, s.max_new_tokens, s.system_prompt)
-        if cfg.temporal.checkpoint and (Path(cfg.temporal.checkpoint) / LORA_NAME).is_file():
-            summarizer.load_adapters(Path(cfg.temporal.checkpoint))  # trained with these STORM parts
-            if log:
-                log(f"LLM adapters: {cfg.temporal.checkpoint}/{LORA_NAME} (rank {summarizer.adapters['rank']}, "
-                    "captions only)")
+        if summarizer.load_adapters(cfg.temporal.checkpoint) and log:  # trained with these STORM parts
+            log(f"LLM adapters: {cfg.temporal.checkpoint}/{LORA_NAME} (rank {summarizer.adapters['rank']}, "
+                "captions only)")
         embedder = TextEmbedder(cfg.store.text_model)
     vision_dim = encoder.hidden_size if encoder else vision_geometry(e.model)[1]
     llm_hidden = summarizer.hidden_size if summarizer else llm_hidden_size(s.model)

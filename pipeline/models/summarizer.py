@@ -123,13 +123,19 @@ class Summarizer:
         apply_lora(self.model, rank, alpha, DEFAULT_TARGETS, seed=seed)
         self.adapters = {"rank": rank, "alpha": alpha, "targets": DEFAULT_TARGETS}
 
-    def load_adapters(self, folder, trainable: bool = False) -> None:
-        """The LoRA adapters saved in a STORM checkpoint folder (lora.safetensors)."""
-        from pipeline.models.lora import load_lora, lora_parameters
+    def load_adapters(self, folder, trainable: bool = False) -> bool:
+        """The LoRA adapters saved in a STORM checkpoint folder (lora.safetensors), if it holds any.
 
-        self.adapters = load_lora(self.model, folder)
+        A checkpoint trained with adapters brings them wherever it is loaded (ingest, eval, sft
+        from `train.init_from`); returns whether it did."""
+        from pipeline.models.lora import LORA_NAME, load_lora, lora_parameters
+
+        if not folder or not (Path(folder) / LORA_NAME).is_file():
+            return False
+        self.adapters = load_lora(self.model, Path(folder))
         for p in lora_parameters(self.model):
             p.requires_grad_(trainable)
+        return True
 
     def _chat(self, user_text: str) -> str:
         messages = [{"role": "user", "content": user_text}]

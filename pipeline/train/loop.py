@@ -87,13 +87,11 @@ def build_models(cfg: Config, device: torch.device, log=print, training: bool = 
         getattr(connector, name).requires_grad_(trains)
     if "llm" in t.trainable and t.stage == "sft":
         llm.model.requires_grad_(True)
-    if training and "lora" in t.trainable and t.stage == "sft":  # adapters: fresh, or the init_from run's
-        if t.init_from and (Path(t.init_from) / LORA_NAME).is_file():
-            llm.load_adapters(Path(t.init_from), trainable=True)
-        else:
+    if training and "lora" in t.trainable and t.stage == "sft":  # adapters: the init_from run's, or fresh
+        if not llm.load_adapters(t.init_from, trainable=True):
             llm.add_adapters(t.lora_rank, t.lora_alpha, seed=t.seed)
-    elif not training and cfg.temporal.checkpoint and (Path(cfg.temporal.checkpoint) / LORA_NAME).is_file():
-        llm.load_adapters(Path(cfg.temporal.checkpoint))  # eval reads the model ingest would run
+    elif not training:
+        llm.load_adapters(cfg.temporal.checkpoint)  # eval reads the model ingest would run
     use_bf16 = t.autocast == "bf16" or (t.autocast == "auto" and dev == "cuda")
     train_reducer = TokenReducer(p.temporal_k, t.sample_s, p.spatial_p)
     test_reducer = TokenReducer(p.temporal_k, p.sample_s, p.spatial_p)
