@@ -36,7 +36,14 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
 	touch $(STAMP)
 
-test: $(STAMP) $(COMPOSE_STAMP)
+# The browser tests (tests/web) drive Debian's Chromium through Playwright (its own browser download
+# needs the internet); apt installs it when missing.
+CHROMIUM ?= $(shell command -v chromium || echo /usr/bin/chromium)
+$(CHROMIUM):
+	SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y -qq chromium || { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
+
+test: $(STAMP) $(COMPOSE_STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 # The trained toy model (configs/toy.yaml): a frozen, seeded random SigLIP and STORM parts trained

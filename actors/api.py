@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import hashlib
 import hmac
 import json
 import logging
@@ -28,11 +29,13 @@ import numpy as np
 import pyarrow as pa
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from actors.media import ClipCache, MediaSigner, NoClip, clip_source, thumbnail_path
 from pipeline.errors import VidstormError
 from pipeline.store.query import QueryError, StoreQuery
 from pipeline.store.schema import JOBS, LISTED, SEGMENTS, SUMMARIES
@@ -57,10 +60,12 @@ class Stream(BaseModel):
     t_start: float | None
     t_end: float | None
     last_update: dt.datetime | None
+    thumbnail_url: str | None = None  # its latest segment's thumbnail (signed when a token is set)
+    summary: str | None = None  # its stream summary, once written
 
 
 def _columns_model(name: str, schema: pa.Schema, keys: tuple[str, ...], listed: tuple[str, ...] | None = None,
-                   defaults: bool = False) -> type[BaseModel]:
+                   defaults: bool = False, base: type[BaseModel] | None = None) -> type[BaseModel]:
     """A response model whose fields are a stored table's columns (store/schema.py; `listed`: those
     a listing returns): keys required, the rest nullable (default None when `defaults`)."""
     python = {pa.types.is_string: str, pa.types.is_integer: int, pa.types.is_floating: float,
@@ -74,15 +79,21 @@ def _columns_model(name: str, schema: pa.Schema, keys: tuple[str, ...], listed: 
             found[column.name] = (kind, ...)
         else:
             found[column.name] = (kind | None, None if defaults else ...)
-    return create_model(name, **found)
+    return create_model(name, __base__=base, **found) if base else create_model(name, **found)
 
 
-Segment = _columns_model("Segment", SEGMENTS, keys=("stream_id", "chunk_seq"), listed=LISTED["segments"])
+class MediaUrls(BaseModel):
+    thumbnail_url: str | None = None  # GET it as it is: signed when a token is set (short-lived)
+    clip_url: str | None = None  # an MP4 of the span (file sources only)
+
+
+Segment = _columns_model("Segment", SEGMENTS, keys=("stream_id", "chunk_seq"), listed=LISTED["segments"],
+                         base=MediaUrls)
 Summary = _columns_model("Summary", SUMMARIES, keys=("stream_id", "level", "seq"), listed=LISTED["summaries"])
 Job = _columns_model("Job", JOBS, keys=("job_id",), defaults=True)
 
 
-class Hit(BaseModel):
+class Hit(MediaUrls):
     stream_id: str
     level: str  # chunk | window | stream | period
     seq: int
@@ -117,6 +128,41 @@ class RunRequested(BaseModel):
     run_id: str
 
 
+class Schedule(BaseModel):
+    name: str
+    kind: str
+    schedule: str  # cron
+    timezone: str
+    next_run: dt.datetime | None
+    last_status: str | None
+    last_started_at: dt.datetime | None
+    last_finished_at: dt.datetime | None
+
+
+class ScheduleList(BaseModel):
+    items: list[Schedule]
+
+
+class Progress(BaseModel):
+    stream_id: str
+    source: str
+    done_s: float  # video seconds stored, from the start of the source
+    total_s: float | None  # the source's length (None: live, or not known yet)
+    fraction: float | None
+    x_realtime: float | None  # video seconds per wall second of this run
+    eta_s: float | None
+    decoded_s: float | None
+
+
+class ProgressList(BaseModel):
+    items: list[Progress]
+    note: str | None = None  # why the list may be incomplete (e.g. Redis unreachable)
+
+
+POST_HEADER = "X-Vidstorm-Request"  # state-changing requests need it: a cross-site form cannot send it
+WEB = Path(__file__).parent / "web"
+
+
 # --- the app ---
 
 
@@ -129,6 +175,11 @@ def create_app(
     max_limit: int = 1000,
     index_min_vectors: int = 50000,
     index_nprobe: int = 32,
+    media_ttl_s: float = 3600.0,
+    clip_max_seconds: float = 300.0,
+    clip_cache: ClipCache | None = None,
+    progress: Callable[[], tuple[list[dict], str | None]] | None = None,
+    schedules: Callable[[], list[dict]] | None = None,
 ) -> FastAPI:
     """The query service over the store at `store_root`.
 
@@ -138,8 +189,18 @@ def create_app(
         job and VidstormError when the scheduler cannot be reached. None: POST .../run answers 503.
     refresh_s: a background thread (started by the app's lifespan) picks up new Parquet files this often.
     index_min_vectors, index_nprobe: StoreConfig's, for the vector index of meaning-based search.
+    media_ttl_s: how long the signed thumbnail/clip URLs in answers stay valid (token mode).
+    clip_max_seconds, clip_cache: GET /clip's longest span, and where cut clips are kept (default: a
+        temporary folder, 256 MB).
+    progress: () -> (rows, note) of running distributed ingests (stages.ingest_progress); None: none.
+    schedules: () -> the job specs [{name, kind, schedule, timezone}]; None: no jobs known.
     """
     query = StoreQuery(store_root, index_min_vectors=index_min_vectors, index_nprobe=index_nprobe)
+    signer = MediaSigner(token, media_ttl_s)
+    if clip_cache is None:
+        import tempfile
+
+        clip_cache = ClipCache(Path(tempfile.gettempdir()) / f"vidstorm-clips-{os.getuid()}", 256 << 20)
     stop = threading.Event()  # set when the app shuts down (or by whoever runs it without its lifespan)
 
     @asynccontextmanager
@@ -172,9 +233,31 @@ def create_app(
         if stream and not query.has_stream(stream):
             raise HTTPException(404, f"unknown stream {stream!r}")
 
+    def media(row: dict, seq_key: str) -> dict:
+        """A listed row with its thumbnail and clip URLs (chunk rows: the segment's own span)."""
+        has = row.pop("has_thumbnail", False)
+        if row.get("level", "chunk") == "chunk":
+            seq = row[seq_key]
+            row["thumbnail_url"] = signer.url(thumbnail_path(row["stream_id"], seq)) if has else None
+            row["clip_url"] = clip_url(row["stream_id"], row["t_start"], row["t_end"])
+        return row
+
+    def clip_url(stream_id: str, since, until) -> str | None:
+        source = query.stream_source(stream_id)
+        if not source or "://" in source or since is None or until is None or until - since > clip_max_seconds:
+            return None
+        return signer.url("/clip", {"stream": stream_id, "since": f"{since:.3f}", "until": f"{until:.3f}"})
+
     @router.get("/streams", response_model=StreamList)
     def streams():
-        return {"items": _plain(query.streams())}
+        rows = query.streams()
+        latest = query.latest_thumbnails()
+        summaries = {r["stream_id"]: r["text"] for r in query.summaries(level="stream")}
+        for row in rows:
+            seq = latest.get(row["stream_id"])
+            row["thumbnail_url"] = None if seq is None else signer.url(thumbnail_path(row["stream_id"], seq))
+            row["summary"] = summaries.get(row["stream_id"])
+        return {"items": _plain(rows)}
 
     @router.get("/segments", response_model=SegmentPage, responses={404: {"model": ErrorBody}})
     def segments(
@@ -191,7 +274,7 @@ def create_app(
         more = len(rows) > limit
         rows = rows[:limit]
         next_cursor = _encode_cursor(rows[-1]["stream_id"], rows[-1]["chunk_seq"]) if more else None
-        return {"items": _plain(rows), "next_cursor": next_cursor}
+        return {"items": _plain([media(row, "chunk_seq") for row in rows]), "next_cursor": next_cursor}
 
     @router.get("/search", response_model=HitList, responses={404: {"model": ErrorBody}})
     def search(
@@ -203,7 +286,7 @@ def create_app(
     ):
         known_stream(stream)
         vector = embedder.embed([q])[0]
-        return {"items": _plain(query.search(vector, stream, since, until, k=k))}
+        return {"items": _plain([media(row, "seq") for row in query.search(vector, stream, since, until, k=k)])}
 
     @router.get("/summaries", response_model=SummaryList, responses={404: {"model": ErrorBody}})
     def summaries(
@@ -221,11 +304,38 @@ def create_app(
     ):
         return {"items": _plain(query.jobs(name=name, status=status, limit=limit))}
 
+    @router.get("/schedules", response_model=ScheduleList,
+                description="The named jobs: cron, next run, and how the last run went.")
+    def schedule_list():
+        items = []
+        now = dt.datetime.now(dt.timezone.utc)
+        try:
+            specs = schedules() if schedules else []
+        except VidstormError as err:  # a spec file the scheduler would refuse too
+            raise HTTPException(503, str(err)) from None
+        for spec in specs:
+            last = query.jobs(name=spec["name"], limit=1)
+            items.append({**spec, "next_run": spec.get("next_run") or _next_fire(spec, now),
+                          "last_status": last[0]["status"] if last else None,
+                          "last_started_at": last[0]["started_at"] if last else None,
+                          "last_finished_at": last[0]["finished_at"] if last else None})
+        return {"items": _plain(items)}
+
+    @router.get("/progress", response_model=ProgressList,
+                description="Running distributed ingests: video seconds stored of the total, x real time, ETA.")
+    def progress_list():
+        if progress is None:
+            return {"items": [], "note": None}
+        rows, note = progress()
+        return {"items": _plain(rows), "note": note}
+
     @router.post("/jobs/{name}/run", status_code=202, response_model=RunRequested,
                  responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 503: {"model": ErrorBody}})
-    def run_job(name: str):
+    def run_job(name: str, request: Request):
         from pipeline.names import JOB_NAME_MAX, is_name, rule
 
+        if request.headers.get(POST_HEADER) != "1":  # a cross-site form cannot set a custom header
+            raise HTTPException(400, f"state-changing requests need the header `{POST_HEADER}: 1`")
         if not is_name(name, JOB_NAME_MAX):  # never let a network-supplied name near a path or a key
             raise HTTPException(400, f"a job name is {rule(JOB_NAME_MAX)}")
         if run_requester is None:
@@ -238,7 +348,82 @@ def create_app(
             raise HTTPException(503, str(err)) from None
 
     app.include_router(router)
+
+    # --- media: the bearer header, or a URL the API signed (images and videos cannot send headers) ---
+
+    bearer_scheme = HTTPBearer(auto_error=False, description="the service's token, or a signed URL")
+
+    def media_auth(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)):
+        if not token:
+            return
+        if credentials is not None and hmac.compare_digest(
+                credentials.credentials.encode("utf-8", "surrogateescape"), token.encode()):
+            return
+        problem = signer.check(request.url.path, list(request.query_params.multi_items()))
+        if problem:
+            raise HTTPException(401, problem)
+
+    media_router = APIRouter(dependencies=[Depends(media_auth)],
+                             responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}})
+
+    @media_router.get("/segments/{stream}/{seq}/thumbnail.jpg", response_class=Response,
+                      responses={200: {"content": {"image/jpeg": {}}}},
+                      description="The JPEG stored with a segment (~192 px wide).")
+    def thumbnail(stream: str, seq: int, request: Request, exp: str | None = None, sig: str | None = None):
+        data = query.thumbnail(stream, seq)
+        if data is None:
+            raise HTTPException(404, f"no thumbnail stored for segment {seq} of stream {stream!r}")
+        etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+        headers = {"ETag": etag, "Cache-Control": f"private, max-age={int(media_ttl_s)}"}
+        if etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        return Response(data, media_type="image/jpeg", headers=headers)
+
+    @media_router.get("/clip", response_class=FileResponse, responses={200: {"content": {"video/mp4": {}}}},
+                      description="An MP4 of a span of a stream's source file (stream copy from a keyframe where "
+                                  "it can, else re-encoded).")
+    def clip(stream: str = Query(..., min_length=1), since: float = Query(..., ge=0),
+             until: float = Query(..., gt=0), exp: str | None = None, sig: str | None = None):
+        from pipeline.clip import ClipError
+
+        try:
+            path = clip_source(query, stream)
+        except NoClip as err:
+            raise HTTPException(err.status, str(err)) from None
+        try:
+            out = clip_cache.get(path, since, until, clip_max_seconds)
+        except ClipError as err:
+            raise HTTPException(400, str(err)) from None
+        return FileResponse(out, media_type="video/mp4", filename=f"{_file_safe(stream)}-{since:.0f}-{until:.0f}.mp4",
+                            content_disposition_type="inline",
+                            headers={"Cache-Control": f"private, max-age={int(media_ttl_s)}"})
+
+    app.include_router(media_router)
+
+    # --- the web page (public: it holds no data; its calls carry the token) ---
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(WEB / "index.html", media_type="text/html",
+                            headers={"Cache-Control": "no-cache", "X-Frame-Options": "DENY"})
+
+    app.mount("/static", StaticFiles(directory=WEB), name="static")
     return app
+
+
+def _next_fire(spec: dict, now: dt.datetime) -> dt.datetime | None:
+    from pipeline.jobs.spec import JobSpec
+    from pipeline.jobs.windows import next_fire
+
+    try:
+        return next_fire(JobSpec(name=spec["name"], kind=spec["kind"], schedule=spec["schedule"],
+                                 timezone=spec.get("timezone", "UTC")), now)
+    except Exception:  # a spec the scheduler would refuse: no next run
+        return None
+
+
+def _file_safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:64] or "clip"
 
 
 def _refresh_loop(query: StoreQuery, every_s: float, stop: threading.Event) -> None:
@@ -369,7 +554,10 @@ def serve(args) -> int:
         app = create_app(store, token, TextEmbedder(cfg.store.text_model),
                          _run_requester(cfg, args.jobs, args.data), refresh_s=cfg.api.refresh_s,
                          max_limit=cfg.api.max_limit, index_min_vectors=cfg.store.index_min_vectors,
-                         index_nprobe=cfg.store.index_nprobe)
+                         index_nprobe=cfg.store.index_nprobe, media_ttl_s=cfg.api.media_url_ttl_s,
+                         clip_max_seconds=cfg.api.clip_max_seconds,
+                         clip_cache=ClipCache(Path(args.data) / "clip-cache", cfg.api.clip_cache_mb << 20),
+                         progress=_progress_reader(cfg, args.data), schedules=_schedules_reader(cfg, args.jobs, args.data))
         bound_host, bound_port = sock.getsockname()[:2]
         url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
         print(f"vidstorm serve: http://{url_host}:{bound_port} (store {store}; "
@@ -402,6 +590,39 @@ def _run_requester(cfg, jobs_dir: str | None, data_dir: str | Path) -> Callable[
             raise VidstormError(mask_secrets(message)) from None
 
     return request
+
+
+def _progress_reader(cfg, data_dir: str | Path) -> Callable[[], tuple[list[dict], str | None]]:
+    """GET /progress: what the stages of distributed ingests on this data directory (or cfg.redis.url)
+    write to Redis. No Redis running: no ingest is running either."""
+    import redis
+
+    from actors.stages import ingest_progress
+    from pipeline.config import mask_secrets
+    from pipeline.queue.server import running_embedded
+
+    def read() -> tuple[list[dict], str | None]:
+        url = cfg.redis.url or running_embedded(Path(data_dir) / "redis")
+        if not url:
+            return [], None
+        try:
+            client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+            return ingest_progress(client, cfg.queue.prefix), None
+        except (redis.RedisError, VidstormError) as err:
+            return [], mask_secrets(f"cannot read ingest progress from Redis: {err}")
+
+    return read
+
+
+def _schedules_reader(cfg, jobs_dir: str | None, data_dir: str | Path) -> Callable[[], list[dict]]:
+    from pipeline.jobs.spec import load_specs, spec_folders
+
+    def read() -> list[dict]:  # per request, like POST .../run: `vidstorm jobs add` needs no restart
+        specs = load_specs(spec_folders(jobs_dir or cfg.scheduler.jobs_dir, data_dir))
+        return [{"name": s.name, "kind": s.kind, "schedule": s.schedule, "timezone": s.timezone}
+                for s in sorted(specs.values(), key=lambda s: s.name)]
+
+    return read
 
 
 def _listen(host: str, port: int) -> socket.socket:

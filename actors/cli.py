@@ -49,7 +49,7 @@ def _json_default(value):
 
 
 def _span(row) -> str:
-    from pipeline.ingest import _hms
+    from pipeline.progress import hms as _hms
 
     return f"{_hms(row['t_start'])}-{_hms(row['t_end'])}"
 
@@ -111,13 +111,17 @@ def cmd_ingest(args) -> int:
 def _ingest_distributed(cfg, sources, data, log) -> int:
     """Through Ray actors and Redis Streams (embedded or a cluster). Returns failures."""
     from actors.runtime import Cluster, DistributedIngest
-    from pipeline.ingest import _hms
+    from pipeline.progress import hms as _hms
 
+    from pipeline.progress import Board
+
+    board = Board()
     with Cluster(cfg, data, log=log) as cluster:
         ingest = DistributedIngest(cluster, cfg, log=log)
         try:
-            rows = ingest.run(sources)
+            rows = ingest.run(sources, on_progress=board)
         finally:
+            board.clear()
             ingest.shutdown()
     failed = 0
     for row in rows:
@@ -186,6 +190,39 @@ def cmd_query(args) -> int:
     for row in rows:
         score = f"{row['score']:.3f} " if "score" in row else ""
         print(f"{score}{row['stream_id'][:24]:24s} {row['level']:7s} {_span(row)}  {row['text']}")
+    return 0
+
+
+def cmd_clip(args) -> int:
+    """An MP4 of a span of a stream's source file, as GET /clip cuts it."""
+    from pathlib import Path
+
+    from actors.media import NoClip, clip_source
+    from pipeline.clip import cut_clip
+    from pipeline.config import load_config
+    from pipeline.errors import VidstormError
+    from pipeline.store.query import StoreQuery, parse_time
+
+    cfg = load_config(args.config, args.overrides)
+    times = []
+    for name, text in (("--since", args.since), ("--until", args.until)):
+        try:
+            parsed = parse_time(text)
+        except ValueError as err:
+            raise VidstormError(f"{name}: {err}") from None
+        if parsed is None or parsed[0] != "video":
+            raise VidstormError(f"{name}: give video seconds (90) or H:MM:SS (0:01:30), got {text!r}")
+        times.append(parsed[1])
+    query = StoreQuery(Path(args.data) / "store", tables=("segments",))
+    try:
+        source = clip_source(query, args.stream)
+    except NoClip as err:
+        raise VidstormError(str(err)) from None
+    finally:
+        query.close()
+    info = cut_clip(source, times[0], times[1], args.out, max_seconds=cfg.api.clip_max_seconds)
+    how = "stream copy from the keyframe at" if info.copied else "re-encoded from"
+    print(f"{args.out}: {info.end - info.start:.2f} s of {args.stream} ({how} {info.start:.2f} s), {info.bytes} bytes")
     return 0
 
 
@@ -605,6 +642,15 @@ def build_parser() -> argparse.ArgumentParser:
     filters(segments)
     segments.set_defaults(func=cmd_segments)
 
+    clip = sub.add_parser("clip", help="cut an MP4 of a span of a stream's source file")
+    clip.add_argument("stream")
+    clip.add_argument("--since", required=True, help="video seconds (90) or H:MM:SS")
+    clip.add_argument("--until", required=True, help="video seconds or H:MM:SS")
+    clip.add_argument("-o", "--out", required=True, help="the MP4 to write")
+    _add_config_args(clip)
+    _data_arg(clip)
+    clip.set_defaults(func=cmd_clip)
+
     summaries = sub.add_parser("summaries", help="a stream's summaries, whole stream first")
     summaries.add_argument("stream")
     summaries.add_argument("--level", choices=["stream", "period", "window"])
@@ -711,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # positionals may follow options: `ingest a.mp4 --local b.mp4 decode.fps=2`
     target = {"ingest": "sources", "config": "overrides", "serve": "overrides",
-              "scheduler": "overrides", "train": "overrides", "eval": "overrides"}.get(args.command)
+              "scheduler": "overrides", "train": "overrides", "eval": "overrides", "clip": "overrides"}.get(args.command)
     if args.command == "jobs":
         target = "overrides"
     if extra and (target is None or any(e.startswith("-") for e in extra)):

@@ -293,9 +293,13 @@ class DistributedIngest:
                    and self.r.hget(self.keys.decoded(j["stream_id"]), "next_chunk_seq") is not None]
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(self.keys.stop)
+        now = time.time()
         for job in jobs:
             sid = job["stream_id"]
-            if sid in resumed:
+            if sid in resumed:  # progress of this run counts from where the stored chunks end
+                at = self.r.hget(self.keys.ingest(sid), "done_s")
+                pipe.hset(self.keys.ingest(sid), mapping={"source": job["source"], "started_at": now,
+                                                          "position_at_start": float(at or 0.0)})
                 pipe.sadd(self.keys.active, sid)
                 continue
             pipe.delete(*self.keys.stream_keys(sid))
@@ -308,6 +312,8 @@ class DistributedIngest:
             for i in range(self.cfg.workers.temporal):
                 pipe.srem(self.keys.owner(i), sid)
             pipe.sadd(self.keys.owner(owner), sid)
+            pipe.hset(self.keys.ingest(sid), mapping={"source": job["source"], "started_at": now,
+                                                      "position_at_start": 0.0})
             pipe.sadd(self.keys.active, sid)
         pipe.execute()
         for sid in resumed:
@@ -316,12 +322,13 @@ class DistributedIngest:
         return resumed
 
     def run(self, sources: list[Source], on_start=None, poll: float = 0.3, tags: dict | None = None,
-            should_stop=None, resume: bool = False) -> list[dict]:
+            should_stop=None, resume: bool = False, on_progress=None) -> list[dict]:
         """Ingest sources as concurrent streams; returns the final job rows.
 
         `tags` (job_name, run_id) mark the jobs as part of a job run; `should_stop()` true ends
         the run early with the unfinished streams recorded as cancelled; `resume` continues
-        streams an interrupted run (same queue prefix) left half done.
+        streams an interrupted run (same queue prefix) left half done; `on_progress(rows)` gets
+        stages.ingest_progress's rows about once a second.
         """
         from pipeline.ingest import JobResult
         from pipeline.store import Store
@@ -343,15 +350,25 @@ class DistributedIngest:
             p.loops.append(call)
         if on_start:
             on_start(self)
-        return self._supervise(jobs, poll, should_stop)  # the actors stay up until shutdown()
+        return self._supervise(jobs, poll, should_stop, on_progress)  # the actors stay up until shutdown()
 
-    def _supervise(self, jobs: list[dict], poll: float, should_stop=None) -> list[dict]:
+    def _supervise(self, jobs: list[dict], poll: float, should_stop=None, on_progress=None) -> list[dict]:
         import ray
+        import redis
 
         p = self.pipeline
         streams = {j["stream_id"] for j in jobs}
         last_work, last_change = None, time.monotonic()
+        shown = 0.0
         while True:
+            if on_progress and time.monotonic() - shown >= 1.0:
+                shown = time.monotonic()
+                try:
+                    rows = stages.ingest_progress(self.r, self.cfg.queue.prefix)
+                except redis.RedisError:  # progress is a display: the checks below retry what matters
+                    rows = None
+                if rows is not None:
+                    on_progress([row for row in rows if row["stream_id"] in streams])
             refs = {loop.ref: loop for loop in p.loops if not loop.finished}
             ready, _ = ray.wait(list(refs), timeout=poll, num_returns=len(refs)) if refs else ([], [])
             for ref in ready:

@@ -26,6 +26,7 @@ needs the same folder, else the stream fails with one line.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -40,7 +41,7 @@ from pipeline.config import Config
 from pipeline.errors import VidstormError
 from pipeline.queue import RedisQueue, connect, retrying
 from pipeline.processor import visual_embedding, window_of
-from pipeline.types import FrameChunk, Segment, Summary, pack, unpack
+from pipeline.types import FrameChunk, Segment, Summary, check_thumbnail, pack, unpack
 
 
 class Keys:
@@ -70,11 +71,17 @@ class Keys:
     def owner(self, index: int) -> str:
         return f"{self.p}:owner:{index}"
 
+    def ingest(self, stream_id: str) -> str:
+        """hash of a running stream's progress: source, started_at, position_at_start (the run),
+        duration, decoded_s (the decoder), done_s (the writer: end of the stored chunks)"""
+        return f"{self.p}:ingest:{stream_id}"
+
     def offline(self, stream_id: str) -> str:
         return f"{self.p}:offline:{stream_id}"  # offline mode: chunks handed on after the whole-file scan
 
     def stream_keys(self, stream_id: str) -> list[str]:
-        return [self.tokens(stream_id), self.state(stream_id), self.decoded(stream_id), self.offline(stream_id)]
+        return [self.tokens(stream_id), self.state(stream_id), self.decoded(stream_id), self.offline(stream_id),
+                self.ingest(stream_id)]
 
 
 def end_marker(stream_id: str, last_chunk_seq: int, status: str, error: str, job: dict) -> bytes:
@@ -85,6 +92,9 @@ def end_marker(stream_id: str, last_chunk_seq: int, status: str, error: str, job
 def encode_record(rec) -> bytes:
     row = asdict(rec)
     arrays = {k: np.asarray(row.pop(k), np.float32) for k in ("visual_embedding", "text_embedding") if k in row}
+    thumbnail = row.pop("thumbnail", None)
+    if thumbnail is not None:
+        arrays["thumbnail"] = np.frombuffer(thumbnail, np.uint8)
     row["type"] = "segment" if isinstance(rec, Segment) else "summary"
     return pack(row, arrays)
 
@@ -92,7 +102,25 @@ def encode_record(rec) -> bytes:
 def decode_record(meta: dict, arrays: dict):
     kind = meta.pop("type")
     cls = Segment if kind == "segment" else Summary
+    thumbnail = arrays.pop("thumbnail", None)
+    if thumbnail is not None:
+        meta["thumbnail"] = check_thumbnail(thumbnail.tobytes())
     return cls(**meta, **{k: np.array(v) for k, v in arrays.items()})
+
+
+def thumbnail_meta(thumbnail: bytes | None) -> str | None:
+    """A chunk's thumbnail as it rides in the JSON header of the tokens and pooled messages."""
+    return None if thumbnail is None else base64.b64encode(thumbnail).decode()
+
+
+def thumbnail_of(meta: dict) -> bytes | None:
+    """The thumbnail a tokens or pooled message carries (ValueError if it is not one)."""
+    text = meta.get("thumbnail")
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise ValueError("thumbnail must be base64 text")
+    return check_thumbnail(base64.b64decode(text, validate=True))
 
 
 class Stage:
@@ -179,7 +207,7 @@ class DecoderStage(Stage):
                 if self.stopping():  # shut down mid-stream: the position stays, no end marker
                     return "stopped"
                 video_seconds += chunk.t_end - chunk.t_start
-                self._publish(chunk, key, video_seconds)
+                self._publish(chunk, key, video_seconds, decoder.duration)
                 next_seq = chunk.chunk_seq + 1
         except SourceError as err:
             status, error = "failed", str(err)
@@ -197,7 +225,7 @@ class DecoderStage(Stage):
         retrying(finish)
         return status
 
-    def _publish(self, chunk: FrameChunk, key: str, video_seconds: float) -> None:
+    def _publish(self, chunk: FrameChunk, key: str, video_seconds: float, duration: float | None) -> None:
         payload = chunk.to_bytes()
 
         def run():
@@ -205,6 +233,8 @@ class DecoderStage(Stage):
             self.q.publish(self.keys.frames, payload, pipe)
             pipe.hset(key, mapping={"next_chunk_seq": chunk.chunk_seq + 1, "t_end": chunk.t_end,
                                     "video_seconds": video_seconds})
+            pipe.hset(self.keys.ingest(chunk.stream_id),
+                      mapping={"decoded_s": chunk.t_end, "duration": "" if duration is None else duration})
             pipe.execute()
 
         retrying(run)
@@ -252,7 +282,7 @@ class EncoderStage(Stage):
                 start += len(c.frames)
                 meta = {"type": "tokens", "stream_id": c.stream_id, "chunk_seq": c.chunk_seq, "t_start": c.t_start,
                         "t_end": c.t_end, "n_valid": c.n_valid, "wall_clock": c.wall_clock, "source": c.source,
-                        "gap_before": c.gap_before}
+                        "gap_before": c.gap_before, "thumbnail": thumbnail_meta(c.thumbnail)}
                 outputs.append((self.keys.tokens(c.stream_id), pack(meta, {"tokens": tokens})))
         for stream in {s for s, _ in outputs}:
             self.wait_for_room(stream)
@@ -436,19 +466,25 @@ class SummarizerStage(Stage):
             if meta["type"] == "end":
                 out = msg.data
             elif meta["type"] == "pooled":
-                out = encode_record(self._segment(meta, arrays))
+                try:
+                    thumbnail = thumbnail_of(meta)
+                except ValueError as err:  # garbage in one field: the caption still counts, without a picture
+                    print(f"{self.name}: {meta.get('stream_id')!r} chunk {meta.get('chunk_seq')}: dropping its "
+                          f"thumbnail: {err}", flush=True)
+                    thumbnail = None
+                out = encode_record(self._segment(meta, arrays, thumbnail))
             else:
                 out = encode_record(self._summary(meta))
             self.wait_for_room(self.keys.results)
             self.handoff(msg, [(self.keys.results, out)])
 
-    def _segment(self, meta, arrays) -> Segment:
+    def _segment(self, meta, arrays, thumbnail: bytes | None) -> Segment:
         import torch
 
         return self.processor.segment(
             torch.from_numpy(arrays["pooled"].copy()), stream_id=meta["stream_id"], chunk_seq=meta["chunk_seq"],
             t_start=meta["t_start"], t_end=meta["t_end"], n_frames=meta["n_valid"], source=meta["source"],
-            wall_clock=meta["wall_clock"], gap_before=float(meta.get("gap_before") or 0.0))
+            wall_clock=meta["wall_clock"], gap_before=float(meta.get("gap_before") or 0.0), thumbnail=thumbnail)
 
     def _summary(self, meta) -> Summary:
         return self.processor.summary(stream_id=meta["stream_id"], level=meta["level"], seq=meta["seq"],
@@ -532,6 +568,9 @@ class WriterStage(Stage):
         while len(prefix) in chunks:
             prefix.append(chunks[len(prefix)])
         complete = end is not None and len(prefix) == end["last_chunk_seq"] + 1
+        if prefix and view.get("done_s") != prefix[-1]["t_end"]:  # GET /progress, the CLI's progress bars
+            view["done_s"] = prefix[-1]["t_end"]
+            retrying(lambda: self.r.hset(self.keys.ingest(stream_id), "done_s", view["done_s"]))
         windows: dict[int, list] = {}
         if prefix:
             t0 = prefix[0]["t_start"]
@@ -579,6 +618,34 @@ class WriterStage(Stage):
         pipe.srem(self.keys.active, stream_id)
         pipe.execute()
         self.views.pop(stream_id, None)
+
+
+def ingest_progress(r, prefix: str, now: float | None = None) -> list[dict]:
+    """The streams a distributed ingest is running (queue prefix `prefix`), each with
+    pipeline.progress.figures: video seconds stored of the total, x real time, ETA."""
+    from pipeline.progress import figures
+
+    keys, now = Keys(prefix), time.time() if now is None else now
+    streams = sorted(m.decode() for m in r.smembers(keys.active))
+    pipe = r.pipeline(transaction=False)
+    for stream_id in streams:
+        pipe.hgetall(keys.ingest(stream_id))
+    out = []
+    for stream_id, raw in zip(streams, pipe.execute()):
+        h = {k.decode(): v.decode() for k, v in raw.items()}
+
+        def num(name, default=None):
+            try:
+                return float(h[name]) if h.get(name) not in (None, "") else default
+            except ValueError:
+                return default
+
+        start = num("position_at_start", 0.0)
+        position = max(num("done_s", start), start)
+        elapsed = now - num("started_at", now)
+        out.append({"stream_id": stream_id, "source": h.get("source", ""),
+                    **figures(position, num("duration"), start, elapsed), "decoded_s": num("decoded_s")})
+    return out
 
 
 def _unix(value):

@@ -36,6 +36,9 @@ class DecodeConfig:
     # temporal state and the gap recorded (segments.gap_before). 0 = a drop ends the stream.
     reconnect_outage: float = 30.0
     reconnect_backoff_max: float = 5.0
+    # Each segment keeps a JPEG of its chunk's middle sampled frame, this many px wide (aspect kept),
+    # for the web page and GET /segments/{stream}/{seq}/thumbnail.jpg. 0 = no thumbnails.
+    thumbnail_width: int = 192
 
 
 @dataclass
@@ -56,6 +59,9 @@ class TemporalConfig:
     d_state: int = 16
     d_conv: int = 4
     expand: int = 2
+    # pixel shuffle before the Linear: each token merges downsample x downsample SigLIP patches
+    # (STORM/VILA: 2); the SigLIP grid must divide by it
+    downsample: int = 2
     scan_impl: str = "auto"  # auto | torch | loop | mamba_ssm
     # Trained STORM parts (downsample+Linear, Mamba layers, projector); empty = random init.
     checkpoint: str = ""
@@ -120,6 +126,11 @@ class ApiConfig:
     port: int = 8321
     refresh_s: float = 5.0  # new Parquet files are picked up this often
     max_limit: int = 1000  # largest page a client may ask for
+    # Thumbnail and clip URLs in answers carry an HMAC signature (from the token) valid this long:
+    # <img> and <video> cannot send the bearer header.
+    media_url_ttl_s: float = 3600.0
+    clip_max_seconds: float = 300.0  # longest span GET /clip and `vidstorm clip` cut
+    clip_cache_mb: int = 512  # cut clips kept on disk (<data dir>/clip-cache) for repeated and range requests
 
 
 @dataclass
@@ -277,6 +288,8 @@ def validate(cfg: Config, source: str = "config") -> None:
             fail(f"{name} must be >= 1, got {value}")
     if pool.spatial_p < 1 or math.isqrt(pool.spatial_p) ** 2 != pool.spatial_p:
         fail(f"pooling.spatial_p must be a square (1, 4, 9, ...), got {pool.spatial_p}")
+    if cfg.temporal.downsample < 1:
+        fail(f"temporal.downsample must be >= 1, got {cfg.temporal.downsample}")
     group = pool.temporal_k * pool.sample_s
     if dec.chunk_frames < 1 or dec.chunk_frames % group:
         fail(
@@ -287,6 +300,8 @@ def validate(cfg: Config, source: str = "config") -> None:
         fail(f"decode.fps must be > 0, got {dec.fps}")
     if dec.open_timeout <= 0 or dec.read_timeout <= 0:
         fail(f"decode.open_timeout and decode.read_timeout must be > 0, got {dec.open_timeout}, {dec.read_timeout}")
+    if dec.thumbnail_width != 0 and not 16 <= dec.thumbnail_width <= 1024:
+        fail(f"decode.thumbnail_width must be 0 (no thumbnails) or 16..1024 px, got {dec.thumbnail_width}")
     if dec.reconnect_outage < 0 or dec.reconnect_backoff_max <= 0:
         fail(f"decode.reconnect_outage must be >= 0 and decode.reconnect_backoff_max > 0, got "
              f"{dec.reconnect_outage}, {dec.reconnect_backoff_max}")
@@ -322,6 +337,8 @@ def validate(cfg: Config, source: str = "config") -> None:
         fail("scheduler.poll_s and scheduler.lease_s must be > 0 and scheduler.max_attempts >= 1")
     if not 1 <= cfg.api.port <= 65535 or cfg.api.max_limit < 1 or cfg.api.refresh_s <= 0:
         fail("api.port must be 1-65535, api.max_limit >= 1 and api.refresh_s > 0")
+    if cfg.api.media_url_ttl_s <= 0 or cfg.api.clip_max_seconds <= 0 or cfg.api.clip_cache_mb < 0:
+        fail("api.media_url_ttl_s and api.clip_max_seconds must be > 0, api.clip_cache_mb >= 0")
     if cfg.encoder.batch_size < 1:
         fail(f"encoder.batch_size must be >= 1, got {cfg.encoder.batch_size}")
     validate_train(cfg.train, fail)

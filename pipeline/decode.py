@@ -14,6 +14,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
@@ -79,8 +80,8 @@ def expand_sources(args: list[str], stream_id: str | None = None) -> tuple[list[
             if not found:
                 errors.append(SourceError(arg, "folder holds no video files"))
             sources += found
-        elif path.is_file():
-            sources.append(Source(str(path), stream_id or slug(path.stem)))
+        elif path.is_file():  # stored absolute: a clip of it is cut later, from wherever the server runs
+            sources.append(Source(str(path.resolve()), stream_id or slug(path.stem)))
         else:
             errors.append(SourceError(arg, "no such file or folder"))
     return _unique_ids(sources), errors
@@ -90,7 +91,7 @@ def folder_sources(folder: str | Path, pattern: str = "**/*") -> list[Source]:
     """Video files under `folder` matching `pattern`; stream ids from folder name + relative path."""
     folder = Path(folder)
     found = sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
-    return [Source(str(p), slug(f"{folder.resolve().name}/{p.relative_to(folder).with_suffix('').as_posix()}"))
+    return [Source(str(p.resolve()), slug(f"{folder.resolve().name}/{p.relative_to(folder).with_suffix('').as_posix()}"))
             for p in found]
 
 
@@ -144,6 +145,22 @@ def _describe(err: Exception) -> str:
     return (match.group(1) if match else text).strip() or type(err).__name__
 
 
+THUMBNAIL_QUALITY = 3  # MJPEG qscale (2 best .. 31 worst): ~5-10 KB at 192 px wide
+
+
+def jpeg_thumbnail(frame: av.VideoFrame, width: int) -> bytes:
+    """A JPEG of `frame`, `width` px wide, its aspect kept (even height), encoded by FFmpeg's MJPEG
+    encoder (no image library needed). ~8 ms per thumbnail here, once per chunk."""
+    height = max(2, round(width * frame.height / frame.width / 2) * 2)
+    small = frame.reformat(width=width, height=height, format="yuvj420p", interpolation="BILINEAR")
+    small.pts = 0
+    encoder = av.CodecContext.create("mjpeg", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuvj420p"
+    encoder.time_base = Fraction(1, 1)
+    encoder.options = {"qmin": str(THUMBNAIL_QUALITY), "qmax": str(THUMBNAIL_QUALITY)}
+    return b"".join(bytes(p) for p in [*encoder.encode(small), *encoder.encode(None)])
+
+
 class VideoDecoder:
     """Decode one source into FrameChunks of `chunk_frames` frames at `fps`.
 
@@ -166,6 +183,7 @@ class VideoDecoder:
         first_chunk_seq: int = 0,
         reconnect_outage: float = 0.0,
         reconnect_backoff_max: float = 5.0,
+        thumbnail_width: int = 0,
     ):
         self.source, self.size, self.period = source, size, 1.0 / fps
         self.chunk_frames, self.pad_multiple = chunk_frames, pad_multiple
@@ -173,6 +191,7 @@ class VideoDecoder:
         self.open_timeout, self.read_timeout = open_timeout, read_timeout
         self.start_at, self.first_chunk_seq = start_at, first_chunk_seq
         self.reconnect_outage, self.reconnect_backoff_max = reconnect_outage, reconnect_backoff_max
+        self.thumbnail_width = thumbnail_width  # px; 0: no thumbnails
         self.duration: float | None = None  # seconds, when the container knows it
         self.recorded_at: float | None = None  # unix seconds of the file's start, when it says (cameras do)
         self.frames_decoded = 0  # every decoded frame, sampled or not
@@ -188,7 +207,7 @@ class VideoDecoder:
         return cls(source, size, decode.fps, decode.chunk_frames, pad_multiple, decode.threads,
                    decode.keyframes_only, decode.open_timeout, decode.read_timeout,
                    reconnect_outage=decode.reconnect_outage, reconnect_backoff_max=decode.reconnect_backoff_max,
-                   **kwargs)
+                   thumbnail_width=decode.thumbnail_width, **kwargs)
 
     # 1. open, with clear errors
     def open(self, retry_until: float | None = None):
@@ -279,6 +298,7 @@ class VideoDecoder:
         if self._container is None:
             self.open()
         frames, stamps, seq = [], [], self.first_chunk_seq
+        pictures = []  # the chunk's decoded frames (references, full size): its thumbnail is made from one
         wall0 = t_first = None
         last_t = None
         gap, back = 0.0, False  # seconds away before the next chunk; a live source just reconnected
@@ -295,13 +315,15 @@ class VideoDecoder:
                                            interpolation="BILINEAR")
                     frames.append(rgb)
                     stamps.append(t)
+                    if self.thumbnail_width and len(pictures) <= (self.chunk_frames - 1) // 2:
+                        pictures.append(frame)  # the middle frame of any chunk is among these
                     last_t = t
                     if len(frames) == self.chunk_frames:
-                        yield self._chunk(seq, frames, stamps, wall0, t_first, gap)
-                        frames, stamps, seq, gap = [], [], seq + 1, 0.0
+                        yield self._chunk(seq, frames, stamps, wall0, t_first, gap, pictures)
+                        frames, stamps, seq, gap, pictures = [], [], seq + 1, 0.0, []
                 if frames:  # no chunk spans a gap: what came before the drop is a chunk of its own
-                    yield self._chunk(seq, frames, stamps, wall0, t_first, gap)
-                    frames, stamps, seq, gap = [], [], seq + 1, 0.0
+                    yield self._chunk(seq, frames, stamps, wall0, t_first, gap, pictures)
+                    frames, stamps, seq, gap, pictures = [], [], seq + 1, 0.0, []
                 if not (self.source.live and wall0 is not None and self._reconnect(t_first, wall0)):
                     break
                 back = True
@@ -335,8 +357,9 @@ class VideoDecoder:
             return True
         return False
 
-    def _chunk(self, seq, frames, stamps, wall0, t_first, gap: float = 0.0) -> FrameChunk:
+    def _chunk(self, seq, frames, stamps, wall0, t_first, gap: float = 0.0, pictures=()) -> FrameChunk:
         n_valid = len(frames)
+        thumbnail = jpeg_thumbnail(pictures[(n_valid - 1) // 2], self.thumbnail_width) if pictures else None
         padded = -(-n_valid // self.pad_multiple) * self.pad_multiple
         frames = frames + [frames[-1]] * (padded - n_valid)
         wall = None if wall0 is None else wall0 + (stamps[0] - t_first)
@@ -349,6 +372,7 @@ class VideoDecoder:
             wall_clock=wall,
             source=self.source.uri,
             gap_before=round(gap, 3),
+            thumbnail=thumbnail,
         )
 
     def _check_complete(self, last_t: float):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pipeline.config import Config, fingerprint
 from pipeline.decode import Source, SourceError, VideoDecoder, fingerprint as content_fingerprint
+from pipeline.progress import figures as progress_figures, hms, line as progress_line
 from pipeline.errors import VidstormError
 from pipeline.processor import StreamProcessor, StreamState
 from pipeline.store import Store
@@ -100,19 +101,15 @@ class Progress:
         self.out = stream
         self.tty = stream.isatty()
 
-    def update(self, job: JobResult, frames: int, duration: float | None, t_video: float):
+    def update(self, job: JobResult, frames: int, duration: float | None, t_video: float,
+               t_start: float = 0.0):
+        """t_video: where the stream now is in the source; t_start: where this run started (a resume)."""
         if not self.tty:
             return
         elapsed = max(time.time() - job.started_at, 1e-6)
-        rtf = job.video_seconds / elapsed
-        line = f"{job.stream_id[:24]:24s} {_hms(t_video)}"
-        if duration:
-            done = min(job.video_seconds / duration, 1.0)
-            bar = "#" * int(done * 20)
-            eta = (duration - job.video_seconds) / rtf if rtf > 0 else 0
-            line += f"/{_hms(duration)} [{bar:20s}] ETA {_hms(eta)}"
-        line += f"  {frames / elapsed:5.1f} frames/s  {rtf:5.2f}x real time"
-        self.out.write("\r" + line[:150].ljust(150))
+        text = progress_line(job.stream_id, progress_figures(t_video, duration, t_start, elapsed))
+        text += f"  {frames / elapsed:5.1f} frames/s"
+        self.out.write("\r" + text[:150].ljust(150))
         self.out.flush()
 
     def done(self, job: JobResult):
@@ -121,16 +118,11 @@ class Progress:
         elapsed = (job.finished_at or time.time()) - job.started_at
         if job.status == "done":
             self.out.write(
-                f"{job.stream_id}: {job.chunks} chunks, {_hms(job.video_seconds)} of video in {elapsed:.1f}s "
+                f"{job.stream_id}: {job.chunks} chunks, {hms(job.video_seconds)} of video in {elapsed:.1f}s "
                 f"({job.video_seconds / max(elapsed, 1e-6):.2f}x real time), "
                 f"{job.segments} segments + {job.summaries} summaries stored\n"
             )
         self.out.flush()
-
-
-def _hms(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 class LocalIngest:
@@ -223,7 +215,7 @@ class LocalIngest:
             job.video_seconds += chunk.t_end - chunk.t_start
             if not source.live:
                 self._save_state(state)
-            self.progress.update(job, frames, decoder.duration, chunk.t_end)
+            self.progress.update(job, frames, decoder.duration, chunk.t_end, start_at)
         records, state = self.processor.finish(state)
         self._store(records, job)
         self._state_path(source.stream_id).unlink(missing_ok=True)

@@ -167,7 +167,7 @@ class StreamProcessor:
         offline mode's whole-source scan gives the pooled tokens). The chunk's frames are not used."""
         segment = self.segment(pooled, stream_id=chunk.stream_id, chunk_seq=chunk.chunk_seq, t_start=chunk.t_start,
                                t_end=chunk.t_end, n_frames=chunk.n_valid, source=chunk.source,
-                               wall_clock=chunk.wall_clock, gap_before=chunk.gap_before)
+                               wall_clock=chunk.wall_clock, gap_before=chunk.gap_before, thumbnail=chunk.thumbnail)
         return self.after_caption(segment, state, temporal_state)
 
     def after_caption(self, segment: Segment, state: StreamState, temporal_state=None) -> tuple[list, StreamState]:
@@ -190,7 +190,8 @@ class StreamProcessor:
         return records, state
 
     def segment(self, pooled: torch.Tensor, *, stream_id: str, chunk_seq: int, t_start: float, t_end: float,
-                n_frames: int, source: str, wall_clock, gap_before: float = 0.0) -> Segment:
+                n_frames: int, source: str, wall_clock, gap_before: float = 0.0,
+                thumbnail: bytes | None = None) -> Segment:
         """One chunk's row: its caption, embeddings and times. --local and the distributed
         summarizer both build segments here."""
         caption = self.caption(pooled)
@@ -198,7 +199,7 @@ class StreamProcessor:
             stream_id=stream_id, chunk_seq=chunk_seq, t_start=t_start, t_end=t_end, caption=caption,
             visual_embedding=visual_embedding(pooled), text_embedding=self.embedder.embed([caption])[0],
             n_frames=n_frames, config_fingerprint=self.config_fingerprint, source=source, wall_clock=wall_clock,
-            created_at=time.time(), gap_before=gap_before,
+            created_at=time.time(), gap_before=gap_before, thumbnail=thumbnail,
         )
 
     def summary(self, *, stream_id: str, level: str, seq: int, t_start: float, t_end: float, texts: list[str],

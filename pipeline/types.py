@@ -82,6 +82,7 @@ class FrameChunk:
     wall_clock: float | None = None  # unix seconds of the first frame: live sources, tagged files
     source: str = ""
     gap_before: float = 0.0  # seconds a live source was away before this chunk (it reconnected)
+    thumbnail: bytes | None = None  # JPEG of the middle sampled frame (decode.thumbnail_width px wide)
 
     @property
     def n_valid(self) -> int:
@@ -101,7 +102,10 @@ class FrameChunk:
             "source": self.source,
             "gap_before": self.gap_before,
         }
-        return pack(header, {"frames": self.frames, "timestamps": np.asarray(self.timestamps, np.float64)})
+        arrays = {"frames": self.frames, "timestamps": np.asarray(self.timestamps, np.float64)}
+        if self.thumbnail is not None:
+            arrays["thumbnail"] = np.frombuffer(self.thumbnail, np.uint8)
+        return pack(header, arrays)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "FrameChunk":
@@ -124,7 +128,20 @@ class FrameChunk:
             wall_clock=None if meta.get("wall_clock") is None else float(meta["wall_clock"]),
             source=str(meta.get("source", "")),
             gap_before=float(meta.get("gap_before") or 0.0),
+            thumbnail=check_thumbnail(arrays["thumbnail"].tobytes()) if "thumbnail" in arrays else None,
         )
+
+
+MAX_THUMBNAIL = 1 << 18  # bytes: a ~192 px JPEG is ~5-15 KB (and base64 of it must fit a message header)
+
+
+def check_thumbnail(data: bytes | None) -> bytes | None:
+    """`data` if it looks like a JPEG of sane size (what crosses a queue is checked), else ValueError."""
+    if data is None:
+        return None
+    if not isinstance(data, bytes) or len(data) > MAX_THUMBNAIL or not data.startswith(b"\xff\xd8"):
+        raise ValueError("thumbnail is not a JPEG of at most 256 KiB")
+    return data
 
 
 def column(arrow_type: pa.DataType, **kwargs):
@@ -155,6 +172,7 @@ class Segment:
     created_at: float = column(UTC_US, default=0.0)  # unix seconds
     level: str = column(pa.string(), default="chunk")
     gap_before: float = column(pa.float64(), default=0.0)  # seconds a live source was away before it
+    thumbnail: bytes | None = column(pa.binary(), default=None)  # JPEG of the chunk's middle sampled frame
 
 
 @dataclass

@@ -36,6 +36,7 @@ class StormSpec:
     d_conv: int = 4
     expand: int = 2
     bidirectional: bool = True
+    downsample: int = 2  # pixel shuffle: each token merges downsample x downsample SigLIP patches
 
 
 class StormConnector(nn.Module):
@@ -58,6 +59,7 @@ class StormConnector(nn.Module):
             spec.d_state,
             spec.d_conv,
             spec.expand,
+            downsample=spec.downsample,
             scan_impl=scan_impl,
         )
         self.projector = Projector(spec.d_model, spec.llm_hidden)
@@ -160,6 +162,7 @@ def build_connector(
         d_conv=temporal_cfg.d_conv,
         expand=temporal_cfg.expand,
         bidirectional=temporal_cfg.mode != "stream",
+        downsample=temporal_cfg.downsample,
     )
     if temporal_cfg.checkpoint:
         model = load_storm(temporal_cfg.checkpoint, spec, temporal_cfg.mode, scan_impl)

@@ -37,6 +37,10 @@ INDEX_DIR = "_index"
 TABLES = ("segments", "summaries", "jobs")
 KEYS = {"segments": ("stream_id", "chunk_seq", "level"), "summaries": ("stream_id", "seq", "level")}
 EMBEDDINGS = ("text_embedding", "visual_embedding")
+# Thumbnails stay in the Parquet files: in memory each segment has only whether it has one and where
+# it is (file, row), so GET .../thumbnail.jpg reads one row group of one file.
+THUMBNAIL_PLACE = [pa.field("has_thumbnail", pa.bool_()), pa.field("_file_name", pa.string()),
+                   pa.field("_file_row", pa.int64())]
 SAVE_EVERY = 10000  # vectors added since the last save; and at least a tenth of the index
 
 
@@ -72,8 +76,28 @@ def parse_time(text: str | float | None) -> tuple[str, float | dt.datetime] | No
 
 
 def _columns(table: str) -> list[pa.Field]:
-    """The columns kept in memory: all but the embeddings."""
-    return [f for f in SCHEMAS[table] if f.name not in EMBEDDINGS]
+    """The stored columns kept in memory: all but the embeddings and the thumbnails."""
+    return [f for f in SCHEMAS[table] if f.name not in (*EMBEDDINGS, "thumbnail")]
+
+
+def _thumbnail_flags(path: Path) -> np.ndarray:
+    """Which rows of a segments file hold a thumbnail, from the row groups' null counts where they
+    settle it (all or none), else by reading that row group's thumbnail column."""
+    meta = pq.read_metadata(path)
+    flags = []
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        column = next((group.column(c) for c in range(group.num_columns)
+                       if group.column(c).path_in_schema == "thumbnail"), None)
+        stats = column.statistics if column is not None else None
+        if column is None or (stats is not None and stats.has_null_count and stats.null_count == group.num_rows):
+            flags.append(np.zeros(group.num_rows, bool))
+        elif stats is not None and stats.has_null_count and stats.null_count == 0:
+            flags.append(np.ones(group.num_rows, bool))
+        else:
+            data = pq.ParquetFile(path).read_row_group(g, columns=["thumbnail"]).column(0)
+            flags.append(data.is_valid().to_numpy(zero_copy_only=False))
+    return np.concatenate(flags) if flags else np.zeros(0, bool)
 
 
 class StoreQuery:
@@ -102,7 +126,8 @@ class StoreQuery:
         self._streams: list[dict] | None = None  # streams(), until new segments come
         self._stream_ids: set[str] = set()
         for table in TABLES:
-            fields = _columns(table) + ([pa.field("vid", pa.int64())] if table in KEYS else [])
+            fields = (_columns(table) + (THUMBNAIL_PLACE if table == "segments" else [])
+                      + ([pa.field("vid", pa.int64())] if table in KEYS else []))
             with self._registered(_empty=pa.schema(fields).empty_table()):
                 self.db.execute(f"CREATE TABLE {table} AS SELECT * FROM _empty")
         self.refresh()
@@ -142,6 +167,8 @@ class StoreQuery:
         key = list(KEYS[table])
         kept = self._first_per_key(table, data.select([*key, "created_at"]), loaded=False)
         rows = data.take(kept)
+        if table == "segments":
+            rows = self._thumbnail_places(files, rows)
         vids = pa.nulls(len(kept), pa.int64())
         if self._indexes is not None and len(kept):
             vectors = self._vectors(table, files, rows)  # before any change: a vanished file retries cleanly
@@ -154,6 +181,14 @@ class StoreQuery:
             if table == "segments":
                 self._streams = None
         return len(kept)
+
+    def _thumbnail_places(self, files: list[str], rows: pa.Table) -> pa.Table:
+        file_of, row_of = rows.column("_file").to_numpy(), rows.column("_row").to_numpy()
+        flags = {i: _thumbnail_flags(self.root / files[i]) for i in np.unique(file_of)}
+        has = np.array([flags[f][r] if r < len(flags[f]) else False for f, r in zip(file_of, row_of)], bool)
+        names = pa.array([files[f] for f in file_of], pa.string())
+        return (rows.append_column("has_thumbnail", pa.array(has)).append_column("_file_name", names)
+                .append_column("_file_row", pa.array(row_of, pa.int64())))
 
     def _unread(self, table: str, skip: set[str]) -> list[str]:
         base = self.root / table
@@ -370,6 +405,40 @@ class StoreQuery:
                 self._stream_ids = {row["stream_id"] for row in self._streams}
             return [dict(row) for row in self._streams]
 
+    def thumbnail(self, stream_id: str, chunk_seq: int) -> bytes | None:
+        """The JPEG stored with a chunk's segment, or None (no such segment, or none stored)."""
+        with self._lock:
+            found = self.db.execute(
+                "SELECT _file_name, _file_row FROM segments WHERE stream_id = ? AND chunk_seq = ? AND level = 'chunk' "
+                "AND has_thumbnail", [stream_id, int(chunk_seq)]).fetchall()
+        if not found:
+            return None
+        name, row = found[0]
+        try:
+            return _row_value(self.root / name, int(row), "thumbnail")
+        except FileNotFoundError:  # compacted since it was loaded: the merged file holds the same row
+            from pipeline.store.parquet import _stream_dir
+
+            folder = self.root / "segments" / _stream_dir(stream_id)
+            table = ds.dataset(str(folder), format="parquet", schema=SCHEMAS["segments"]).to_table(
+                columns=["thumbnail"], filter=(ds.field("chunk_seq") == int(chunk_seq)) & (ds.field("level") == "chunk")
+                & ds.field("thumbnail").is_valid())
+            return table.column(0)[0].as_py() if table.num_rows else None
+
+    def stream_source(self, stream_id: str) -> str | None:
+        """The source (file path or live URL) a stream's segments came from (its latest segment's)."""
+        with self._lock:
+            found = self.db.execute("SELECT source FROM segments WHERE stream_id = ? ORDER BY chunk_seq DESC LIMIT 1",
+                                    [stream_id]).fetchall()
+        return found[0][0] if found and found[0][0] else None
+
+    def latest_thumbnails(self) -> dict[str, int]:
+        """stream_id -> chunk_seq of its latest segment that has a thumbnail."""
+        with self._lock:
+            rows = self.db.execute("SELECT stream_id, max(chunk_seq) FROM segments WHERE has_thumbnail "
+                                   "GROUP BY stream_id").fetchall()
+        return {stream: int(seq) for stream, seq in rows}
+
     def has_stream(self, stream_id: str) -> bool:
         """A stream with segments, or with summaries only (e.g. rows written by a digest)."""
         with self._lock:
@@ -383,7 +452,8 @@ class StoreQuery:
         after: a (stream_id, chunk_seq) cursor, rows strictly after it."""
         clauses, params = self._filters(stream, since, until, q, after)
         sql = (
-            f"SELECT {', '.join(LISTED['segments'])} FROM segments{_where(clauses)} ORDER BY stream_id, chunk_seq"
+            f"SELECT {', '.join(LISTED['segments'])}, has_thumbnail FROM segments{_where(clauses)} "
+            "ORDER BY stream_id, chunk_seq"
         )
         return self._rows(sql + _limit(limit), params)
 
@@ -414,11 +484,12 @@ class StoreQuery:
         clauses, params = self._filters(stream, since, until)
         words = _words(text)
         out = []
-        for table, column, seq, level in (("segments", "caption", "chunk_seq", "'chunk'"),
-                                          ("summaries", "text", "seq", "level")):
+        for table, column, seq, level, thumb in (("segments", "caption", "chunk_seq", "'chunk'", "has_thumbnail"),
+                                                 ("summaries", "text", "seq", "level", "FALSE")):
             match = [f"contains(lower({column}), ?)" for _ in words]
             out += self._rows(
-                f"SELECT stream_id, {level} AS level, {seq} AS seq, t_start, t_end, {column} AS text "
+                f"SELECT stream_id, {level} AS level, {seq} AS seq, t_start, t_end, {column} AS text, "
+                f"{thumb} AS has_thumbnail "
                 f"FROM {table}{_where(clauses + match)} ORDER BY stream_id, t_start{_limit(limit)}",
                 params + words,
             )
@@ -444,9 +515,11 @@ class StoreQuery:
     def _hits(self, table: str, scores: np.ndarray, vids: np.ndarray) -> list[dict]:
         if not len(vids):
             return []
-        seq, level, text = ("chunk_seq", "'chunk'", "caption") if table == "segments" else ("seq", "level", "text")
+        seq, level, text, thumb = (("chunk_seq", "'chunk'", "caption", "has_thumbnail") if table == "segments"
+                                   else ("seq", "level", "text", "FALSE"))
         rows = self._rows(
-            f"SELECT stream_id, {level} AS level, {seq} AS seq, t_start, t_end, {text} AS text, vid "
+            f"SELECT stream_id, {level} AS level, {seq} AS seq, t_start, t_end, {text} AS text, "
+            f"{thumb} AS has_thumbnail, vid "
             f"FROM {table} WHERE vid IN ({', '.join(str(int(v)) for v in vids)})",
             [],
         )
@@ -454,6 +527,17 @@ class StoreQuery:
         for row in rows:
             row["score"] = score[row.pop("vid")]
         return rows
+
+
+def _row_value(path: Path, row: int, column: str):
+    """One value of a Parquet file, reading only the row group that holds the row."""
+    reader = pq.ParquetFile(path)
+    for g in range(reader.metadata.num_row_groups):
+        n = reader.metadata.row_group(g).num_rows
+        if row < n:
+            return reader.read_row_group(g, columns=[column]).column(0)[row].as_py()
+        row -= n
+    return None
 
 
 def _words(text: str | None) -> list[str]:

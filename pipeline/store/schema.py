@@ -43,7 +43,8 @@ JOBS = pa.schema(
 KEYS = {"segments": ("chunk_seq", "level"), "summaries": ("seq", "level")}
 # what listings (`vidstorm segments`/`summaries`, the API's /segments and /summaries) return of each table
 LISTED = {
-    "segments": tuple(n for n in SEGMENTS.names if n not in ("visual_embedding", "text_embedding", "level")),
+    "segments": tuple(n for n in SEGMENTS.names
+                      if n not in ("visual_embedding", "text_embedding", "level", "thumbnail")),
     "summaries": tuple(n for n in SUMMARIES.names if n not in ("text_embedding", "config_fingerprint", "created_at")),
 }
 SCHEMAS = {"segments": SEGMENTS, "summaries": SUMMARIES, "jobs": JOBS}

@@ -268,7 +268,11 @@ def test_run_requests_map_to_202_404_503(store_root, text_embedder):
         raise KeyError(name)
 
     app = create_app(store_root, TOKEN, text_embedder, run_requester=requester)
-    with_scheduler = TestClient(app, headers=AUTH)
+    with_scheduler = TestClient(app, headers={**AUTH, "X-Vidstorm-Request": "1"})
+    # a state-changing request without the header a cross-site form cannot send is refused
+    answer = TestClient(app, headers=AUTH).post("/jobs/nightly/run")
+    assert answer.status_code == 400 and "X-Vidstorm-Request" in answer.json()["error"]
+    assert asked == []
     answer = with_scheduler.post("/jobs/nightly/run")
     assert (answer.status_code, answer.json()) == (202, {"run_id": "run-42"})
     answer = with_scheduler.post("/jobs/weekly/run")
@@ -276,7 +280,8 @@ def test_run_requests_map_to_202_404_503(store_root, text_embedder):
     answer = with_scheduler.post("/jobs/flaky/run")
     assert answer.status_code == 503 and "cannot reach Redis" in answer.json()["error"]
     assert asked == ["nightly", "weekly", "flaky"]
-    answer = TestClient(create_app(store_root, TOKEN, text_embedder), headers=AUTH).post("/jobs/nightly/run")
+    answer = TestClient(create_app(store_root, TOKEN, text_embedder),
+                        headers={**AUTH, "X-Vidstorm-Request": "1"}).post("/jobs/nightly/run")
     assert answer.status_code == 503 and "start `vidstorm scheduler`" in answer.json()["error"]
 
 
@@ -341,8 +346,9 @@ def test_vidstorm_serve_without_a_token_stays_on_loopback(tmp_path, store_root):
         hits = httpx.get(f"http://127.0.0.1:{port}/search", params={"q": "red balloon"}, timeout=30).json()
         assert hits["items"][0]["text"] == LOBBY[7]
         # run requests reach the job specs of the data directory and, without a scheduler, say so
-        assert httpx.post(f"http://127.0.0.1:{port}/jobs/weekly/run", timeout=30).status_code == 404
-        answer = httpx.post(f"http://127.0.0.1:{port}/jobs/nightly/run", timeout=30)
+        post = {"X-Vidstorm-Request": "1"}
+        assert httpx.post(f"http://127.0.0.1:{port}/jobs/weekly/run", headers=post, timeout=30).status_code == 404
+        answer = httpx.post(f"http://127.0.0.1:{port}/jobs/nightly/run", headers=post, timeout=30)
         assert answer.status_code == 503 and "vidstorm scheduler" in answer.json()["error"]
     finally:
         server.send_signal(signal.SIGINT)
@@ -419,8 +425,10 @@ def test_fuzzed_requests_get_documented_answers_never_5xx(store_root, text_embed
         app.state.stop.set()
         app.state.query.close()
     assert set(seen) == {"GET /streams", "GET /segments", "GET /search", "GET /summaries", "GET /jobs",
-                         "POST /jobs/{name}/run"}
-    for label in ("GET /streams", "GET /segments", "GET /search", "GET /summaries", "GET /jobs"):
+                         "POST /jobs/{name}/run", "GET /schedules", "GET /progress", "GET /clip",
+                         "GET /segments/{stream}/{seq}/thumbnail.jpg"}
+    for label in ("GET /streams", "GET /segments", "GET /search", "GET /summaries", "GET /jobs", "GET /schedules",
+                  "GET /progress"):
         assert 200 in seen[label], (label, seen[label])  # the token reached the app: not a wall of 401s
     assert all(status < 500 for statuses in seen.values() for status in statuses)
 

@@ -1,6 +1,7 @@
 """Ray actors + Redis Streams, for real: same rows as --local, and nothing lost or doubled when
 workers die or Redis restarts in the middle of a run."""
 
+import hashlib
 import threading
 import time
 import uuid
@@ -52,12 +53,17 @@ def _rows(store_root):
     pooled tokens): a 6-token caption from a tiny LLM can survive a dropped temporal state, it cannot."""
     q = StoreQuery(store_root)
     store = Store(store_root)
-    embeddings = {}
+    embeddings, thumbnails = {}, {}
     for stream_id in {r["stream_id"] for r in q.segments()}:
-        for row in store.stream_rows("segments", stream_id, ["chunk_seq", "visual_embedding"]):
+        stored = store.stream_rows("segments", stream_id, ["chunk_seq", "visual_embedding", "thumbnail"])
+        assert len(stored) == len({row["chunk_seq"] for row in stored}), "a segment (and its thumbnail) twice"
+        for row in stored:
             embeddings[(stream_id, row["chunk_seq"])] = Close(row["visual_embedding"])
+            assert row["thumbnail"] and row["thumbnail"][:2] == b"\xff\xd8", "a segment without its thumbnail"
+            thumbnails[(stream_id, row["chunk_seq"])] = hashlib.sha256(row["thumbnail"]).hexdigest()[:16]
     segments = {(r["stream_id"], r["chunk_seq"]): (r["t_start"], r["t_end"], r["caption"],
-                                                   embeddings[(r["stream_id"], r["chunk_seq"])])
+                                                   embeddings[(r["stream_id"], r["chunk_seq"])],
+                                                   thumbnails[(r["stream_id"], r["chunk_seq"])])
                 for r in q.segments()}
     summaries = {(r["stream_id"], r["level"], r["seq"]): (r["t_start"], r["t_end"], r["text"])
                  for r in q.summaries()}
@@ -261,13 +267,20 @@ def test_an_interrupted_run_resumes_where_it_stopped(cluster, clips, reference, 
     decoded_at, captioned = _stage_progress(first, "cam-a")[0], _handed_on(first, summarizer)
     encoded = _handed_on(first, encoder)
 
-    said = []
+    said, shown = [], []
     second = DistributedIngest(cluster, cfg, log=said.append)
     try:
-        rows = second.run([source], resume=True)
+        rows = second.run([source], resume=True, on_progress=shown.extend)
     finally:
         second.shutdown()
     assert rows[0]["status"] == "done", rows[0]["error"]
+    # progress: this run starts where the stored chunks ended, moves on, and knows the file's length
+    assert shown and {r["stream_id"] for r in shown} == {"cam-a"}
+    done = [r["done_s"] for r in shown]
+    assert done == sorted(done) and done[-1] > done[0] > 0, done
+    assert all(r["total_s"] == pytest.approx(80, abs=1) for r in shown)
+    moving = [r for r in shown if r["done_s"] > done[0]]
+    assert moving and all(r["x_realtime"] > 0 and r["eta_s"] is not None for r in moving)
     # (a killed decoder may have published one more chunk between our look and its death)
     resumed_at = [int(m.rsplit(" ", 1)[1]) for m in said if m.startswith("cam-a: resuming at chunk ")]
     assert len(resumed_at) == 1 and decoded_at <= resumed_at[0] <= decoded_at + 1

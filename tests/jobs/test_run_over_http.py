@@ -20,7 +20,7 @@ def test_a_run_requested_over_http_is_run_by_the_scheduler(tmp_path, tiny_overri
     (data / "jobs").mkdir(parents=True)
     (data / "jobs" / "daily.yaml").write_text("name: daily\nkind: digest\nschedule: '30 6 * * *'\n")
     cfg = load_config(None, tiny_overrides)
-    auth = {"Authorization": "Bearer s3cret"}
+    auth = {"Authorization": "Bearer s3cret", "X-Vidstorm-Request": "1"}
     with EmbeddedRedis(data / "redis") as server:  # the scheduler's embedded Redis, found by the API
         app = create_app(data / "store", "s3cret", text_embedder, _run_requester(cfg, str(tmp_path / "none"), data),
                          refresh_s=0.1)
