@@ -233,17 +233,20 @@ def create_app(
         if stream and not query.has_stream(stream):
             raise HTTPException(404, f"unknown stream {stream!r}")
 
-    def media(row: dict, seq_key: str) -> dict:
-        """A listed row with its thumbnail and clip URLs (chunk rows: the segment's own span)."""
-        has = row.pop("has_thumbnail", False)
-        if row.get("level", "chunk") == "chunk":
-            seq = row[seq_key]
-            row["thumbnail_url"] = signer.url(thumbnail_path(row["stream_id"], seq)) if has else None
-            row["clip_url"] = clip_url(row["stream_id"], row["t_start"], row["t_end"])
-        return row
+    def with_media(rows: list[dict], seq_key: str) -> list[dict]:
+        """Listed rows with their thumbnail and clip URLs (chunk rows: the segment's own span)."""
+        sources = {}
+        for row in rows:
+            has = row.pop("has_thumbnail", False)
+            if row.get("level", "chunk") == "chunk":
+                stream = row["stream_id"]
+                if stream not in sources:
+                    sources[stream] = query.stream_source(stream)
+                row["thumbnail_url"] = signer.url(thumbnail_path(stream, row[seq_key])) if has else None
+                row["clip_url"] = clip_url(stream, sources[stream], row["t_start"], row["t_end"])
+        return rows
 
-    def clip_url(stream_id: str, since, until) -> str | None:
-        source = query.stream_source(stream_id)
+    def clip_url(stream_id: str, source: str | None, since, until) -> str | None:
         if not source or "://" in source or since is None or until is None or until - since > clip_max_seconds:
             return None
         return signer.url("/clip", {"stream": stream_id, "since": f"{since:.3f}", "until": f"{until:.3f}"})
@@ -274,7 +277,7 @@ def create_app(
         more = len(rows) > limit
         rows = rows[:limit]
         next_cursor = _encode_cursor(rows[-1]["stream_id"], rows[-1]["chunk_seq"]) if more else None
-        return {"items": _plain([media(row, "chunk_seq") for row in rows]), "next_cursor": next_cursor}
+        return {"items": _plain(with_media(rows, "chunk_seq")), "next_cursor": next_cursor}
 
     @router.get("/search", response_model=HitList, responses={404: {"model": ErrorBody}})
     def search(
@@ -286,7 +289,7 @@ def create_app(
     ):
         known_stream(stream)
         vector = embedder.embed([q])[0]
-        return {"items": _plain([media(row, "seq") for row in query.search(vector, stream, since, until, k=k)])}
+        return {"items": _plain(with_media(query.search(vector, stream, since, until, k=k), "seq"))}
 
     @router.get("/summaries", response_model=SummaryList, responses={404: {"model": ErrorBody}})
     def summaries(

@@ -13,8 +13,7 @@ from actors.stages import decode_record, encode_record, thumbnail_meta, thumbnai
 from pipeline.build import build_processor
 from pipeline.config import load_config
 from pipeline.decode import Source, VideoDecoder
-from pipeline.ingest import LocalIngest, Progress
-from pipeline.progress import figures
+from pipeline.ingest import LocalIngest
 from pipeline.store import Store
 from pipeline.store.query import StoreQuery
 from pipeline.types import FrameChunk, Segment, check_thumbnail, unpack
@@ -127,31 +126,3 @@ def test_a_store_written_before_thumbnails_reads_as_none(tmp_path):
     q = StoreQuery(tmp_path / "store")
     assert q.segments("old")[0]["has_thumbnail"] is False and q.thumbnail("old", 0) is None
     assert q.latest_thumbnails() == {}
-
-
-def test_progress_after_a_resume_counts_this_runs_speed_and_the_rest_of_the_source():
-    # a 1000 s file resumed at 500 s: 100 s more in 50 s of wall time is 2x real time, 200 s to go
-    f = figures(600.0, 1000.0, 500.0, 50.0)
-    assert f["x_realtime"] == pytest.approx(2.0) and f["eta_s"] == pytest.approx(200.0)
-    assert f["fraction"] == pytest.approx(0.6)
-    fresh = figures(100.0, 1000.0, 0.0, 50.0)  # from the start: the same speed, 450 s to go
-    assert fresh["eta_s"] == pytest.approx(450.0)
-    assert figures(10.0, None, 0.0, 5.0)["eta_s"] is None  # a live source has no end
-    assert figures(500.0, 1000.0, 500.0, 5.0)["x_realtime"] is None  # nothing gained yet: no guess
-
-
-def test_local_progress_line_after_a_resume_shows_the_eta_of_what_is_left(tmp_path):
-    class Tty(io.StringIO):
-        def isatty(self):
-            return True
-
-    import time
-
-    from pipeline.ingest import JobResult
-
-    out = Tty()
-    job = JobResult("j", "/x.mp4", "cam", started_at=time.time() - 50)
-    job.video_seconds = 100.0  # this run: 500 s -> 600 s of a 1000 s file
-    Progress(out).update(job, 100, 1000.0, 600.0, 500.0)
-    text = out.getvalue()
-    assert "0:10:00/0:16:40" in text and "ETA 0:03:" in text, text  # ~200 s left at 2x real time
