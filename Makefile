@@ -56,12 +56,11 @@ WARMUP := train.stage=warmup train.steps=300 train.batch_size=32 train.warmup_st
 	train.grad_clip=0 train.eval_every=100 train.save_every=100 train.val_samples=0
 
 toy-model: $(STAMP)
-	rm -rf $(TOY)/siglip
 	$(VS) demo-assets --data $(DATA)
 	rm -rf $(DATA)/toy-data
 	$(VS) synth-data $(DATA)/toy-data --n 4000 --seed 7 --size 96 480 --fps 10 30
 	$(VS) train --local --config configs/toy.yaml $(WARMUP) "train.tasks=[direction]" "train.init_from=''" \
-	  train.out=$(DATA)/toy-warmup-direction train.lr=0.002 train.steps=600
+	  train.out=$(DATA)/toy-warmup-direction train.lr=0.002
 	$(VS) train --local --config configs/toy.yaml $(WARMUP) train.init_from=$(DATA)/toy-warmup-direction \
 	  train.out=$(DATA)/toy-warmup train.lr=0.001 train.steps=800
 	$(VS) train --local --config configs/toy.yaml train.init_from=$(DATA)/toy-warmup

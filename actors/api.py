@@ -407,8 +407,8 @@ def create_app(
 
     @app.get("/", include_in_schema=False)
     def index():
-        return FileResponse(WEB / "index.html", media_type="text/html",
-                            headers={"Cache-Control": "no-cache", "X-Frame-Options": "DENY"})
+        return FileResponse(WEB / "index.html", media_type="text/html", headers={
+            "Cache-Control": "no-cache", "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff"})
 
     app.mount("/static", StaticFiles(directory=WEB), name="static")
     return app

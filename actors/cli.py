@@ -557,7 +557,7 @@ def cmd_synth_data(args) -> int:
 
     splits = tuple(float(x) for x in args.splits.split(",")) if args.splits else (0.8, 0.1, 0.1)
     summary = write_dataset(args.out, args.n, args.seed, splits=splits, size_range=tuple(args.size or SIZE_RANGE),
-                            fps_range=tuple(args.fps or FPS_RANGE))
+                            fps_range=tuple(args.fps or FPS_RANGE), shape_questions=args.shape_questions)
     _emit_json(summary, one_line=True)
     return 0
 
@@ -735,6 +735,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--size", type=int, nargs=2, metavar=("MIN", "MAX"), help="frame side px (default 96 480)")
     synth.add_argument("--fps", type=int, nargs=2, metavar=("MIN", "MAX"), help="frame rate (default 10 30)")
     synth.add_argument("--splits", help="train,val,test shares (default 0.8,0.1,0.1)")
+    synth.add_argument("--shape-questions", action="store_true",
+                       help="also ask each direction clip which shape it is (a line of its own)")
     synth.set_defaults(func=cmd_synth_data)
 
     report = sub.add_parser("demo-report", help="stored captions of synth-data clips next to the truth")

@@ -16,10 +16,8 @@ the encoder's pooled tokens read by a choice head with no LLM pass; (3) `sft` of
 and the LM from (2), the warm encoder frozen. Sampling is training-free, as in the paper: the
 12.5% rows are trained with pooling only and sample every second pooled frame at test time.
 To fit 2 CPU cores, (3) uses a small LM trained alongside (a 4-layer Llama with SmolLM2's
-tokenizer), not the frozen SmolLM2 of configs/toy.yaml; the encoder is a small random frozen
-SigLIP like the toy model's but at 64 px (8x8 patches, 2x2 pixel shuffle: 16 tokens a frame),
-where the toy model's is 128 px with a 4x4 shuffle (the same 16 tokens, sharper shapes): the
-table was measured at 64 px and fits its hour there. Every row reads the same SigLIP grids (each clip's frames padded to 8 by
+tokenizer), not the frozen SmolLM2 of configs/toy.yaml; the encoder is the same small random
+frozen SigLIP. Every row reads the same SigLIP grids (each clip's frames padded to 8 by
 repeating the last). Train/validation clips and the test split are rendered over the whole
 family (96-480 px, 10-30 fps) with different seeds. The last line is one JSON object.
 """
@@ -60,7 +58,6 @@ SHARES_WEIGHTS = {"storm_12": "storm_25"}  # test-time sampling needs no trainin
 # configs/toy.yaml's temporal geometry and decoding (d_conv 17: the conv spans one frame)
 TOY_GEOMETRY = ["temporal.d_model=128", "temporal.expand=1", "temporal.d_state=8", "temporal.d_conv=17",
                 "decode.fps=1.0", "decode.chunk_frames=8", "train.max_chunks=1"]
-BENCH_SIGLIP = dict(TOY_SIGLIP, image_size=64)  # 8x8 patches (the toy model's: 128 px, 16x16)
 GRID_TOKENS = 16  # 8x8 SigLIP patches after the 2x2 pixel shuffle, per frame
 FRAMES = 8
 
@@ -115,7 +112,7 @@ def main() -> None:
     t0 = time.time()
     write_dataset(work / "data", args.n, args.seed, splits=(0.9, 0.1, 0.0))
     write_dataset(work / "test", args.test, args.seed + 1, splits=(0.0, 0.0, 1.0))
-    siglip = build_random_siglip(work / "siglip", **BENCH_SIGLIP)
+    siglip = build_random_siglip(work / "siglip", **TOY_SIGLIP)
     lm = build_small_lm(work / "lm")
     log(f"data + models ready in {time.time() - t0:.0f}s")
 

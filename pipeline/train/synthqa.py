@@ -100,6 +100,7 @@ class ClipSpec:
     answer: str
     caption: str
     control: bool  # also write the reversed clip (direction only)
+    shape_question: bool = False  # direction clips: also ask which shape it is (a warm-up signal for shape)
 
     @property
     def duration(self) -> float:
@@ -124,9 +125,13 @@ class ClipSpec:
             "task": self.task,
             "caption": self.caption,
         }
-        if not self.control:
-            return [base]
         kind, colour = self.shapes[0].kind, self.shapes[0].colour
+        extra = []
+        if self.shape_question and self.task == "direction":
+            extra = [{**{k: v for k, v in base.items() if k != "caption"}, "id": f"{self.id}_shape",
+                      "question": shape_question(colour), "options": list(SHAPES), "answer": kind, "task": "shape"}]
+        if not self.control:
+            return [base, *extra]
         flipped = OPPOSITE[self.answer]
         reverse = dict(
             base,
@@ -137,7 +142,11 @@ class ClipSpec:
             pair=self.id,
             control="reversed",
         )
-        return [dict(base, pair=self.id), reverse]
+        return [dict(base, pair=self.id), reverse, *extra]
+
+
+def shape_question(colour: str) -> str:
+    return f"What shape is the {colour} object?"
 
 
 def direction_question(colour: str, kind: str) -> str:
@@ -344,6 +353,7 @@ def plan_dataset(
     crf_range: tuple[int, int] = CRF_RANGE,
     noise_prob: float = 0.5,
     control_frac: float = 0.5,
+    shape_questions: bool = False,
 ) -> list[ClipSpec]:
     """Every clip of a dataset, decided from the seed alone (no rendering).
 
@@ -410,6 +420,7 @@ def plan_dataset(
                     answer=direction,
                     caption=direction_caption(colour, kind, direction),
                     control=False,
+                    shape_question=shape_questions,
                 )
             else:
                 cperm, sperm, nperm = perms["order"]
@@ -654,8 +665,11 @@ def write_dataset(
     workers: int | None = None,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    shape_questions: bool = False,
 ) -> dict:
     """Render n clips (plus reversed controls in val/test) into out_dir; see the module docstring.
+    `shape_questions`: each direction clip also gets a `shape` question ("What shape is the red
+    object?"; a line of its own, same clip) - the toy model's warm-up learns shape from it.
 
     Same arguments -> identical JSONL bytes (and, with one x264 thread per clip, identical MP4s).
     `workers`: processes rendering in parallel (default min(2, CPUs); 1 renders inline).
@@ -672,6 +686,7 @@ def write_dataset(
         crf_range=crf_range,
         noise_prob=noise_prob,
         control_frac=control_frac,
+        shape_questions=shape_questions,
     )
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
@@ -706,7 +721,7 @@ def write_dataset(
         rows = [row for s in chosen for row in s.records()]
         _write_jsonl(out / f"{split}.jsonl", rows)
         if split == "train":
-            captions = [{"video": r["video"], "caption": r["caption"]} for r in rows]
+            captions = [{"video": r["video"], "caption": r["caption"]} for r in rows if "caption" in r]
             _write_jsonl(out / "train_captions.jsonl", captions)
         counts = {t: sum(s.task == t for s in chosen) for t in TASKS}
         counts["controls"] = sum(s.control for s in chosen)

@@ -306,3 +306,17 @@ def test_out_dir_must_be_a_new_or_empty_directory_unless_overwriting(tmp_path):
     summary = write_dataset(out, 1, 9, splits=(1, 0, 0), overwrite=True, **CHEAP)
     assert summary["clips"] == 1 and [p.name for p in (out / "clips").iterdir()] == ["s9_00000.mp4"]
     assert math.isclose(sum(v["samples"] for v in summary["splits"].values()), 1)
+
+
+def test_shape_questions_ask_each_direction_clip_its_shape():
+    rows = [r for s in plan_dataset(40, 3, shape_questions=True) for r in s.records()]
+    shape = [r for r in rows if r["task"] == "shape"]
+    direction = {r["video"]: r for r in rows if r["task"] == "direction" and r.get("control") != "reversed"}
+    assert shape and sorted(r["video"] for r in shape) == sorted(direction)
+    for r in shape:
+        colour, kind = direction[r["video"]]["caption"].split()[1:3]
+        assert r["question"] == f"What shape is the {colour} object?" and r["answer"] == kind
+        assert r["options"] == ["circle", "square", "triangle"] and "caption" not in r  # no second caption sample
+    assert {r["answer"] for r in shape} == {"circle", "square", "triangle"}
+    plain = [r for s in plan_dataset(40, 3) for r in s.records()]  # without the flag nothing else changes
+    assert [r for r in rows if r["task"] != "shape"] == plain
