@@ -307,7 +307,7 @@ class VideoDecoder:
         if self._container is None:
             self.open()
         frames, stamps, seq = [], [], self.first_chunk_seq
-        pictures = []  # the chunk's first frames, thumbnail-sized: its thumbnail is made from the middle one
+        pictures = []  # the chunk's first decoded frames (references): its thumbnail is made from the middle one
         wall0 = t_first = None
         last_t = None
         gap, back = 0.0, False  # seconds away before the next chunk; a live source just reconnected
@@ -325,8 +325,7 @@ class VideoDecoder:
                     frames.append(rgb)
                     stamps.append(t)
                     if self.thumbnail_width and len(pictures) <= (self.chunk_frames - 1) // 2:
-                        # the middle frame of any chunk (a short last one too) is among these
-                        pictures.append(thumbnail_frame(frame, self.thumbnail_width))
+                        pictures.append(frame)  # the middle frame of any chunk (a short last one too) is among these
                     last_t = t
                     if len(frames) == self.chunk_frames:
                         yield self._chunk(seq, frames, stamps, wall0, t_first, gap, pictures)
@@ -369,7 +368,7 @@ class VideoDecoder:
 
     def _chunk(self, seq, frames, stamps, wall0, t_first, gap: float = 0.0, pictures=()) -> FrameChunk:
         n_valid = len(frames)
-        thumbnail = jpeg_bytes(pictures[(n_valid - 1) // 2]) if pictures else None
+        thumbnail = jpeg_thumbnail(pictures[(n_valid - 1) // 2], self.thumbnail_width) if pictures else None
         padded = -(-n_valid // self.pad_multiple) * self.pad_multiple
         frames = frames + [frames[-1]] * (padded - n_valid)
         wall = None if wall0 is None else wall0 + (stamps[0] - t_first)
