@@ -357,8 +357,6 @@ def create_app(
     bearer_scheme = HTTPBearer(auto_error=False, description="the service's token, or a signed URL")
 
     def media_auth(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)):
-        if not token:
-            return
         if credentials is not None and hmac.compare_digest(
                 credentials.credentials.encode("utf-8", "surrogateescape"), token.encode()):
             return
@@ -366,8 +364,8 @@ def create_app(
         if problem:
             raise HTTPException(401, problem)
 
-    media_router = APIRouter(dependencies=[Depends(media_auth)],
-                             responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}})
+    media_router = APIRouter(dependencies=[Depends(media_auth)] if token else [],
+                             responses={**({401: {"model": ErrorBody}} if token else {}), 404: {"model": ErrorBody}})
 
     @media_router.get("/segments/{stream}/{seq}/thumbnail.jpg", response_class=Response,
                       responses={200: {"content": {"image/jpeg": {}}}},
