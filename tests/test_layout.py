@@ -62,10 +62,12 @@ def test_columns_are_written_once():
 
     assert SEGMENTS.names == [f.name for f in dataclasses.fields(Segment)]
     assert SUMMARIES.names == [f.name for f in dataclasses.fields(Summary)]
-    assert set(api.Segment.model_fields) == set(SEGMENTS.names) - {"visual_embedding", "text_embedding", "level"}
+    media = set(api.MediaUrls.model_fields)  # thumbnail_url, clip_url: made by the API, not stored
+    assert set(api.Segment.model_fields) == (set(SEGMENTS.names) - {"visual_embedding", "text_embedding", "level",
+                                                                     "thumbnail"}) | media
     assert set(api.Summary.model_fields) == set(SUMMARIES.names) - {"text_embedding", "config_fingerprint",
                                                                      "created_at"}
-    assert list(api.Segment.model_fields) == list(LISTED["segments"])  # what the query selects
+    assert [f for f in api.Segment.model_fields if f not in media] == list(LISTED["segments"])  # what is selected
     assert list(api.Summary.model_fields) == list(LISTED["summaries"])
     assert set(api.Job.model_fields) == set(JOBS.names)
     assert set(JobResult(job_id="j", source="s", stream_id="x").row()) <= set(JOBS.names)

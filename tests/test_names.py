@@ -73,7 +73,8 @@ def test_job_spec_files_with_bad_names_are_refused(name):
 def test_http_job_names_are_checked(tmp_path, text_embedder):
     asked = []
     app = create_app(tmp_path / "store", None, text_embedder, run_requester=lambda name: asked.append(name) or "r1")
-    client = TestClient(app)
+    assert TestClient(app).post("/jobs/nightly/run").status_code == 400  # no X-Vidstorm-Request header
+    client = TestClient(app, headers={"X-Vidstorm-Request": "1"})
     for raw in ["..", "%2E%2E", "a%2Fb", "a%0Ab", "cam%0A", "a%00b", ".hidden", "a" * 300]:
         answer = client.post(f"/jobs/{raw}/run")
         assert answer.status_code in (400, 404, 405), (raw, answer.status_code)
