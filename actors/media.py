@@ -28,15 +28,16 @@ class MediaSigner:
         return hmac.new(self.key, message.encode(), hashlib.sha256).hexdigest()
 
     def url(self, path: str, params: dict | None = None, now: float | None = None) -> str:
-        """`path` (already %-encoded) with `params`, signed when a token is set."""
+        """`path` (already %-encoded) with `params`, signed when a token is set. The signature covers the
+        decoded path, which is what `check` gets from the server (request.url.path)."""
         pairs = [(k, str(v)) for k, v in (params or {}).items()]
         if self.key is not None:
             pairs.append(("exp", str(int((time.time() if now is None else now) + self.ttl_s))))
-            pairs.append(("sig", self._mac(path, pairs)))
+            pairs.append(("sig", self._mac(urllib.parse.unquote(path), pairs)))
         return path + ("?" + urllib.parse.urlencode(pairs) if pairs else "")
 
     def check(self, path: str, pairs: list[tuple[str, str]], now: float | None = None) -> str | None:
-        """None if the URL is signed, unchanged and not expired; else why not (one line)."""
+        """None if the URL is signed, unchanged and not expired; else why not (one line). `path`: decoded."""
         if self.key is None:
             return None
         given = [v for k, v in pairs if k == "sig"]

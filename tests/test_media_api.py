@@ -102,3 +102,13 @@ def test_thumbnails_are_served_with_an_etag_and_need_a_valid_signature(client):
     longer = urlencode({**query, "exp": str(int(query["exp"]) + 10**6)})
     assert client.get(f"{parts.path}?{longer}").status_code == 401
     assert client.get("/segments/ramp/7/thumbnail.jpg", headers=AUTH).status_code == 404
+
+
+def test_a_signed_url_checks_against_the_decoded_path_the_server_sees():
+    signer = MediaSigner(TOKEN)
+    url = signer.url("/segments/my%20cam/3/thumbnail.jpg")  # a stream id a URL must escape
+    parts = urlsplit(url)
+    decoded = "/segments/my cam/3/thumbnail.jpg"
+    assert signer.check(decoded, parse_qsl(parts.query)) is None
+    assert signer.check("/segments/my cam/4/thumbnail.jpg", parse_qsl(parts.query)) is not None
+    assert MediaSigner(None).url("/clip", {"stream": "a b"}) == "/clip?stream=a+b"  # no token: plain URLs
