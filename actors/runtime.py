@@ -391,6 +391,11 @@ class DistributedIngest:
             done = retrying(lambda: self.r.hgetall(self.keys.done))
             rows = {k.decode(): json.loads(v) for k, v in done.items()}
             if streams <= set(rows):
+                if on_progress:  # the finished streams once more, where they ended (no longer active)
+                    try:
+                        on_progress(stages.ingest_progress(self.r, self.cfg.queue.prefix, streams=streams))
+                    except redis.RedisError:
+                        pass
                 return [rows[j["stream_id"]] for j in jobs]
             if should_stop and should_stop():
                 return self._end_unfinished(jobs, rows, "cancelled", "cancelled")

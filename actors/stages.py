@@ -36,11 +36,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from pipeline.config import Config
 from pipeline.errors import VidstormError
 from pipeline.queue import RedisQueue, connect, retrying
-from pipeline.processor import visual_embedding, window_of
+from pipeline.processor import encoded_count, from_wire, to_wire, visual_embedding, window_of
 from pipeline.types import FrameChunk, Segment, Summary, check_thumbnail, pack, unpack
 
 
@@ -202,12 +203,16 @@ class DecoderStage(Stage):
         status, error = "done", ""
         try:
             check_offline_source(source, self.cfg.temporal.mode)
+            reference = gate_reference(progress.get("gate_ref"))
             for chunk in decoder.chunks():
                 self.wait_for_room(self.keys.frames)
                 if self.stopping():  # shut down mid-stream: the position stays, no end marker
                     return "stopped"
                 video_seconds += chunk.t_end - chunk.t_start
-                self._publish(chunk, key, video_seconds, decoder.duration)
+                # static-frame reuse: only the frames that changed travel on to SigLIP; the reference
+                # is saved with the position, so a restarted decoder decides as this one would have
+                mask, reference = plan(chunk.frames, reference, self.cfg.encoder.static_threshold)
+                self._publish(chunk.gated(mask), key, video_seconds, decoder.duration, reference)
                 next_seq = chunk.chunk_seq + 1
         except SourceError as err:
             status, error = "failed", str(err)
@@ -225,19 +230,42 @@ class DecoderStage(Stage):
         retrying(finish)
         return status
 
-    def _publish(self, chunk: FrameChunk, key: str, video_seconds: float, duration: float | None) -> None:
+    def _publish(self, chunk: FrameChunk, key: str, video_seconds: float, duration: float | None,
+                 reference) -> None:
         payload = chunk.to_bytes()
+        position = {"next_chunk_seq": chunk.chunk_seq + 1, "t_end": chunk.t_end, "video_seconds": video_seconds}
+        if reference is not None:
+            position["gate_ref"] = base64.b64encode(np.asarray(reference, "<f4").tobytes()).decode()
 
         def run():
             pipe = self.r.pipeline(transaction=True)
             self.q.publish(self.keys.frames, payload, pipe)
-            pipe.hset(key, mapping={"next_chunk_seq": chunk.chunk_seq + 1, "t_end": chunk.t_end,
-                                    "video_seconds": video_seconds})
+            pipe.hset(key, mapping=position)
             pipe.hset(self.keys.ingest(chunk.stream_id),
                       mapping={"decoded_s": chunk.t_end, "duration": "" if duration is None else duration})
             pipe.execute()
 
         retrying(run)
+
+
+def gate_reference(text: str | None):
+    """A decoder's saved static-frame reference (base64 float32 thumb) -> array, or None when there is
+    none or it is not one (the next frame is then simply encoded)."""
+    from pipeline.reuse import GRID, check_reference
+
+    if not text:
+        return None
+    try:
+        raw = base64.b64decode(text, validate=True)
+        return check_reference(np.frombuffer(raw, "<f4").reshape(GRID, GRID))
+    except ValueError:
+        return None
+
+
+def plan(frames, reference, threshold: float):
+    from pipeline.reuse import plan as reuse_plan
+
+    return reuse_plan(frames, reference, threshold)
 
 
 def _parse(msg, expected: tuple[str, ...]):
@@ -255,11 +283,12 @@ class EncoderStage(Stage):
 
     def __init__(self, cfg, redis_url, name):
         super().__init__(cfg, redis_url, name)
-        from pipeline.models.siglip import SiglipEncoder
+        from pipeline.build import build_processor
 
-        e = cfg.encoder
-        self.encoder = SiglipEncoder(e.model, e.device, e.dtype, e.batch_size, e.select_layer)
-        self.chunks_per_batch = max(1, e.batch_size // cfg.decode.chunk_frames)
+        # SigLIP and the temporal encoder's per-frame projection (pixel shuffle + Linear): the
+        # temporal owner receives projected grids in encoder.output_dtype, several times smaller
+        self.processor = build_processor(cfg, log=None, parts=("encoder", "temporal"))
+        self.chunks_per_batch = max(1, cfg.encoder.batch_size // cfg.decode.chunk_frames)
 
     def tick(self) -> None:
         msgs = self.q.consume([self.keys.frames], count=self.chunks_per_batch, block_ms=200)
@@ -275,15 +304,17 @@ class EncoderStage(Stage):
             except (ValueError, KeyError, TypeError) as err:
                 print(f"{self.name}: skipping malformed message {msg.id!r} on {msg.stream}: {err}", flush=True)
         if chunks:
-            grids = self.encoder.encode(np.concatenate([c.frames for c in chunks]))  # (sum T, g, g, C)
-            start = 0
+            # one batch of only the frames that need encoding, across chunks and streams
+            grids = self.processor.encode_projected(np.concatenate([c.frames for c in chunks]))  # (E, h, w, D)
+            start, wire = 0, self.cfg.encoder.output_dtype
             for c in chunks:
-                tokens = grids[start : start + len(c.frames)].numpy()
+                tokens = to_wire(grids[start : start + len(c.frames)], wire)
                 start += len(c.frames)
                 meta = {"type": "tokens", "stream_id": c.stream_id, "chunk_seq": c.chunk_seq, "t_start": c.t_start,
                         "t_end": c.t_end, "n_valid": c.n_valid, "wall_clock": c.wall_clock, "source": c.source,
-                        "gap_before": c.gap_before, "thumbnail": thumbnail_meta(c.thumbnail)}
-                outputs.append((self.keys.tokens(c.stream_id), pack(meta, {"tokens": tokens})))
+                        "gap_before": c.gap_before, "thumbnail": thumbnail_meta(c.thumbnail), "tokens_dtype": wire}
+                arrays = {"tokens": tokens, "encode_mask": c.mask.astype(np.uint8)}
+                outputs.append((self.keys.tokens(c.stream_id), pack(meta, arrays)))
         for stream in {s for s, _ in outputs}:
             self.wait_for_room(stream)
         if good:
@@ -342,6 +373,11 @@ class TemporalStage(Stage):
             elif meta["chunk_seq"] < state.next_chunk_seq:
                 self.q.ack(msg)  # already applied before a restart: a duplicate
             else:
+                try:
+                    arrays = tokens_of(meta, arrays)
+                except (ValueError, KeyError, TypeError) as err:
+                    print(f"{self.name}: skipping malformed message {msg.id!r} on {msg.stream}: {err}", flush=True)
+                    continue
                 self.buffers.setdefault(stream_id, {})[meta["chunk_seq"]] = (msg, meta, arrays)
         for stream_id in list(self.buffers) + list(self.ends):
             self._drain(stream_id)
@@ -350,22 +386,23 @@ class TemporalStage(Stage):
         state = self._state(stream_id)
         buffer = self.buffers.get(stream_id, {})
         while state.next_chunk_seq in buffer:
-            msg, meta, arrays = buffer[state.next_chunk_seq]
-            import torch
-
-            tokens = torch.from_numpy(arrays["tokens"].copy())
+            msg, meta, (tokens, mask) = buffer[state.next_chunk_seq]
+            meta = dict(meta, frames_encoded=encoded_count(mask, meta["n_valid"]))
             if self.offline:  # on disk before the ack: the whole-file scan at the end reads it
                 from pipeline.models.offline import save_projected
+                from pipeline.reuse import fill
 
-                save_projected(self._offline_input(stream_id, meta["chunk_seq"]),
-                               self.processor.offline_project(tokens), meta)
+                last = None if state.last_grid is None else torch.from_numpy(state.last_grid)
+                save_projected(self._offline_input(stream_id, meta["chunk_seq"]), fill(tokens, mask, last), meta)
                 outputs, temporal_state = [], None
+                last_grid = tokens[-1].numpy() if len(tokens) else state.last_grid
             else:
-                pooled, temporal_state = self.processor.temporal(tokens, state.temporal)
+                pooled, temporal_state, last_grid = self.processor.temporal_projected(tokens, mask, state)
                 outputs = [(self.keys.pooled, _pooled_message(meta, pooled))]
             # The state moves on only once the handoff has committed: if it raises, the chunk is
             # still pending in Redis and in the buffer, and is applied again from the old state.
-            advanced = replace(state, temporal=temporal_state, next_chunk_seq=meta["chunk_seq"] + 1)
+            advanced = replace(state, temporal=temporal_state, last_grid=last_grid,
+                               next_chunk_seq=meta["chunk_seq"] + 1)
             blob = advanced.to_bytes()
             if outputs:
                 self.wait_for_room(self.keys.pooled)
@@ -440,6 +477,18 @@ class TemporalStage(Stage):
             retrying(lambda: self.r.hincrby(self.keys.progress, f"{self.name}:offline-scan", 1))
 
 
+def tokens_of(meta: dict, arrays: dict):
+    """A tokens message's (projected grids (E, h, w, D) fp32 tensor, time-step mask (T,) bool), checked."""
+    from pipeline.types import check_mask
+
+    tokens = from_wire(arrays["tokens"], meta.get("tokens_dtype", "fp32"))
+    if tokens.dim() != 4:
+        raise ValueError(f"tokens must be (frames, h, w, D), got shape {tuple(tokens.shape)}")
+    mask = arrays.get("encode_mask")
+    mask = np.ones(len(tokens), bool) if mask is None else check_mask(mask, len(tokens), int(meta["n_valid"]))
+    return tokens, mask
+
+
 def _pooled_message(meta: dict, pooled) -> bytes:
     """A chunk's pooled tokens for the summarizers, with the tokens message's fields."""
     return pack(dict(meta, type="pooled"), {"pooled": pooled.numpy(), "visual_embedding": visual_embedding(pooled)})
@@ -484,7 +533,8 @@ class SummarizerStage(Stage):
         return self.processor.segment(
             torch.from_numpy(arrays["pooled"].copy()), stream_id=meta["stream_id"], chunk_seq=meta["chunk_seq"],
             t_start=meta["t_start"], t_end=meta["t_end"], n_frames=meta["n_valid"], source=meta["source"],
-            wall_clock=meta["wall_clock"], gap_before=float(meta.get("gap_before") or 0.0), thumbnail=thumbnail)
+            wall_clock=meta["wall_clock"], gap_before=float(meta.get("gap_before") or 0.0), thumbnail=thumbnail,
+            frames_encoded=_count(meta.get("frames_encoded"), meta["n_valid"]))
 
     def _summary(self, meta) -> Summary:
         return self.processor.summary(stream_id=meta["stream_id"], level=meta["level"], seq=meta["seq"],
@@ -620,13 +670,13 @@ class WriterStage(Stage):
         self.views.pop(stream_id, None)
 
 
-def ingest_progress(r, prefix: str, now: float | None = None) -> list[dict]:
-    """The streams a distributed ingest is running (queue prefix `prefix`), each with
-    pipeline.progress.figures: video seconds stored of the total, x real time, ETA."""
+def ingest_progress(r, prefix: str, now: float | None = None, streams=None) -> list[dict]:
+    """The streams a distributed ingest is running (queue prefix `prefix`; or `streams`, finished
+    ones too), each with pipeline.progress.figures: video seconds stored of the total, x real time, ETA."""
     from pipeline.progress import figures
 
     keys, now = Keys(prefix), time.time() if now is None else now
-    streams = sorted(m.decode() for m in r.smembers(keys.active))
+    streams = sorted(m.decode() for m in r.smembers(keys.active)) if streams is None else sorted(streams)
     pipe = r.pipeline(transaction=False)
     for stream_id in streams:
         pipe.hgetall(keys.ingest(stream_id))
@@ -646,6 +696,13 @@ def ingest_progress(r, prefix: str, now: float | None = None) -> list[dict]:
         out.append({"stream_id": stream_id, "source": h.get("source", ""),
                     **figures(position, num("duration"), start, elapsed), "decoded_s": num("decoded_s")})
     return out
+
+
+def _count(value, n_valid: int) -> int | None:
+    """frames_encoded from a pooled message: a whole number 0..n_valid, else unknown (None)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= n_valid:
+        return value
+    return None
 
 
 def _unix(value):

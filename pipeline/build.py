@@ -45,7 +45,8 @@ def build_processor(cfg: Config, log=print, parts: tuple[str, ...] = ALL_PARTS) 
     r = cfg.summary
     rollup = RollupSettings(r.window_seconds, r.max_items_per_prompt, r.window_prompt, r.stream_prompt)
     return StreamProcessor(
-        encoder, connector, reducer, summarizer, embedder, s.caption_prompt, rollup, fingerprint(cfg), device
+        encoder, connector, reducer, summarizer, embedder, s.caption_prompt, rollup, fingerprint(cfg), device,
+        static_threshold=e.static_threshold, output_dtype=e.output_dtype,
     )
 
 

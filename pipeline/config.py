@@ -19,6 +19,7 @@ from pipeline.errors import ConfigError
 
 TEMPORAL_MODES = ("stream", "chunk_bidirectional", "offline")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
+WIRE_DTYPES = ("fp16", "bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 SCAN_IMPLS = ("auto", "torch", "loop", "mamba_ssm")
 
@@ -46,9 +47,19 @@ class EncoderConfig:
     # Any SigLIP checkpoint transformers loads: a hub id or a local folder.
     model: str = "google/siglip-base-patch16-224"
     device: str = "auto"
-    dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    # auto: bf16 on CUDA; on a CPU with native bf16 (avx512_bf16 / AMX) bf16 when a measured
+    # forward pass is faster (measured once per model and machine, cached), else fp32
+    dtype: str = "auto"
     batch_size: int = 16  # frames per forward pass
     select_layer: int = -2  # hidden layer whose patch tokens are used (VILA uses -2)
+    # Static-frame reuse (pipeline/reuse.py): a sampled frame that changed less than this from the
+    # stream's last encoded frame (grey levels 0-255, mean |difference| of its most-changed 1/64th)
+    # reuses that frame's grid instead of running SigLIP. Measured: sensor noise 0.2-0.5, a walking
+    # figure 10-50, consecutive 1 fps frames of real clips 25-70. 0 = encode every frame.
+    static_threshold: float = 2.0
+    # precision of the projected grids the encoder stage hands to the temporal encoder (both paths
+    # round through it, so --local equals the distributed run): fp16 | bf16 | fp32
+    output_dtype: str = "fp16"
 
 
 @dataclass
@@ -341,6 +352,11 @@ def validate(cfg: Config, source: str = "config") -> None:
         fail("api.media_url_ttl_s and api.clip_max_seconds must be > 0, api.clip_cache_mb >= 0")
     if cfg.encoder.batch_size < 1:
         fail(f"encoder.batch_size must be >= 1, got {cfg.encoder.batch_size}")
+    if not math.isfinite(cfg.encoder.static_threshold) or cfg.encoder.static_threshold < 0:
+        fail(f"encoder.static_threshold must be a number of grey levels >= 0 (0 = encode every frame), "
+             f"got {cfg.encoder.static_threshold}")
+    if cfg.encoder.output_dtype not in WIRE_DTYPES:
+        fail(f"encoder.output_dtype must be one of {', '.join(WIRE_DTYPES)}, got {cfg.encoder.output_dtype!r}")
     validate_train(cfg.train, fail)
 
 
@@ -384,7 +400,8 @@ def fingerprint(cfg: Config) -> str:
     relevant = {
         "decode": {"fps": cfg.decode.fps, "chunk_frames": cfg.decode.chunk_frames},
         "encoder": {"model": cfg.encoder.model, "select_layer": cfg.encoder.select_layer,
-                    "dtype": cfg.encoder.dtype, "weights": content_digest(cfg.encoder.model)},
+                    "dtype": cfg.encoder.dtype, "weights": content_digest(cfg.encoder.model),
+                    "static_threshold": cfg.encoder.static_threshold, "output_dtype": cfg.encoder.output_dtype},
         "temporal": asdict(cfg.temporal),
         "pooling": asdict(cfg.pooling),
         "summarizer": {k: v for k, v in asdict(cfg.summarizer).items() if k not in ("device", "dtype")},

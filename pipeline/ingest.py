@@ -24,7 +24,8 @@ from pipeline.config import Config, fingerprint
 from pipeline.decode import Source, SourceError, VideoDecoder, fingerprint as content_fingerprint
 from pipeline.progress import figures as progress_figures, hms, line as progress_line
 from pipeline.errors import VidstormError
-from pipeline.processor import StreamProcessor, StreamState
+from pipeline.processor import StreamProcessor, StreamState, encoded_count
+from pipeline.reuse import fill
 from pipeline.store import Store
 from pipeline.store.query import StoreQuery
 
@@ -232,13 +233,18 @@ class LocalIngest:
                      "(the file is scanned again)")
         decoder = VideoDecoder.for_config(source, self.cfg.decode, self.processor.encoder.image_size,
                                           self.processor.reducer.frames_per_group)
-        chunks, frames, cut = [], 0, None
+        chunks, encoded_counts, frames, cut = [], [], 0, None
+        reference, last = None, None  # static-frame reuse over the whole file (the scan starts afresh)
         spill_dir = t.offline_spill_dir or self.data_dir / "spill"
         with self.processor.offline_scan(t.offline_spill_mb, spill_dir, on_step=self._check_cancel) as scan:
             try:
                 for chunk in decoder.chunks():
                     self._check_cancel()
-                    scan.add(self.processor.encode(chunk.frames))
+                    mask, reference = self.processor.plan(chunk.frames, reference)
+                    encoded = self.processor.encode_projected(chunk.frames[mask])
+                    scan.add_projected(fill(encoded, mask, last))
+                    last = encoded[-1] if len(encoded) else last
+                    encoded_counts.append(encoded_count(mask, chunk.n_valid))
                     chunks.append(replace(chunk, frames=chunk.frames[:0].copy()))  # its times, not its pixels
                     job.chunks += 1
                     frames += chunk.n_valid
@@ -246,10 +252,10 @@ class LocalIngest:
                     self.progress.update(job, frames, decoder.duration, chunk.t_end)
             except SourceError as err:
                 cut = err
-            for chunk, pooled in zip(chunks, self.processor.offline_pooled(scan)):
+            for chunk, n_encoded, pooled in zip(chunks, encoded_counts, self.processor.offline_pooled(scan)):
                 self._check_cancel()
                 if self.processor.is_next(chunk, state):
-                    records, state = self.processor.step_pooled(chunk, pooled, state)
+                    records, state = self.processor.step_pooled(chunk, pooled, state, frames_encoded=n_encoded)
                     self._store(records, job)
                     self._save_state(state)
         if cut is not None:

@@ -42,30 +42,87 @@ class StreamState:
     window_index: int = 0
     window_captions: list[dict] = field(default_factory=list)  # {chunk_seq, t_start, t_end, caption, wall}
     window_summaries: list[dict] = field(default_factory=list)  # {seq, t_start, t_end, text}
+    # static-frame reuse (pipeline/reuse.py): the thumb of the stream's last encoded frame (the
+    # decision's reference; --local only, the distributed decoders keep theirs in Redis) and that
+    # frame's projected grid (h, w, D), which a reused frame gets
+    gate_ref: np.ndarray | None = None
+    last_grid: np.ndarray | None = None
+
+    ARRAYS = ("gate_ref", "last_grid")
 
     def to_bytes(self) -> bytes:
-        header = {k: v for k, v in self.__dict__.items() if k != "temporal"}
+        header = {k: v for k, v in self.__dict__.items() if k != "temporal" and k not in self.ARRAYS}
         header["type"] = "stream_state"
-        arrays = {}
+        arrays = {k: np.asarray(getattr(self, k), np.float32) for k in self.ARRAYS if getattr(self, k) is not None}
         if self.temporal is not None:
             arrays["temporal"] = np.frombuffer(self.temporal.to_bytes(), dtype=np.uint8)
         return pack(header, arrays)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "StreamState":
+        from pipeline.reuse import check_reference
+
         meta, arrays = unpack(data)
         if meta.pop("type", None) != "stream_state":
             raise ValueError("not a stream_state message")
         temporal = TemporalState.from_bytes(arrays["temporal"].tobytes()) if "temporal" in arrays else None
+        grids = {k: np.array(arrays[k], np.float32) for k in cls.ARRAYS if k in arrays}
+        if "gate_ref" in grids:
+            check_reference(grids["gate_ref"])
+        if "last_grid" in grids and grids["last_grid"].ndim != 3:
+            raise ValueError("stream_state last_grid must be (h, w, D)")
         try:
-            return cls(temporal=temporal, **meta)
+            return cls(temporal=temporal, **meta, **grids)
         except TypeError as err:
             raise ValueError(f"stream_state has unexpected fields: {err}") from None
+
+
+WIRE_TORCH = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+FP16_MAX = 65504.0
+
+
+def wire_round(x: torch.Tensor, dtype: str) -> torch.Tensor:
+    """fp32 values as they come out of `dtype` (encoder.output_dtype): what the distributed encoder
+    stage sends the temporal owner. --local rounds the same way, so both paths compute on equal inputs.
+    fp16 saturates at its largest finite value instead of overflowing to inf."""
+    if dtype == "fp32":
+        return x.float()
+    if dtype == "fp16":
+        x = x.clamp(-FP16_MAX, FP16_MAX)
+    return x.to(WIRE_TORCH[dtype]).float()
+
+
+def to_wire(x: torch.Tensor, dtype: str) -> np.ndarray:
+    """Projected grids as message bytes: float16 / bfloat16 (as its uint16 bit pattern) / float32."""
+    if dtype == "bf16":
+        return x.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    if dtype == "fp16":
+        return x.clamp(-FP16_MAX, FP16_MAX).to(torch.float16).numpy()
+    return x.float().numpy()
+
+
+def from_wire(arr: np.ndarray, dtype: str) -> torch.Tensor:
+    """`to_wire` back to fp32 (ValueError for an array that is not of `dtype`'s kind)."""
+    want = {"bf16": np.uint16, "fp16": np.float16, "fp32": np.float32}.get(dtype)
+    if want is None or arr.dtype != want:
+        raise ValueError(f"tokens of dtype {arr.dtype} do not match the message's tokens_dtype {dtype!r}")
+    t = torch.from_numpy(np.array(arr))
+    if dtype == "bf16":
+        t = t.view(torch.int16).view(torch.bfloat16)
+    t = t.float()
+    if not torch.isfinite(t).all():
+        raise ValueError("tokens hold non-finite values")
+    return t
 
 
 def visual_embedding(pooled: torch.Tensor) -> np.ndarray:
     """A segment's visual embedding: the mean of its pooled visual tokens, (d_model,) float32."""
     return pooled.float().reshape(-1, pooled.shape[-1]).mean(dim=0).numpy()
+
+
+def encoded_count(mask: np.ndarray, n_valid: int) -> int:
+    """How many of a chunk's real frames (not its padding) went through SigLIP."""
+    return int(np.asarray(mask, bool)[:n_valid].sum())
 
 
 def window_of(t_start: float, t0: float, window_seconds: float) -> int:
@@ -95,18 +152,49 @@ class StreamProcessor:
     """Holds the (shared, stateless) models; the per-stream state is passed in and out."""
 
     def __init__(self, encoder, connector, reducer, summarizer, embedder, caption_prompt: str,
-                 rollup: RollupSettings, config_fingerprint: str, device: str | torch.device = "cpu"):
+                 rollup: RollupSettings, config_fingerprint: str, device: str | torch.device = "cpu",
+                 static_threshold: float = 0.0, output_dtype: str = "fp32"):
         self.encoder, self.connector, self.reducer = encoder, connector, reducer
         self.summarizer, self.embedder = summarizer, embedder
         self.caption_prompt, self.rollup = caption_prompt, rollup
         self.config_fingerprint = config_fingerprint
         self.device = torch.device(device)
+        self.static_threshold, self.output_dtype = static_threshold, output_dtype
 
     # --- the stages, separately callable (the distributed runtime splits them) ---
 
     def encode(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 (T, S, S, 3) -> SigLIP patch grid (T, g, g, C)."""
         return self.encoder.encode(frames)
+
+    def plan(self, frames: np.ndarray, reference: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Static-frame reuse: which frames of a chunk SigLIP must see (pipeline/reuse.py)."""
+        from pipeline.reuse import plan
+
+        return plan(frames, reference, self.static_threshold)
+
+    @torch.inference_mode()
+    def encode_projected(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 (E, S, S, 3) -> projected grids (E, h, w, D): SigLIP, then the temporal encoder's
+        per-frame pixel shuffle + Linear, rounded through encoder.output_dtype (the encoder stage's half)."""
+        if len(frames) == 0:
+            g, ds = self.encoder.grid, self.connector.temporal.downsample
+            return torch.zeros(0, -(-g // ds), -(-g // ds), self.connector.temporal.proj.out_features)
+        projected = self.connector.project(self.encode(frames).to(self.device)).cpu()
+        return wire_round(projected, self.output_dtype)
+
+    @torch.inference_mode()
+    def temporal_projected(self, encoded: torch.Tensor, mask: np.ndarray, state: StreamState):
+        """The temporal owner's half: one projected grid per time step (reused frames get their
+        reference's), the Mamba layers with the stream's state carried, pooling.
+        -> (pooled (T', h', w', D), new temporal state, the grid a later reused frame gets)."""
+        from pipeline.reuse import fill
+
+        last = None if state.last_grid is None else torch.from_numpy(state.last_grid)
+        steps = fill(encoded, mask, last)
+        pooled, new_state = self.connector.pool_projected(steps.to(self.device), self.reducer, state.temporal)
+        last_grid = encoded[-1].numpy() if len(encoded) else state.last_grid
+        return pooled.cpu(), new_state, last_grid
 
     @torch.inference_mode()
     def temporal(self, tokens: torch.Tensor, state: TemporalState | None) -> tuple[torch.Tensor, TemporalState]:
@@ -156,18 +244,23 @@ class StreamProcessor:
         state = state or StreamState(chunk.stream_id)
         if not self.is_next(chunk, state):
             return [], state  # a replayed chunk: already applied, nothing new to say
-        # 1-3. encode, temporal, pool
-        pooled, temporal_state = self.temporal(self.encode(chunk.frames), state.temporal)
+        # 1. static-frame reuse: SigLIP (+ projection) only on the frames that changed
+        mask, state.gate_ref = self.plan(chunk.frames, state.gate_ref)
+        encoded = self.encode_projected(chunk.frames[mask])
+        # 2-3. temporal, pool
+        pooled, temporal_state, state.last_grid = self.temporal_projected(encoded, mask, state)
         # 4. caption
-        return self.step_pooled(chunk, pooled, state, temporal_state)
+        return self.step_pooled(chunk, pooled, state, temporal_state, frames_encoded=encoded_count(mask, chunk.n_valid))
 
     def step_pooled(self, chunk: FrameChunk, pooled: torch.Tensor, state: StreamState,
-                    temporal_state: TemporalState | None = None) -> tuple[list, StreamState]:
+                    temporal_state: TemporalState | None = None, frames_encoded: int | None = None
+                    ) -> tuple[list, StreamState]:
         """Caption a chunk whose pooled tokens are known and advance the roll-up (`step`'s second half;
         offline mode's whole-source scan gives the pooled tokens). The chunk's frames are not used."""
         segment = self.segment(pooled, stream_id=chunk.stream_id, chunk_seq=chunk.chunk_seq, t_start=chunk.t_start,
                                t_end=chunk.t_end, n_frames=chunk.n_valid, source=chunk.source,
-                               wall_clock=chunk.wall_clock, gap_before=chunk.gap_before, thumbnail=chunk.thumbnail)
+                               wall_clock=chunk.wall_clock, gap_before=chunk.gap_before, thumbnail=chunk.thumbnail,
+                               frames_encoded=chunk.n_valid if frames_encoded is None else frames_encoded)
         return self.after_caption(segment, state, temporal_state)
 
     def after_caption(self, segment: Segment, state: StreamState, temporal_state=None) -> tuple[list, StreamState]:
@@ -191,7 +284,7 @@ class StreamProcessor:
 
     def segment(self, pooled: torch.Tensor, *, stream_id: str, chunk_seq: int, t_start: float, t_end: float,
                 n_frames: int, source: str, wall_clock, gap_before: float = 0.0,
-                thumbnail: bytes | None = None) -> Segment:
+                thumbnail: bytes | None = None, frames_encoded: int | None = None) -> Segment:
         """One chunk's row: its caption, embeddings and times. --local and the distributed
         summarizer both build segments here."""
         caption = self.caption(pooled)
@@ -200,6 +293,7 @@ class StreamProcessor:
             visual_embedding=visual_embedding(pooled), text_embedding=self.embedder.embed([caption])[0],
             n_frames=n_frames, config_fingerprint=self.config_fingerprint, source=source, wall_clock=wall_clock,
             created_at=time.time(), gap_before=gap_before, thumbnail=thumbnail,
+            frames_encoded=frames_encoded, frames_reused=None if frames_encoded is None else n_frames - frames_encoded,
         )
 
     def summary(self, *, stream_id: str, level: str, seq: int, t_start: float, t_end: float, texts: list[str],

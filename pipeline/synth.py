@@ -65,3 +65,69 @@ def write_clip(
         for packet in stream.encode():
             out.mux(packet)
     return path
+
+
+def camera_background(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A still scene: sky and ground gradients with a few buildings (uint8 (H, W, 3))."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((height, width, 3), np.float32)
+    y = np.linspace(0, 1, height, dtype=np.float32)[:, None]
+    horizon = height * 0.55
+    sky = np.stack([120 + 60 * y, 160 + 50 * y, 220 - 20 * y], -1)
+    ground = np.stack([90 + 40 * y, 100 + 30 * y, 80 + 20 * y], -1)
+    img[:] = np.where(np.arange(height)[:, None, None] < horizon, sky, ground)
+    for _ in range(6):  # buildings on the horizon
+        w, h = int(rng.integers(width // 12, width // 5)), int(rng.integers(height // 8, height // 3))
+        x0 = int(rng.integers(0, width - w))
+        img[int(horizon) - h : int(horizon), x0 : x0 + w] = rng.integers(40, 200, 3)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def write_static_camera(
+    path: str | Path,
+    seconds: float = 120.0,
+    fps: int = 10,
+    width: int = 640,
+    height: int = 360,
+    events: list[tuple[float, float]] = ((30.0, 40.0),),
+    noise: float = 2.0,
+    movers: int = 2,
+    seed: int = 0,
+) -> Path:
+    """A fixed camera on a still scene with sensor noise (Gaussian, `noise` grey levels), where
+    people-sized figures (1/24 of the width, 1/5 of the height) walk across the ground during each
+    `events` span (start, end seconds): the footage static-frame reuse is for."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    base = camera_background(width, height, seed).astype(np.float32)
+    pw, ph = max(width // 24, 2), max(height // 5, 2)
+    plans = []  # per event: movers' (row, colour, direction)
+    for _ in events:
+        plans.append([(int(rng.integers(int(height * 0.6), height - ph)), rng.integers(20, 120, 3),
+                       int(rng.choice([-1, 1]))) for _ in range(movers)])
+    time_base = Fraction(1, 1000)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.time_base = time_base
+        stream.codec_context.time_base = time_base
+        stream.options = {"preset": "veryfast"}
+        for i in range(int(round(seconds * fps))):
+            t = i / fps
+            img = base + rng.normal(0.0, noise, base.shape).astype(np.float32) if noise else base.copy()
+            for (start, end), plan in zip(events, plans):
+                if start <= t < end:
+                    phase = (t - start) / (end - start)
+                    for k, (row, colour, direction) in enumerate(plan):
+                        p = (phase + k / max(len(plan), 1) * 0.3) % 1.0
+                        x = int((p if direction > 0 else 1 - p) * (width - pw))
+                        img[row : row + ph, x : x + pw] = colour
+            frame = av.VideoFrame.from_ndarray(img.clip(0, 255).astype(np.uint8), format="rgb24")
+            frame.pts = int(round(t * 1000))
+            frame.time_base = time_base
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path

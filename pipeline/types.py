@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 MAGIC = b"VST1"
-ALLOWED_DTYPES = {"uint8", "float32", "float64", "int64"}
+ALLOWED_DTYPES = {"uint8", "uint16", "float16", "float32", "float64", "int64"}
 MAX_HEADER = 1 << 20
 
 
@@ -83,10 +83,24 @@ class FrameChunk:
     source: str = ""
     gap_before: float = 0.0  # seconds a live source was away before this chunk (it reconnected)
     thumbnail: bytes | None = None  # JPEG of the middle sampled frame (decode.thumbnail_width px wide)
+    # static-frame reuse (pipeline/reuse.py): (T,) bool, the time steps SigLIP must encode; `frames`
+    # then holds only those (the others reuse the stream's last encoded frame). None: every step.
+    encode_mask: np.ndarray | None = None
 
     @property
     def n_valid(self) -> int:
         return len(self.timestamps)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Which time steps `frames` holds (all of them when no reuse was planned)."""
+        return np.ones(len(self.frames), bool) if self.encode_mask is None else self.encode_mask
+
+    def gated(self, mask: np.ndarray) -> "FrameChunk":
+        """This chunk with only the frames `mask` marks (what the decoders hand the encoders)."""
+        from dataclasses import replace
+
+        return replace(self, frames=self.frames[mask], encode_mask=np.asarray(mask, bool))
 
     @property
     def t_start(self) -> float:
@@ -105,6 +119,8 @@ class FrameChunk:
         arrays = {"frames": self.frames, "timestamps": np.asarray(self.timestamps, np.float64)}
         if self.thumbnail is not None:
             arrays["thumbnail"] = np.frombuffer(self.thumbnail, np.uint8)
+        if self.encode_mask is not None:
+            arrays["encode_mask"] = self.encode_mask.astype(np.uint8)
         return pack(header, arrays)
 
     @classmethod
@@ -119,6 +135,9 @@ class FrameChunk:
         frames = arrays.get("frames")
         if frames is None or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError("frame_chunk frames must be uint8 (T, H, W, 3)")
+        mask = arrays.get("encode_mask")
+        if mask is not None:
+            mask = check_mask(mask, len(frames), len(arrays["timestamps"]))
         return cls(
             stream_id=str(meta["stream_id"]),
             chunk_seq=int(meta["chunk_seq"]),
@@ -129,7 +148,19 @@ class FrameChunk:
             source=str(meta.get("source", "")),
             gap_before=float(meta.get("gap_before") or 0.0),
             thumbnail=check_thumbnail(arrays["thumbnail"].tobytes()) if "thumbnail" in arrays else None,
+            encode_mask=mask,
         )
+
+
+def check_mask(mask: np.ndarray, encoded: int, n_valid: int) -> np.ndarray:
+    """A static-frame mask read from a queue: 0/1 per time step, as many 1s as grids or frames came,
+    at least the chunk's real frames long, else ValueError."""
+    if mask.dtype != np.uint8 or mask.ndim != 1 or not np.isin(mask, (0, 1)).all():
+        raise ValueError("encode_mask must be 0/1 bytes, one per time step")
+    if int(mask.sum()) != encoded or len(mask) < max(n_valid, 1):
+        raise ValueError(f"encode_mask marks {int(mask.sum())} of {len(mask)} steps but {encoded} frames came "
+                         f"for {n_valid} real frames")
+    return mask.astype(bool)
 
 
 MAX_THUMBNAIL = 1 << 18  # bytes: a ~192 px JPEG is ~5-15 KB (and base64 of it must fit a message header)
@@ -173,6 +204,10 @@ class Segment:
     level: str = column(pa.string(), default="chunk")
     gap_before: float = column(pa.float64(), default=0.0)  # seconds a live source was away before it
     thumbnail: bytes | None = column(pa.binary(), default=None)  # JPEG of the chunk's middle sampled frame
+    # static-frame reuse: of the n_frames sampled frames, how many SigLIP encoded and how many
+    # reused the stream's last encoded frame's grid (encoder.static_threshold)
+    frames_encoded: int | None = column(pa.int32(), default=None)
+    frames_reused: int | None = column(pa.int32(), default=None)
 
 
 @dataclass

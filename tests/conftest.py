@@ -94,20 +94,24 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.fixture(scope="session")
 def publish_tokens(tiny_processor):
-    """publish(stage, keys, chunks=3) -> grids: random frames SigLIP-encoded and queued for a temporal
-    stage as the encoder stage queues them (stream "cam", one second per chunk)."""
+    """publish(stage, keys, chunks=3) -> projected grids: random frames SigLIP-encoded, projected and
+    queued for a temporal stage as the encoder stage queues them (fp16, every frame encoded; stream
+    "cam", one second per chunk)."""
     import numpy as np
 
+    from pipeline.processor import to_wire
     from pipeline.types import pack
 
     def publish(stage, keys, chunks: int = 3) -> list:
         size, frames_per_chunk = tiny_processor.encoder.image_size, stage.cfg.decode.chunk_frames
         frames = np.random.default_rng(0).integers(0, 255, (chunks, frames_per_chunk, size, size, 3), np.uint8)
-        grids = [tiny_processor.encode(f) for f in frames]
+        grids = [tiny_processor.encode_projected(f) for f in frames]
         for seq, grid in enumerate(grids):
             meta = {"type": "tokens", "stream_id": "cam", "chunk_seq": seq, "t_start": float(seq),
-                    "t_end": seq + 1.0, "n_valid": len(grid), "wall_clock": None, "source": "x.mp4"}
-            stage.q.publish(keys.tokens("cam"), pack(meta, {"tokens": grid.numpy()}))
+                    "t_end": seq + 1.0, "n_valid": len(grid), "wall_clock": None, "source": "x.mp4",
+                    "tokens_dtype": "fp16"}
+            arrays = {"tokens": to_wire(grid, "fp16"), "encode_mask": np.ones(len(grid), np.uint8)}
+            stage.q.publish(keys.tokens("cam"), pack(meta, arrays))
         return grids
 
     return publish

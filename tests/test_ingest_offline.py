@@ -9,7 +9,7 @@ from pipeline.build import build_processor
 from pipeline.config import load_config
 from pipeline.decode import Source, VideoDecoder
 from pipeline.ingest import LocalIngest
-from pipeline.processor import visual_embedding
+from pipeline.processor import visual_embedding, wire_round
 from pipeline.store import Store
 from pipeline.store.query import StoreQuery
 from pipeline.synth import write_clip
@@ -39,9 +39,11 @@ def whole_pass(offline, clip):
     decoder = VideoDecoder(Source(str(clip), "cam"), size=processor.encoder.image_size, fps=1.0, chunk_frames=8,
                            pad_multiple=processor.reducer.frames_per_group)
     grids = [processor.encode(chunk.frames) for chunk in decoder.chunks()]
-    with torch.inference_mode():
-        out, _ = processor.connector.temporal(torch.cat(grids))
-        pooled = [processor.reducer(part) for part in torch.split(out, [len(g) for g in grids])]
+    with torch.inference_mode():  # projected per frame and rounded to encoder.output_dtype, as ingest does
+        temporal = processor.connector.temporal
+        projected = wire_round(temporal.project(torch.cat(grids)[None]), processor.output_dtype)
+        out, _ = temporal.forward_projected(projected)
+        pooled = [processor.reducer(part) for part in torch.split(out[0], [len(g) for g in grids])]
     return [visual_embedding(p) for p in pooled]
 
 
@@ -72,6 +74,8 @@ def test_a_file_is_scanned_whole_spilled_and_stored_like_one_pass(tmp_path, offl
 
     stored = _embeddings(tmp_path)
     assert len(stored) == len(whole_pass) == 5
+    reuse = Store(tmp_path / "store").stream_rows("segments", "cam", ["frames_encoded", "frames_reused", "n_frames"])
+    assert all(r["frames_reused"] == 0 and r["frames_encoded"] == r["n_frames"] for r in reuse)  # every frame moves
     for got, want in zip(stored, whole_pass):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     q = StoreQuery(tmp_path / "store")
@@ -105,11 +109,11 @@ class CrashWhileCaptioning:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def step_pooled(self, chunk, pooled, state, temporal_state=None):
+    def step_pooled(self, chunk, pooled, state, temporal_state=None, **kwargs):
         if chunk.chunk_seq == self.chunk_seq and not self.crashed:
             self.crashed = True
             raise RuntimeError("worker died")
-        return self.inner.step_pooled(chunk, pooled, state, temporal_state)
+        return self.inner.step_pooled(chunk, pooled, state, temporal_state, **kwargs)
 
 
 def test_a_crash_while_captioning_resumes_after_the_last_stored_chunk(tmp_path, offline, clip, whole_pass):

@@ -72,6 +72,16 @@ class StormConnector(nn.Module):
         out, new_state = self.temporal(grids, state)
         return reducer(out), new_state
 
+    def project(self, grids: torch.Tensor) -> torch.Tensor:
+        """SigLIP grids (T, H, W, C) -> the temporal encoder's input (T, h, w, D): standardise, pixel
+        shuffle, Linear. Per frame, so a reused frame's projection is the projection it had."""
+        return self.temporal.project(grids[None])[0]
+
+    def pool_projected(self, x: torch.Tensor, reducer, state=None):
+        """`pool` from projected grids (T, h, w, D): the distributed temporal owner's half."""
+        out, new_state = self.temporal.forward_projected(x[None], state)
+        return reducer(out[0]), new_state
+
     def to_llm(self, pooled: torch.Tensor) -> torch.Tensor:
         """Pooled (B, T', h', w', D) -> visual tokens (B, T'*h'*w', llm_hidden) in scan order."""
         return self.projector(pooled.flatten(-4, -2))

@@ -66,7 +66,8 @@ class SiglipEncoder:
         from transformers import SiglipVisionModel
 
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        measure = dtype == "auto" and self.device.type == "cpu"  # bf16 if native and faster (models/dtype.py)
+        self.dtype = torch.float32 if measure else resolve_dtype(dtype, self.device)
         self.batch_size = batch_size
         with explain_load_errors("SigLIP weights", model_ref, SIGLIP_HINT):
             model = SiglipVisionModel.from_pretrained(model_ref, dtype=self.dtype)
@@ -88,6 +89,18 @@ class SiglipEncoder:
         mean, std = _mean_std(model_ref)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        if measure:
+            from pipeline.models.dtype import choose_cpu_dtype
+
+            batch = min(batch_size, 8)
+            pixels = torch.randn(batch, 3, self.image_size, self.image_size)
+            key = (f"siglip {self.hidden_size}d x{keep} layers {self.image_size}px/{self.patch_size} "
+                   f"batch {batch}")
+            self.model, self.dtype = choose_cpu_dtype(self.model, key, lambda m: _vision_forward(m, pixels))
+
+    @property
+    def dtype_name(self) -> str:
+        return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (T, H, W, 3) -> normalised (T, 3, S, S) in the model dtype."""
@@ -114,6 +127,13 @@ class SiglipEncoder:
             grids.append(hidden.float().cpu())
         tokens = torch.cat(grids)  # (T, h*w, C)
         return tokens.reshape(tokens.shape[0], self.grid, self.grid, self.hidden_size)
+
+
+def _vision_forward(model, pixels: torch.Tensor) -> torch.Tensor:
+    """The patch tokens of a (possibly trimmed) SigLIP vision model, in the model's dtype."""
+    vision = getattr(model, "vision_model", model)
+    dtype = next(model.parameters()).dtype
+    return vision.encoder(inputs_embeds=vision.embeddings(pixels.to(dtype))).last_hidden_state
 
 
 def vision_geometry(model_ref: str) -> tuple[int, int]:

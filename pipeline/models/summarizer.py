@@ -103,7 +103,8 @@ class Summarizer:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        measure = dtype == "auto" and self.device.type == "cpu"  # bf16 if native and faster (models/dtype.py)
+        self.dtype = torch.float32 if measure else resolve_dtype(dtype, self.device)
         self.max_new_tokens = max_new_tokens
         self.system_prompt = system_prompt
         source = resolve_llm(model_ref)
@@ -111,6 +112,19 @@ class Summarizer:
             self.tokenizer = AutoTokenizer.from_pretrained(source)
             model = AutoModelForCausalLM.from_pretrained(source, dtype=self.dtype)
         self.model = model.to(self.device).eval().requires_grad_(False)
+        if measure:
+            from pipeline.models.dtype import choose_cpu_dtype
+
+            cfg = self.model.config
+            key = (f"llm {cfg.model_type} {cfg.hidden_size}d x{cfg.num_hidden_layers} layers vocab {cfg.vocab_size} "
+                   "prompt 64 + 8 new tokens")
+            prompt = torch.randint(0, min(cfg.vocab_size, 1000), (1, 64))
+
+            def run(m):
+                m.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, min_new_tokens=8,
+                           do_sample=False, pad_token_id=self.tokenizer.eos_token_id)
+
+            self.model, self.dtype = choose_cpu_dtype(self.model, key, run)
         self.embed = self.model.get_input_embeddings()
         self.hidden_size = int(self.embed.weight.shape[1])
         self.pad_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id

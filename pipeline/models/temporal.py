@@ -335,16 +335,20 @@ class TemporalEncoder(nn.Module):
         """
         unbatched = tokens.dim() == 4
         x = tokens[None] if unbatched else tokens
+        out, new_state = self.forward_projected(self.project(x), state)  # 1. downsample + Linear
+        return (out[0] if unbatched else out), new_state
 
-        # 1. downsample + Linear
-        x = self.project(x)  # (B, T, h, w, D)
+    def forward_projected(
+        self, x: torch.Tensor, state: TemporalState | None = None
+    ) -> tuple[torch.Tensor, TemporalState]:
+        """`forward` after the projection: x (B, T, h, w, d_model) -> (B, T, h, w, d_model), new state.
+        The distributed encoder stage projects each frame (a per-token map) and the temporal owner
+        scans here, so the two halves equal one `forward`."""
         b, t, h, w, d = x.shape
-
         # 2. scan row-major within a frame, then frame to frame
         seq, new_state = self.forward_tokens(x.reshape(b, t * h * w, d), state)
-        out = seq.reshape(b, t, h, w, d)
         new_state.frames_seen += t
-        return (out[0] if unbatched else out), new_state
+        return seq.reshape(b, t, h, w, d), new_state
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T, H, W, C) vision grid -> (B, T, h, w, d_model): standardise, 2x2 pixel shuffle, Linear."""

@@ -176,10 +176,13 @@ class FeatureCache:
     """
 
     def __init__(self, encoder, fps: float, chunk_frames: int, pad_multiple: int, max_chunks: int,
-                 grids: dict | None = None, disk: Path | None = None, key: str = ""):
+                 grids: dict | None = None, disk: Path | None = None, key: str = "", static_threshold: float = 0.0):
         """`grids`: a dict to keep them in, shared by runs with the same encoder and decoding.
         `disk`: a folder that keeps them across runs (safetensors, one file per clip), named by
-        `key` (what the grids depend on: encoder weights, decoding) and the clip's content."""
+        `key` (what the grids depend on: encoder weights, decoding) and the clip's content.
+        `static_threshold`: static-frame reuse as ingest does it (encoder.static_threshold): a clip is
+        one stream, and a frame that barely changed gets its reference frame's grid."""
+        self.static_threshold = static_threshold
         self.encoder, self.fps, self.chunk_frames = encoder, fps, chunk_frames
         self.pad_multiple, self.max_chunks = pad_multiple, max_chunks
         self._grids: dict[Path, torch.Tensor] = {} if grids is None else grids
@@ -207,13 +210,20 @@ class FeatureCache:
                 pass
         frames = load_frames(media, self.encoder.image_size, self.fps, self.chunk_frames,
                              self.pad_multiple, self.max_chunks)
-        grid = self.encoder.encode(frames).half().contiguous()
+        grid = self.encode(frames).half().contiguous()
         if stored is not None:
             stored.parent.mkdir(parents=True, exist_ok=True)
             tmp = stored.with_suffix(f".tmp{os.getpid()}")
             save_file({"grid": grid}, str(tmp))
             os.replace(tmp, stored)
         return grid
+
+    def encode(self, frames: np.ndarray) -> torch.Tensor:
+        """A clip's grids (T, g, g, C), SigLIP run only on the frames static-frame reuse keeps."""
+        from pipeline.reuse import fill, plan
+
+        mask, _ = plan(frames, None, self.static_threshold)
+        return fill(self.encoder.encode(frames[mask]), mask, None)
 
     def get(self, media: Path) -> torch.Tensor | None:
         """(T, g, g, C) fp32, or None for a clip that cannot be read (the reason is in `failed`)."""

@@ -105,9 +105,10 @@ def build_models(cfg: Config, device: torch.device, log=print, training: bool = 
         from pipeline.config import content_digest
 
         key = json.dumps([content_digest(e.model), e.dtype, e.select_layer, cfg.decode.fps, chunk, group,
-                          t.max_chunks])
+                          t.max_chunks] + ([e.static_threshold] if e.static_threshold else []))
     cache = FeatureCache(encoder, cfg.decode.fps, chunk, group, t.max_chunks, grids,
-                         disk=Path(t.grid_cache) if t.grid_cache else None, key=key)
+                         disk=Path(t.grid_cache) if t.grid_cache else None, key=key,
+                         static_threshold=e.static_threshold)
     vlm = VisualLM(connector, train_reducer, llm, chunk, use_bf16)
     return Models(encoder, connector, vlm, VisualLM(connector, test_reducer, llm, chunk, use_bf16), cache)
 

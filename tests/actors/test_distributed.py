@@ -17,7 +17,7 @@ from pipeline.decode import Source
 from pipeline.ingest import LocalIngest
 from pipeline.store import Store
 from pipeline.store.query import StoreQuery
-from pipeline.synth import write_clip
+from pipeline.synth import write_clip, write_static_camera
 
 CHUNKS = 10  # an 80 s clip at 1 fps in 8-frame chunks
 
@@ -26,7 +26,10 @@ CHUNKS = 10  # an 80 s clip at 1 fps in 8-frame chunks
 def clips(tmp_path_factory):
     folder = tmp_path_factory.mktemp("clips")
     return {
-        "cam-a": write_clip(folder / "cam-a.mp4", seconds=80, fps=4),
+        # a still camera with two walks: static-frame reuse (encoder.static_threshold, on by default)
+        # decides per stream in the decoders, the temporal owner fills in the reused grids
+        "cam-a": write_static_camera(folder / "cam-a.mp4", seconds=80, fps=4, width=320, height=180,
+                                     events=[(12.5, 27.5), (50.5, 57.5)], noise=3.0),
         "cam-b": write_clip(folder / "cam-b.mp4", seconds=30, fps=5, width=256, height=144),
         "cam-c": write_clip(folder / "cam-c.mp4", seconds=20, fps=6, start=3.0),
     }
@@ -55,10 +58,12 @@ def _rows(store_root):
     store = Store(store_root)
     embeddings, thumbnails = {}, {}
     for stream_id in {r["stream_id"] for r in q.segments()}:
-        stored = store.stream_rows("segments", stream_id, ["chunk_seq", "visual_embedding", "thumbnail"])
+        stored = store.stream_rows("segments", stream_id, ["chunk_seq", "visual_embedding", "thumbnail",
+                                                           "frames_encoded", "frames_reused"])
         assert len(stored) == len({row["chunk_seq"] for row in stored}), "a segment (and its thumbnail) twice"
         for row in stored:
-            embeddings[(stream_id, row["chunk_seq"])] = Close(row["visual_embedding"])
+            embeddings[(stream_id, row["chunk_seq"])] = (Close(row["visual_embedding"]), row["frames_encoded"],
+                                                         row["frames_reused"])
             assert row["thumbnail"] and row["thumbnail"][:2] == b"\xff\xd8", "a segment without its thumbnail"
             thumbnails[(stream_id, row["chunk_seq"])] = hashlib.sha256(row["thumbnail"]).hexdigest()[:16]
     segments = {(r["stream_id"], r["chunk_seq"]): (r["t_start"], r["t_end"], r["caption"],
@@ -131,6 +136,15 @@ def test_three_concurrent_streams_store_exactly_what_local_stores(cluster, clips
     assert [r["status"] for r in rows] == ["done"] * 3
     assert _rows(tmp_path / "store") == reference
     assert {r["stream_id"]: r["segments"] for r in rows} == {"cam-a": 10, "cam-b": 4, "cam-c": 3}
+    encoded = {}
+    for (stream_id, _), row in reference[0].items():
+        _, n_encoded, n_reused = row[3]
+        encoded.setdefault(stream_id, [0, 0])
+        encoded[stream_id][0] += n_encoded
+        encoded[stream_id][1] += n_reused
+    # the still camera is encoded once, plus each second of its walks and the scene after each
+    assert encoded["cam-a"] == [1 + 15 + 1 + 7 + 1, 80 - 25]
+    assert encoded["cam-b"][1] == encoded["cam-c"][1] == 0  # every frame of these moves
 
 
 def _stage_progress(ing, stream_id):

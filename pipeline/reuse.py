@@ -1,0 +1,88 @@
+"""Static-frame reuse: SigLIP runs only on frames where something changed.
+
+Camera footage is mostly a still scene. Before SigLIP, each sampled frame of a stream is
+compared with the last frame that was *encoded* for that stream (not the previous frame, so a
+slow drift adds up and is encoded once it is large enough):
+
+    thumb  = the frame in grey, area-averaged to GRID x GRID (cheap; sensor noise averages out)
+    change = max over BLOCK x BLOCK blocks of the thumb of the mean |thumb - reference|
+
+A change below `encoder.static_threshold` (grey levels, 0-255) reuses the reference frame's
+grid; otherwise the frame is encoded and becomes the reference. The block maximum sees a
+person-sized mover in a corner that a whole-frame mean would dilute away. The temporal
+encoder still gets one grid per time step, so timing, chunking and state are unchanged.
+
+The decision depends only on the stream's frames and its reference thumb, so `--local`
+(StreamState holds the reference) and the distributed decoders (the reference rides in the
+stream's decode progress in Redis) make the same choices, and a restarted stage goes on with
+the same reference. 0 turns reuse off: every frame is encoded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+GRID = 32  # the thumb is GRID x GRID grey values
+BLOCK = 4  # blocks of BLOCK x BLOCK thumb cells: 8 x 8 blocks, each 1/64 of the frame
+LUMA = (0.299, 0.587, 0.114)
+
+
+def thumbs(frames: np.ndarray) -> np.ndarray:
+    """uint8 frames (T, H, W, 3) -> float32 grey thumbs (T, GRID, GRID), values 0-255."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).float()  # (T, H, W, 3)
+    grey = x @ torch.tensor(LUMA)  # (T, H, W)
+    return F.adaptive_avg_pool2d(grey[:, None], GRID)[:, 0].numpy()
+
+
+def change(thumb: np.ndarray, reference: np.ndarray) -> float:
+    """How much a frame changed from the reference: the largest block's mean absolute difference."""
+    diff = np.abs(thumb - reference).reshape(GRID // BLOCK, BLOCK, GRID // BLOCK, BLOCK)
+    return float(diff.mean(axis=(1, 3)).max())
+
+
+def check_reference(reference) -> np.ndarray | None:
+    """A reference thumb read back from a checkpoint or Redis: the right shape and finite, else ValueError."""
+    if reference is None:
+        return None
+    ref = np.asarray(reference, np.float32)
+    if ref.shape != (GRID, GRID) or not np.isfinite(ref).all():
+        raise ValueError(f"static-frame reference must be {GRID}x{GRID} finite values, got shape {ref.shape}")
+    return ref
+
+
+def plan(frames: np.ndarray, reference: np.ndarray | None, threshold: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """Which of a chunk's frames to encode: (mask (T,) bool, the reference after the chunk).
+
+    `reference` is the thumb of the stream's last encoded frame (None: nothing encoded yet).
+    threshold <= 0 encodes every frame (and keeps no reference)."""
+    if threshold <= 0:
+        return np.ones(len(frames), bool), None
+    small = thumbs(frames)
+    mask = np.zeros(len(frames), bool)
+    for i, thumb in enumerate(small):
+        if reference is None or change(thumb, reference) >= threshold:
+            mask[i] = True
+            reference = thumb
+    return mask, reference
+
+
+def fill(encoded: torch.Tensor, mask: np.ndarray, last: torch.Tensor | None) -> torch.Tensor:
+    """One grid per time step from the encoded frames' grids.
+
+    encoded: (E, ...) grids of the frames mask marks, in order; last: the grid of the stream's
+    last encoded frame before this chunk (for leading reused frames). -> (T, ...)."""
+    mask = np.asarray(mask, bool)
+    if mask.ndim != 1 or int(mask.sum()) != encoded.shape[0]:
+        raise ValueError(f"static-frame mask marks {int(np.sum(mask))} frames to encode but "
+                         f"{encoded.shape[0]} grids came")
+    if mask.all():
+        return encoded
+    if not mask[0] and last is None:
+        raise ValueError("a chunk reuses the stream's last encoded frame, but the stream has none "
+                         "(its saved state was lost): ingest the stream again from its start")
+    source = np.cumsum(mask) - 1  # for each step, the index in `encoded` of its latest encoded frame
+    pool = encoded if last is None else torch.cat([last[None].to(encoded.dtype), encoded])
+    index = torch.from_numpy(source + (0 if last is None else 1))
+    return pool.index_select(0, index)
