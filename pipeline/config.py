@@ -53,10 +53,12 @@ class EncoderConfig:
     batch_size: int = 16  # frames per forward pass
     select_layer: int = -2  # hidden layer whose patch tokens are used (VILA uses -2)
     # Static-frame reuse (pipeline/reuse.py): a sampled frame that changed less than this from the
-    # stream's last encoded frame (grey levels 0-255, mean |difference| of its most-changed 1/64th)
-    # reuses that frame's grid instead of running SigLIP. Measured: sensor noise 0.2-0.5, a walking
-    # figure 10-50, consecutive 1 fps frames of real clips 25-70. 0 = encode every frame.
-    static_threshold: float = 2.0
+    # stream's last encoded frame (grey levels 0-255: mean |difference| of its most-changed 1/256th
+    # above the median block) reuses that frame's grid instead of running SigLIP. Measured (README):
+    # sensor noise 0.4-0.8 (up to 1.6 for grainy low-resolution sources), a walking figure 13-50,
+    # consecutive 1 fps frames of real clips 25-70, slow small shapes in the toy clips 0.7+.
+    # 0 = encode every frame.
+    static_threshold: float = 1.0
     # precision of the projected grids the encoder stage hands to the temporal encoder (both paths
     # round through it, so --local equals the distributed run): fp16 | bf16 | fp32
     output_dtype: str = "fp16"

@@ -5,12 +5,15 @@ compared with the last frame that was *encoded* for that stream (not the previou
 slow drift adds up and is encoded once it is large enough):
 
     thumb  = the frame in grey, area-averaged to GRID x GRID (cheap; sensor noise averages out)
-    change = max over BLOCK x BLOCK blocks of the thumb of the mean |thumb - reference|
+    d_b    = the mean |thumb - reference| of each BLOCK x BLOCK block b of the thumb
+    change = max(max_b d_b - median_b d_b, median_b d_b)
 
 A change below `encoder.static_threshold` (grey levels, 0-255) reuses the reference frame's
-grid; otherwise the frame is encoded and becomes the reference. The block maximum sees a
-person-sized mover in a corner that a whole-frame mean would dilute away. The temporal
-encoder still gets one grid per time step, so timing, chunking and state are unchanged.
+grid; otherwise the frame is encoded and becomes the reference. The block maximum sees a small
+mover in a corner that a whole-frame mean would dilute away; subtracting the median block takes
+out the floor sensor noise puts under every block (a mean of absolute values is never 0), and the
+median itself sees a change over most of the frame (a cut, the lights). The temporal encoder
+still gets one grid per time step, so timing, chunking and state are unchanged.
 
 The decision depends only on the stream's frames and its reference thumb, so `--local`
 (StreamState holds the reference) and the distributed decoders (the reference rides in the
@@ -25,8 +28,13 @@ import torch
 import torch.nn.functional as F
 
 GRID = 32  # the thumb is GRID x GRID grey values
-BLOCK = 4  # blocks of BLOCK x BLOCK thumb cells: 8 x 8 blocks, each 1/64 of the frame
+BLOCK = 2  # blocks of BLOCK x BLOCK thumb cells: 16 x 16 blocks, each 1/256 of the frame
 LUMA = (0.299, 0.587, 0.114)
+
+
+def version() -> str:
+    """What a reuse decision depends on besides the threshold (cached grids are keyed by it)."""
+    return f"grid{GRID}-block{BLOCK}-median"
 
 
 def thumbs(frames: np.ndarray) -> np.ndarray:
@@ -38,8 +46,9 @@ def thumbs(frames: np.ndarray) -> np.ndarray:
 
 def change(thumb: np.ndarray, reference: np.ndarray) -> float:
     """How much a frame changed from the reference: the largest block's mean absolute difference."""
-    diff = np.abs(thumb - reference).reshape(GRID // BLOCK, BLOCK, GRID // BLOCK, BLOCK)
-    return float(diff.mean(axis=(1, 3)).max())
+    blocks = np.abs(thumb - reference).reshape(GRID // BLOCK, BLOCK, GRID // BLOCK, BLOCK).mean(axis=(1, 3))
+    floor = float(np.median(blocks))
+    return max(float(blocks.max()) - floor, floor)
 
 
 def check_reference(reference) -> np.ndarray | None:

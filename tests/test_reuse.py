@@ -50,17 +50,30 @@ def _segments(processor, chunks, state=None):
 
 
 @pytest.fixture(scope="module")
+def tiny_processor(tmp_path_factory, tiny_overrides):
+    """The test-size models with a SigLIP at 224 px (7x7 patches of 32 px): the gate looks at
+    frames at the encoder's size, and real encoders see 224-384 px, where sensor noise averages out."""
+    from pipeline.build import build_processor
+    from pipeline.config import load_config
+    from pipeline.models.siglip import build_random_siglip
+
+    siglip = build_random_siglip(tmp_path_factory.mktemp("siglip") / "siglip-224", hidden_size=32, num_layers=2,
+                                 num_heads=2, intermediate_size=64, image_size=224, patch_size=32)
+    return build_processor(load_config(None, [*tiny_overrides, f"encoder.model={siglip}"]), log=None)
+
+
+@pytest.fixture(scope="module")
 def still(tmp_path_factory):
-    """40 s of a still scene with sensor noise: 5 chunks of 8 sampled frames."""
-    return write_static_camera(tmp_path_factory.mktemp("clips") / "still.mp4", seconds=40, fps=5, width=320,
-                               height=180, events=[], noise=3.0)
+    """40 s of a still 640x360 scene with sensor noise (sigma 3 grey levels): 5 chunks of 8 sampled frames."""
+    return write_static_camera(tmp_path_factory.mktemp("clips") / "still.mp4", seconds=40, fps=5, width=640,
+                               height=360, events=[], noise=3.0)
 
 
 @pytest.fixture(scope="module")
 def walkers(tmp_path_factory):
     """The same kind of scene with two figures walking across from 10.5 s to 19.5 s."""
-    return write_static_camera(tmp_path_factory.mktemp("clips") / "walk.mp4", seconds=32, fps=5, width=320,
-                               height=180, events=[(10.5, 19.5)], noise=3.0, seed=1)
+    return write_static_camera(tmp_path_factory.mktemp("clips") / "walk.mp4", seconds=32, fps=5, width=640,
+                               height=360, events=[(10.5, 19.5)], noise=3.0, seed=1)
 
 
 def test_a_still_scene_is_encoded_once_and_every_step_gets_its_grid(tiny_processor, still):

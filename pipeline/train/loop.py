@@ -103,9 +103,10 @@ def build_models(cfg: Config, device: torch.device, log=print, training: bool = 
     key = ""
     if t.grid_cache:  # what a cached grid depends on: the encoder's weights and the decoding
         from pipeline.config import content_digest
+        from pipeline.reuse import version as reuse_version
 
         key = json.dumps([content_digest(e.model), e.dtype, e.select_layer, cfg.decode.fps, chunk, group,
-                          t.max_chunks] + ([e.static_threshold] if e.static_threshold else []))
+                          t.max_chunks] + ([e.static_threshold, reuse_version()] if e.static_threshold else []))
     cache = FeatureCache(encoder, cfg.decode.fps, chunk, group, t.max_chunks, grids,
                          disk=Path(t.grid_cache) if t.grid_cache else None, key=key,
                          static_threshold=e.static_threshold)
