@@ -42,6 +42,7 @@ from pipeline.config import Config
 from pipeline.errors import VidstormError
 from pipeline.queue import RedisQueue, connect, retrying
 from pipeline.processor import encoded_count, from_wire, to_wire, visual_embedding, window_of
+from pipeline.reuse import plan
 from pipeline.types import FrameChunk, Segment, Summary, check_thumbnail, pack, unpack
 
 
@@ -260,12 +261,6 @@ def gate_reference(text: str | None):
         return check_reference(np.frombuffer(raw, "<f4").reshape(GRID, GRID))
     except ValueError:
         return None
-
-
-def plan(frames, reference, threshold: float):
-    from pipeline.reuse import plan as reuse_plan
-
-    return reuse_plan(frames, reference, threshold)
 
 
 def _parse(msg, expected: tuple[str, ...]):

@@ -177,7 +177,8 @@ def part_c(clip: Path, log) -> dict:
         try:
             sizes = {}
             for name, extra in (("all", ["encoder.static_threshold=0"]), ("reuse", [])):
-                cfg = demo_config("queue.prefix=perf" + name, *extra)
+                # nothing consumes the tokens queue here: room for every chunk, or the stage waits for room
+                cfg = demo_config("queue.prefix=perf" + name, "queue.max_in_flight=64", *extra)
                 keys = Keys(cfg.queue.prefix)
                 stage = EncoderStage(cfg, server.url, "encoder-0")
                 decoder = VideoDecoder.for_config(Source(str(clip), "cam"), cfg.decode, 224, 8)

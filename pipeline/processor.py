@@ -53,7 +53,12 @@ class StreamState:
     def to_bytes(self) -> bytes:
         header = {k: v for k, v in self.__dict__.items() if k != "temporal" and k not in self.ARRAYS}
         header["type"] = "stream_state"
-        arrays = {k: np.asarray(getattr(self, k), np.float32) for k in self.ARRAYS if getattr(self, k) is not None}
+        arrays = {}
+        for k in self.ARRAYS:
+            if getattr(self, k) is not None:
+                full = np.asarray(getattr(self, k), np.float32)
+                half = full.astype(np.float16)  # a grid that came as fp16 (the default) is saved in half the bytes
+                arrays[k] = half if np.array_equal(half.astype(np.float32), full) else full
         if self.temporal is not None:
             arrays["temporal"] = np.frombuffer(self.temporal.to_bytes(), dtype=np.uint8)
         return pack(header, arrays)

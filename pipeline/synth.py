@@ -56,15 +56,20 @@ def write_clip(
             stream.codec_context.gop_size = gop
         if codec == "libx264":
             stream.options = {"preset": "ultrafast", "tune": "zerolatency"}
-        for i, t in enumerate(times):
-            frame = av.VideoFrame.from_ndarray(frame_image(i, width, height), format="rgb24")
-            frame.pts = int(round(t * 1000))
-            frame.time_base = time_base
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+        mux_frames(out, stream, ((t, frame_image(i, width, height)) for i, t in enumerate(times)))
     return path
+
+
+def mux_frames(out, stream, frames) -> None:
+    """Encode (seconds, RGB uint8 image) pairs into `stream` (time base 1/1000) and flush it."""
+    for t, image in frames:
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts = int(round(t * 1000))
+        frame.time_base = Fraction(1, 1000)
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
 
 
 def camera_background(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -113,21 +118,19 @@ def write_static_camera(
         stream.time_base = time_base
         stream.codec_context.time_base = time_base
         stream.options = {"preset": "veryfast"}
-        for i in range(int(round(seconds * fps))):
-            t = i / fps
-            img = base + rng.normal(0.0, noise, base.shape).astype(np.float32) if noise else base.copy()
-            for (start, end), plan in zip(events, plans):
-                if start <= t < end:
-                    phase = (t - start) / (end - start)
-                    for k, (row, colour, direction) in enumerate(plan):
-                        p = (phase + k / max(len(plan), 1) * 0.3) % 1.0
-                        x = int((p if direction > 0 else 1 - p) * (width - pw))
-                        img[row : row + ph, x : x + pw] = colour
-            frame = av.VideoFrame.from_ndarray(img.clip(0, 255).astype(np.uint8), format="rgb24")
-            frame.pts = int(round(t * 1000))
-            frame.time_base = time_base
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+
+        def frames():
+            for i in range(int(round(seconds * fps))):
+                t = i / fps
+                img = base + rng.normal(0.0, noise, base.shape).astype(np.float32) if noise else base.copy()
+                for (start, end), plan in zip(events, plans):
+                    if start <= t < end:
+                        phase = (t - start) / (end - start)
+                        for k, (row, colour, direction) in enumerate(plan):
+                            p = (phase + k / max(len(plan), 1) * 0.3) % 1.0
+                            x = int((p if direction > 0 else 1 - p) * (width - pw))
+                            img[row : row + ph, x : x + pw] = colour
+                yield t, img.clip(0, 255).astype(np.uint8)
+
+        mux_frames(out, stream, frames())
     return path
