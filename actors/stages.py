@@ -3,8 +3,9 @@
 Each class is plain Python around pipeline/ objects (runtime.py makes them Ray
 actors). Stages talk only through Redis Streams:
 
-    {p}:frames          FrameChunk / end markers           group encoders
-    {p}:tokens:<stream> SigLIP grids of one stream          group temporal (its one owner)
+    {p}:frames          FrameChunks (the frames that changed) / end markers   group encoders
+    {p}:tokens:<stream> projected grids (fp16) of the frames group temporal (its one owner)
+                        SigLIP encoded, + the reuse mask
     {p}:pooled          pooled tokens + visual embedding    group summarizers
     {p}:rollup          window / stream summary requests    group summarizers
     {p}:results         segments, summaries, end markers    group writer

@@ -1,12 +1,14 @@
 """StreamProcessor: the whole STORM path for one stream, in one process. No Ray, no Redis.
 
     step(chunk, state) -> (records, state)
-        SigLIP -> temporal encoder (state carried) -> pooling -> projector -> LLM caption
+        static-frame plan -> SigLIP + projection of the frames that changed (encode_projected)
+        -> temporal encoder on one grid per step, state carried (temporal_projected) -> pooling
+        -> projector -> LLM caption
     finish(state) -> (records, state)
         flush the open window, then a whole-stream summary
 
-temporal.mode=offline instead scans a whole file before any caption: the caller feeds
-every chunk's SigLIP grid to `offline_scan()`, then takes `offline_pooled()` chunk by
+temporal.mode=offline instead scans a whole file before any caption: the caller adds
+every chunk's projected grids to `offline_scan()`, then takes `offline_pooled()` chunk by
 chunk into `step_pooled()` (caption and roll-up as in `step`).
 
 Captions roll up hierarchically: chunk captions -> a window summary every
@@ -27,7 +29,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from pipeline.models.offline import OfflineScan, project_chunk
+from pipeline.models.offline import OfflineScan
 from pipeline.models.temporal import TemporalState
 from pipeline.types import FrameChunk, Segment, Summary, pack, unpack
 
@@ -202,12 +204,6 @@ class StreamProcessor:
         return pooled.cpu(), new_state, last_grid
 
     @torch.inference_mode()
-    def temporal(self, tokens: torch.Tensor, state: TemporalState | None) -> tuple[torch.Tensor, TemporalState]:
-        """(T, g, g, C) -> pooled (T', h', w', D), with the stream's recurrent state carried."""
-        pooled, new_state = self.connector.pool(tokens.to(self.device), self.reducer, state)
-        return pooled.cpu(), new_state
-
-    @torch.inference_mode()
     def caption(self, pooled: torch.Tensor) -> str:
         visual = self.connector.to_llm(pooled.to(self.device))  # (T'*h'*w', llm_hidden)
         return self.summarizer.caption(visual, self.caption_prompt)
@@ -220,11 +216,6 @@ class StreamProcessor:
     def offline_scan(self, spill_mb: float, spill_dir: str | Path, on_step=None) -> OfflineScan:
         """An empty whole-source scan: add() each chunk's grid, then offline_pooled(). Close it after."""
         return OfflineScan(self.connector.temporal, int(spill_mb * 2**20), spill_dir, on_step=on_step)
-
-    def offline_project(self, tokens: torch.Tensor) -> torch.Tensor:
-        """A chunk's grid (T, g, g, C) -> its first-layer input (T, h, w, D), as OfflineScan.add keeps it
-        (the distributed temporal stage saves these until the file ends, then add_file()s them)."""
-        return project_chunk(self.connector.temporal, tokens)
 
     def offline_pooled(self, scan: OfflineScan) -> Iterator[torch.Tensor]:
         """Each chunk's pooled tokens (T', h', w', D), in order, from a scan holding the whole source."""

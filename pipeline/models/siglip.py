@@ -66,8 +66,7 @@ class SiglipEncoder:
         from transformers import SiglipVisionModel
 
         self.device = resolve_device(device)
-        measure = dtype == "auto" and self.device.type == "cpu"  # bf16 if native and faster (models/dtype.py)
-        self.dtype = torch.float32 if measure else resolve_dtype(dtype, self.device)
+        self.dtype = resolve_dtype(dtype, self.device)  # auto on a CPU: fp32 first, then measured below
         self.batch_size = batch_size
         with explain_load_errors("SigLIP weights", model_ref, SIGLIP_HINT):
             model = SiglipVisionModel.from_pretrained(model_ref, dtype=self.dtype)
@@ -89,7 +88,7 @@ class SiglipEncoder:
         mean, std = _mean_std(model_ref)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
-        if measure:
+        if dtype == "auto" and self.device.type == "cpu":  # bf16 if native and faster (models/dtype.py)
             from pipeline.models.dtype import choose_cpu_dtype
 
             batch = min(batch_size, 8)

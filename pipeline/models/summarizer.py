@@ -103,8 +103,7 @@ class Summarizer:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = resolve_device(device)
-        measure = dtype == "auto" and self.device.type == "cpu"  # bf16 if native and faster (models/dtype.py)
-        self.dtype = torch.float32 if measure else resolve_dtype(dtype, self.device)
+        self.dtype = resolve_dtype(dtype, self.device)  # auto on a CPU: fp32 first, then measured below
         self.max_new_tokens = max_new_tokens
         self.system_prompt = system_prompt
         source = resolve_llm(model_ref)
@@ -112,7 +111,7 @@ class Summarizer:
             self.tokenizer = AutoTokenizer.from_pretrained(source)
             model = AutoModelForCausalLM.from_pretrained(source, dtype=self.dtype)
         self.model = model.to(self.device).eval().requires_grad_(False)
-        if measure:
+        if dtype == "auto" and self.device.type == "cpu":  # bf16 if native and faster (models/dtype.py)
             from pipeline.models.dtype import choose_cpu_dtype
 
             cfg = self.model.config
