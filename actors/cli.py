@@ -108,6 +108,27 @@ def cmd_ingest(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_describe(args) -> int:
+    """Caption one file (a video chunk by chunk, or a still image) without storing anything."""
+    from pipeline.build import build_processor, untrained_notice
+    from pipeline.config import load_config
+    from pipeline.describe import describe
+
+    cfg = load_config(args.config, args.overrides)
+    notice = untrained_notice(cfg)
+    if notice:
+        print(notice, file=sys.stderr)
+    rows = describe(build_processor(cfg, log=lambda msg: print(msg, file=sys.stderr)), args.file, cfg)
+    if args.json:
+        _emit_json(rows)
+    elif len(rows) == 1 and rows[0]["t_end"] == 0.0:  # a still image: its caption alone
+        print(rows[0]["caption"])
+    else:
+        for row in rows:
+            print(f"{_span(row)}  {row['caption']}")
+    return 0
+
+
 def _ingest_distributed(cfg, sources, data, log) -> int:
     """Through Ray actors and Redis Streams (embedded or a cluster). Returns failures."""
     from actors.runtime import Cluster, DistributedIngest
@@ -630,6 +651,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="machine-readable output")
         _data_arg(p)
 
+    describe = sub.add_parser("describe", help="caption a video (a line per chunk) or a still image; stores nothing")
+    describe.add_argument("file", help="a video file or an image (png, jpg, ...)")
+    describe.add_argument("--json", action="store_true", help='a JSON list of {"t_start", "t_end", "caption"}')
+    _add_config_args(describe)
+    describe.set_defaults(func=cmd_describe)
+
     query = sub.add_parser("query", help="search captions and summaries by meaning (or --keyword)")
     query.add_argument("text")
     query.add_argument("--keyword", action="store_true", help="match words instead of meaning")
@@ -759,7 +786,8 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # positionals may follow options: `ingest a.mp4 --local b.mp4 decode.fps=2`
     target = {"ingest": "sources", "config": "overrides", "serve": "overrides",
-              "scheduler": "overrides", "train": "overrides", "eval": "overrides", "clip": "overrides"}.get(args.command)
+              "scheduler": "overrides", "train": "overrides", "eval": "overrides", "clip": "overrides",
+              "describe": "overrides"}.get(args.command)
     if args.command == "jobs":
         target = "overrides"
     if extra and (target is None or any(e.startswith("-") for e in extra)):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import Config, fingerprint
+from pipeline.errors import ConfigError
 from pipeline.models.checkpoint import build_connector
 from pipeline.models.lora import LORA_NAME
 from pipeline.models.pooling import TokenReducer
@@ -19,6 +20,54 @@ RANDOM_MARKER = "VIDSTORM_RANDOM_WEIGHTS"
 ALL_PARTS = ("encoder", "temporal", "llm")
 
 
+def vlm_base(cfg: Config) -> str:
+    """The pretrained VLM the STORM module sits on (models/vlm.py), or "" for a plain SigLIP + LLM.
+
+    A VLM's tower, connector and LLM belong together: encoder.model and summarizer.model name it both."""
+    from pipeline.models.vlm import vlm_family
+
+    e, s = cfg.encoder.model, cfg.summarizer.model
+    if not vlm_family(e):
+        if s != "smollm2" and vlm_family(s):
+            raise ConfigError(f"summarizer.model={s} is a VLM: set encoder.model to the same checkpoint")
+        return ""
+    if s != e:
+        raise ConfigError(f"encoder.model={e} is a VLM: set summarizer.model to the same checkpoint (got {s})")
+    return e
+
+
+def caption_prompt(cfg: Config) -> str:
+    """What a chunk's caption is asked with: a VLM gets summarizer.prompt in its own chat layout; the
+    <video>-splice LLMs summarizer.caption_prompt (what the mlp-form checkpoints were trained on)."""
+    return cfg.summarizer.prompt if vlm_base(cfg) else cfg.summarizer.caption_prompt
+
+
+def build_encoder(e, log=print):
+    """The frame encoder encoder.model names: a VLM's own tower, else a SigLIP vision model."""
+    from pipeline.models.vlm import VlmVision, vlm_family
+
+    if vlm_family(e.model):
+        if log and e.select_layer != -2:
+            log(f"encoder.select_layer={e.select_layer} is ignored: {e.model} feeds its connector its own layer")
+        return VlmVision(e.model, e.device, e.dtype, e.batch_size)
+    return SiglipEncoder(e.model, e.device, e.dtype, e.batch_size, e.select_layer)
+
+
+def build_storm(cfg: Config, vision_dim: int, llm_hidden: int, device, log=print, with_base: bool = True,
+                encoder_dtype=None):
+    """The STORM module: on a VLM base (with the VLM's connector where frames are projected), else mlp."""
+    from pipeline.models.vlm import VlmConnector
+
+    base = vlm_base(cfg)
+    base_connector = None
+    if base and with_base:
+        from pipeline.models.siglip import resolve_dtype
+
+        base_connector = VlmConnector.from_vlm(base, encoder_dtype or resolve_dtype(cfg.encoder.dtype, device))
+    return build_connector(cfg.temporal, vision_dim, llm_hidden, device, log=log, base=base,
+                           base_connector=base_connector)
+
+
 def build_processor(cfg: Config, log=print, parts: tuple[str, ...] = ALL_PARTS) -> StreamProcessor:
     """The models for `parts`; a stage that runs only some of them loads only those.
 
@@ -30,7 +79,7 @@ def build_processor(cfg: Config, log=print, parts: tuple[str, ...] = ALL_PARTS) 
     e, s = cfg.encoder, cfg.summarizer
     encoder = summarizer = embedder = None
     if "encoder" in parts:
-        encoder = SiglipEncoder(e.model, e.device, e.dtype, e.batch_size, e.select_layer)
+        encoder = build_encoder(e, log)
     if "llm" in parts:
         summarizer = Summarizer(s.model, s.device, s.dtype, s.max_new_tokens, s.system_prompt)
         if summarizer.load_adapters(cfg.temporal.checkpoint) and log:  # trained with these STORM parts
@@ -40,12 +89,13 @@ def build_processor(cfg: Config, log=print, parts: tuple[str, ...] = ALL_PARTS) 
     vision_dim = encoder.hidden_size if encoder else vision_geometry(e.model)[1]
     llm_hidden = summarizer.hidden_size if summarizer else llm_hidden_size(s.model)
     device = resolve_device(e.device)
-    connector = build_connector(cfg.temporal, vision_dim, llm_hidden, device, log=log)
+    connector = build_storm(cfg, vision_dim, llm_hidden, device, log=log, with_base="encoder" in parts,
+                            encoder_dtype=encoder.dtype if encoder else None)
     reducer = TokenReducer(cfg.pooling.temporal_k, cfg.pooling.sample_s, cfg.pooling.spatial_p)
     r = cfg.summary
     rollup = RollupSettings(r.window_seconds, r.max_items_per_prompt, r.window_prompt, r.stream_prompt)
     return StreamProcessor(
-        encoder, connector, reducer, summarizer, embedder, s.caption_prompt, rollup, fingerprint(cfg), device,
+        encoder, connector, reducer, summarizer, embedder, caption_prompt(cfg), rollup, fingerprint(cfg), device,
         static_threshold=e.static_threshold, output_dtype=e.output_dtype,
     )
 

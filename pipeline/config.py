@@ -103,6 +103,9 @@ class SummarizerConfig:
     max_new_tokens: int = 48
     system_prompt: str = "You are a video analyst. Describe what the footage shows, briefly and factually."
     caption_prompt: str = "<video>\nDescribe what happens in this video clip in one sentence."
+    # the user instruction a VLM base (encoder.model = summarizer.model = a SmolVLM / LLaVA-OneVision
+    # checkpoint) is asked with, in its own chat template with the frames before it
+    prompt: str = "Describe the video briefly."
 
 
 @dataclass

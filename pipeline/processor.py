@@ -185,8 +185,7 @@ class StreamProcessor:
         """uint8 (E, S, S, 3) -> projected grids (E, h, w, D): SigLIP, then the temporal encoder's
         per-frame pixel shuffle + Linear, rounded through encoder.output_dtype (the encoder stage's half)."""
         if len(frames) == 0:
-            g, ds = self.encoder.grid, self.connector.temporal.downsample
-            return torch.zeros(0, -(-g // ds), -(-g // ds), self.connector.temporal.proj.out_features)
+            return torch.zeros(0, *self.connector.projected_shape(self.encoder.grid))
         projected = self.connector.project(self.encode(frames).to(self.device)).cpu()
         return wire_round(projected, self.output_dtype)
 
@@ -204,9 +203,10 @@ class StreamProcessor:
         return pooled.cpu(), new_state, last_grid
 
     @torch.inference_mode()
-    def caption(self, pooled: torch.Tensor) -> str:
+    def caption(self, pooled: torch.Tensor, t_start: float | None = None, t_end: float | None = None) -> str:
+        """Pooled tokens (T', h', w', D) of a chunk spanning t_start..t_end (None: a still image) -> text."""
         visual = self.connector.to_llm(pooled.to(self.device))  # (T'*h'*w', llm_hidden)
-        return self.summarizer.caption(visual, self.caption_prompt)
+        return self.summarizer.caption(visual, self.caption_prompt, pooled.shape[0], t_start, t_end)
 
     def summarize(self, texts: list[str], prompt: str) -> str:
         return summarize_hierarchical(self.summarizer, texts, prompt, self.rollup.max_items_per_prompt)
@@ -240,13 +240,19 @@ class StreamProcessor:
         state = state or StreamState(chunk.stream_id)
         if not self.is_next(chunk, state):
             return [], state  # a replayed chunk: already applied, nothing new to say
+        pooled, temporal_state, frames_encoded = self.pool_chunk(chunk, state)
+        # 4. caption
+        return self.step_pooled(chunk, pooled, state, temporal_state, frames_encoded=frames_encoded)
+
+    def pool_chunk(self, chunk: FrameChunk, state: StreamState) -> tuple[torch.Tensor, TemporalState, int]:
+        """A chunk's frames -> (pooled (T', h', w', D), the temporal state after it, frames encoded). Advances
+        the state's static-frame reference and last grid; the caller keeps the temporal state."""
         # 1. static-frame reuse: SigLIP (+ projection) only on the frames that changed
         mask, state.gate_ref = self.plan(chunk.frames, state.gate_ref)
         encoded = self.encode_projected(chunk.frames[mask])
         # 2-3. temporal, pool
         pooled, temporal_state, state.last_grid = self.temporal_projected(encoded, mask, state)
-        # 4. caption
-        return self.step_pooled(chunk, pooled, state, temporal_state, frames_encoded=encoded_count(mask, chunk.n_valid))
+        return pooled, temporal_state, encoded_count(mask, chunk.n_valid)
 
     def step_pooled(self, chunk: FrameChunk, pooled: torch.Tensor, state: StreamState,
                     temporal_state: TemporalState | None = None, frames_encoded: int | None = None
@@ -283,7 +289,7 @@ class StreamProcessor:
                 thumbnail: bytes | None = None, frames_encoded: int | None = None) -> Segment:
         """One chunk's row: its caption, embeddings and times. --local and the distributed
         summarizer both build segments here."""
-        caption = self.caption(pooled)
+        caption = self.caption(pooled, t_start, t_end)
         return Segment(
             stream_id=stream_id, chunk_seq=chunk_seq, t_start=t_start, t_end=t_end, caption=caption,
             visual_embedding=visual_embedding(pooled), text_embedding=self.embedder.embed([caption])[0],

@@ -115,3 +115,24 @@ def publish_tokens(tiny_processor):
         return grids
 
     return publish
+
+
+VLM_GEOMETRIES = {"smolvlm": "smolvlm-tiny", "llava_onevision": "llava-ov-tiny"}
+
+
+@pytest.fixture(scope="session")
+def tiny_vlms(tmp_path_factory):
+    """Tiny random VLMs of both families (SmolVLM, LLaVA-OneVision) saved with save_pretrained, with a
+    tokenizer, chat template and processor config: {family: folder}."""
+    from pipeline.models.vlm_build import build_random_vlm
+
+    root = tmp_path_factory.mktemp("vlm")
+    return {family: build_random_vlm(root / name, name) for family, name in VLM_GEOMETRIES.items()}
+
+
+def vlm_overrides(folder, *extra) -> list[str]:
+    """configs/test.yaml settings on a VLM base (fp32 end to end, so tensors compare exactly)."""
+    return [f"encoder.model={folder}", f"summarizer.model={folder}", "summarizer.system_prompt=''",
+            "encoder.output_dtype=fp32", "encoder.device=cpu", "encoder.dtype=fp32", "summarizer.device=cpu",
+            "summarizer.dtype=fp32", "summarizer.max_new_tokens=6", "decode.chunk_frames=8", "temporal.n_layers=2",
+            "temporal.d_state=8", "temporal.expand=1", "summary.window_seconds=16", *extra]

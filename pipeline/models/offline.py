@@ -134,7 +134,7 @@ class ActivationStore:
 @torch.inference_mode()
 def project_chunk(encoder: TemporalEncoder, tokens: torch.Tensor) -> torch.Tensor:
     """A chunk's SigLIP grid (T, H, W, C) -> the first layer's input (T, h, w, d_model), on the host."""
-    return encoder.project(tokens[None].to(encoder.proj.weight.device))[0].cpu()
+    return encoder.project(tokens[None].to(encoder.device))[0].cpu()
 
 
 def save_projected(path: str | Path, x: torch.Tensor, meta: dict) -> None:
@@ -173,7 +173,7 @@ class OfflineScan:
         self.store = ActivationStore(memory_bytes, spill_dir)
         self.shapes: list[tuple[int, int, int]] = []  # (T, h, w) of each chunk
         self.on_step = on_step or (lambda: None)  # called after each chunk of each pass (a heartbeat)
-        self.device = encoder.proj.weight.device
+        self.device = encoder.device
 
     def __enter__(self) -> "OfflineScan":
         return self

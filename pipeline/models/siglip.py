@@ -136,7 +136,12 @@ def _vision_forward(model, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def vision_geometry(model_ref: str) -> tuple[int, int]:
-    """(image_size, hidden_size) of a SigLIP checkpoint, from its config alone."""
+    """(image_size, hidden_size) of a SigLIP checkpoint (or a VLM's tower), from its config alone."""
+    from pipeline.models.vlm import vision_spec, vlm_family
+
+    if vlm_family(model_ref):
+        spec = vision_spec(model_ref)
+        return spec["image_size"], spec["hidden_size"]
     local = Path(model_ref) / "config.json"
     if local.is_file():  # a local folder: read it without importing transformers
         spec = json.loads(local.read_text())

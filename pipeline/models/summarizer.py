@@ -17,6 +17,7 @@ import torch
 
 from pipeline.errors import WeightsError, explain_load_errors
 from pipeline.models.siglip import resolve_device, resolve_dtype
+from pipeline.models.vlm import vlm_family
 
 PLACEHOLDER = "<video>"
 LLM_HINT = "set summarizer.model to a local folder, a .gguf file, a reachable hub id, or smollm2"
@@ -78,6 +79,10 @@ def resolve_llm(model_ref: str) -> str:
 
 def llm_hidden_size(model_ref: str) -> int:
     """The LLM's embedding width, from its config alone (no weights)."""
+    from pipeline.models.vlm import text_hidden_size, vlm_family
+
+    if model_ref != "smollm2" and vlm_family(model_ref):
+        return text_hidden_size(model_ref)
     local = Path(resolve_llm(model_ref)) / "config.json"
     if local.is_file():
         spec = json.loads(local.read_text())
@@ -106,12 +111,24 @@ class Summarizer:
         self.dtype = resolve_dtype(dtype, self.device)  # auto on a CPU: fp32 first, then measured below
         self.max_new_tokens = max_new_tokens
         self.system_prompt = system_prompt
-        source = resolve_llm(model_ref)
-        with explain_load_errors("the summarizer LLM", model_ref, LLM_HINT):
-            self.tokenizer = AutoTokenizer.from_pretrained(source)
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=self.dtype)
+        self.layout = None  # a VLM's chat template and image-token layout (models/vlm.py); None: <video> splice
+        if model_ref != "smollm2" and vlm_family(model_ref):  # the VLM's language model, template and layout
+            from pipeline.models.vlm import VlmLayout, causal_lm_of, load_vlm
+
+            vlm = load_vlm(model_ref, self.dtype)
+            with explain_load_errors("the VLM's tokenizer", model_ref, LLM_HINT):
+                self.tokenizer = AutoTokenizer.from_pretrained(model_ref)
+            self.layout = VlmLayout(model_ref, self.tokenizer, vlm)
+            model = causal_lm_of(vlm)
+        else:
+            source = resolve_llm(model_ref)
+            with explain_load_errors("the summarizer LLM", model_ref, LLM_HINT):
+                self.tokenizer = AutoTokenizer.from_pretrained(source)
+                model = AutoModelForCausalLM.from_pretrained(source, dtype=self.dtype)
         self.model = model.to(self.device).eval().requires_grad_(False)
-        if dtype == "auto" and self.device.type == "cpu":  # bf16 if native and faster (models/dtype.py)
+        if self.layout is not None:
+            self.layout.newline = None if self.layout.newline is None else self.layout.newline.to(self.device)
+        if dtype == "auto" and self.device.type == "cpu" and self.layout is None:  # bf16 if native and faster (models/dtype.py)
             from pipeline.models.dtype import choose_cpu_dtype
 
             cfg = self.model.config
@@ -151,6 +168,8 @@ class Summarizer:
         return True
 
     def _chat(self, user_text: str) -> str:
+        if self.layout is not None:
+            return self.layout.render([{"type": "text", "text": user_text}], self.system_prompt)
         messages = [{"role": "user", "content": user_text}]
         if self.system_prompt:
             messages.insert(0, {"role": "system", "content": self.system_prompt})
@@ -178,27 +197,55 @@ class Summarizer:
         eos = torch.tensor([self.tokenizer.eos_token_id], device=self.device)
         return torch.cat([self._ids(answer), eos])
 
+    def visual_prompt(self, prompt: str, n_frames: int, per_frame: int, t_start: float | None = None,
+                      t_end: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids (n,), visual slot mask (n,)) of the chat asking `prompt` about n_frames x per_frame visual
+        tokens. A VLM writes its own layout (models/vlm.py: t_start None = a still image, else a video
+        chunk with frame times); any other LLM gets the tokens where <video> is. Ingest and training both
+        build their sequences here, so a model learns on exactly the prompt it is later asked with."""
+        if self.layout is not None:
+            text = self.layout.text(prompt, n_frames, per_frame, t_start, t_end, self.system_prompt)
+            ids, mask = self.layout.ids(text)
+        else:
+            before, after = self.prompt_ids(prompt)
+            n = n_frames * per_frame
+            ids = torch.cat([before.cpu(), torch.full((n,), self.pad_id), after.cpu()])
+            mask = torch.zeros(len(ids), dtype=torch.bool)
+            mask[len(before) : len(before) + n] = True
+        return ids.to(self.device), mask.to(self.device)
+
+    def splice(self, ids: torch.Tensor, mask: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        """Embeddings (n, hidden) of `ids` with the visual tokens (in order) at the slots, as the VLMs'
+        own forward does (masked_scatter). Differentiable in `visual`."""
+        if self.layout is not None:
+            visual = self.layout.extend(visual)
+        if visual.shape[-1] != self.hidden_size:
+            raise ValueError(f"visual tokens have width {visual.shape[-1]}, the LLM expects {self.hidden_size}")
+        if visual.shape[0] != int(mask.sum()):
+            raise ValueError(f"{visual.shape[0]} visual tokens for {int(mask.sum())} slots in the prompt")
+        embeds = self.embed(ids)
+        return embeds.masked_scatter(mask[:, None], visual.to(embeds.dtype))
+
     @torch.inference_mode()
-    def generate(self, prompt: str, visual: torch.Tensor | None = None) -> str:
-        """Greedy generation. `visual` (n_tokens, hidden) replaces the <video> placeholder.
+    def generate(self, prompt: str, visual: torch.Tensor | None = None, n_frames: int = 1,
+                 t_start: float | None = None, t_end: float | None = None) -> str:
+        """Greedy generation. `visual` (n_tokens, hidden): n_frames frames' tokens for the prompt's slots.
 
         LoRA adapters (if any) are on for prompts with visual tokens only: they were trained to read
         a clip, and text-only prompts (summaries) get the LLM as it was."""
         from pipeline.models.lora import lora_enabled
 
         with lora_enabled(self.model, visual is not None):
-            return self._generate(prompt, visual)
+            if visual is None:
+                embeds = self.embed(self._ids(self._chat(prompt).replace(PLACEHOLDER, "")))
+            else:
+                if visual.shape[0] % n_frames:
+                    raise ValueError(f"{visual.shape[0]} visual tokens do not split into {n_frames} frames")
+                ids, mask = self.visual_prompt(prompt, n_frames, visual.shape[0] // n_frames, t_start, t_end)
+                embeds = self.splice(ids, mask, visual.to(self.device))
+            return self._generate(embeds[None])
 
-    def _generate(self, prompt: str, visual: torch.Tensor | None) -> str:
-        if visual is None:
-            parts = [self.embed(self._ids(self._chat(prompt).replace(PLACEHOLDER, "")))]
-        else:
-            if visual.shape[-1] != self.hidden_size:
-                raise ValueError(f"visual tokens have width {visual.shape[-1]}, the LLM expects {self.hidden_size}")
-            before, after = self.prompt_ids(prompt)
-            visual = visual.to(self.device, self.embed.weight.dtype)
-            parts = [self.embed(before), visual, self.embed(after)]
-        embeds = torch.cat([p for p in parts if p.shape[0]])[None]  # (1, n, hidden)
+    def _generate(self, embeds: torch.Tensor) -> str:
         out = self.model.generate(
             inputs_embeds=embeds,
             attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device),
@@ -208,9 +255,11 @@ class Summarizer:
         )
         return self.tokenizer.decode(out[0], skip_special_tokens=True).strip()
 
-    def caption(self, visual: torch.Tensor, prompt: str) -> str:
-        """A caption for one chunk's projected visual tokens (n_tokens, hidden)."""
-        return self.generate(prompt, visual)
+    def caption(self, visual: torch.Tensor, prompt: str, n_frames: int = 1, t_start: float | None = None,
+                t_end: float | None = None) -> str:
+        """A caption for one chunk's visual tokens (n_tokens, hidden) of n_frames frames (t_start None:
+        a still image)."""
+        return self.generate(prompt, visual, n_frames, t_start, t_end)
 
     def summarize(self, texts: list[str], prompt: str) -> str:
         """Roll lower-level texts (captions, window summaries) up into one summary."""

@@ -245,7 +245,13 @@ def pixel_shuffle_down(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
 
 
 class TemporalEncoder(nn.Module):
-    """Downsample (2x2 pixel shuffle) + Linear, then L Mamba layers, then a final norm."""
+    """Downsample (2x2 pixel shuffle) + Linear, then L Mamba layers, then a final norm.
+
+    `in_llm_space=True` is the paper's connector on a pretrained VLM (models/vlm.py): the input is
+    already in the LLM's embedding space (the VLM's own connector made it), so there is no projection
+    and no final norm, and a fresh module is the identity (every mixer's output projection zero):
+    `x + Mixer(Norm(x))` with Mixer = 0 leaves the VLM's tokens as they were.
+    """
 
     def __init__(
         self,
@@ -258,6 +264,7 @@ class TemporalEncoder(nn.Module):
         expand: int = 2,
         downsample: int = 2,
         scan_impl: str = "torch",
+        in_llm_space: bool = False,
     ):
         super().__init__()
         if mode not in MODES:
@@ -270,18 +277,37 @@ class TemporalEncoder(nn.Module):
         # offsets that otherwise drown the content and stall training. Identity until set.
         self.register_buffer("input_shift", torch.zeros(vision_dim))
         self.register_buffer("input_scale", torch.ones(vision_dim))
-        self.proj = nn.Linear(downsample * downsample * vision_dim, d_model)
+        self.in_llm_space = in_llm_space
+        self.proj = None if in_llm_space else nn.Linear(downsample * downsample * vision_dim, d_model)
         self.layers = nn.ModuleList(
             TemporalLayer(d_model, mode != "stream", d_state=d_state, d_conv=d_conv, expand=expand)
             for _ in range(n_layers)
         )
-        self.norm_f = nn.LayerNorm(d_model)
+        self.norm_f = nn.Identity() if in_llm_space else nn.LayerNorm(d_model)
+        if in_llm_space:
+            self.zero_outputs()
         self._signature: str | None = None
         self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_signature", None))
 
     @property
     def bidirectional(self) -> bool:
         return self.mode != "stream"
+
+    @property
+    def device(self) -> torch.device:
+        return self.layers[0].norm.weight.device
+
+    @torch.no_grad()
+    def zero_outputs(self) -> None:
+        """Every mixer's output projection to zero: each residual block, hence the module, is the identity.
+        Gradients still reach the output projections (d out_proj = y^T dL), so training moves off it."""
+        for layer in self.layers:
+            for mixer in (layer.fwd, layer.bwd):
+                if mixer is not None:
+                    mixer.out_proj.weight.zero_()
+                    if mixer.out_proj.bias is not None:
+                        mixer.out_proj.bias.zero_()
+        self._signature = None
 
     @torch.no_grad()
     def set_input_stats(self, grids: torch.Tensor) -> None:
@@ -352,6 +378,8 @@ class TemporalEncoder(nn.Module):
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T, H, W, C) vision grid -> (B, T, h, w, d_model): standardise, 2x2 pixel shuffle, Linear."""
+        if self.proj is None:
+            raise ValueError("this temporal encoder reads the VLM connector's output: project with StormConnector")
         x = (tokens - self.input_shift) / self.input_scale
         return self.proj(pixel_shuffle_down(x, self.downsample))
 

