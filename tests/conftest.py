@@ -130,9 +130,12 @@ def tiny_vlms(tmp_path_factory):
     return {family: build_random_vlm(root / name, name) for family, name in VLM_GEOMETRIES.items()}
 
 
-def vlm_overrides(folder, *extra) -> list[str]:
-    """configs/test.yaml settings on a VLM base (fp32 end to end, so tensors compare exactly)."""
-    return [f"encoder.model={folder}", f"summarizer.model={folder}", "summarizer.system_prompt=''",
-            "encoder.output_dtype=fp32", "encoder.device=cpu", "encoder.dtype=fp32", "summarizer.device=cpu",
-            "summarizer.dtype=fp32", "summarizer.max_new_tokens=6", "decode.chunk_frames=8", "temporal.n_layers=2",
-            "temporal.d_state=8", "temporal.expand=1", "summary.window_seconds=16", *extra]
+
+@pytest.fixture(scope="session")
+def vlm_smollm2(tmp_path_factory):
+    """A SmolVLM-family checkpoint with a tiny random tower and connector on the real SmolLM2-135M:
+    a frozen LLM that inputs can steer (training tests)."""
+    from pipeline.models.vlm_build import build_random_vlm
+
+    return build_random_vlm(tmp_path_factory.mktemp("vlm-smollm2") / "vlm", "smolvlm-tiny-smollm2",
+                            text_from="smollm2")

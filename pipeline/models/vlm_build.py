@@ -28,6 +28,9 @@ LLAVA_OV_TEMPLATE = (  # the chat template llava-hf's OneVision checkpoints ship
 # (vision: hidden, intermediate, layers, heads, image, patch), (text: hidden, intermediate, layers, heads, kv)
 GEOMETRIES = {
     "smolvlm-tiny": ("smolvlm", (32, 64, 2, 2, 64, 8), (64, 128, 2, 4, 2), 2),
+    # a tiny random tower + connector on the real SmolLM2-135M (`text_from="smollm2"`): a VLM whose LLM
+    # can be steered through its inputs, for training tests and the toy world
+    "smolvlm-tiny-smollm2": ("smolvlm", (32, 64, 2, 2, 64, 8), (576, 1536, 30, 9, 3), 2),
     "smolvlm2-256m": ("smolvlm", (768, 3072, 12, 12, 512, 16), (576, 1536, 30, 9, 3), 4),
     "smolvlm2-2.2b": ("smolvlm", (1152, 4304, 27, 16, 384, 14), (2048, 8192, 24, 32, 32), 3),
     "llava-ov-tiny": ("llava_onevision", (32, 64, 2, 2, 56, 8), (64, 128, 2, 4, 2), 2),
@@ -65,10 +68,28 @@ def vlm_config(name: str, vocab_size: int, ids: dict):
         vision_feature_select_strategy="full", image_grid_pinpoints=[[size, size]], tie_word_embeddings=False)
 
 
-def build_random_vlm(path: str | Path, name: str = "smolvlm-tiny", seed: int = 0, dtype=torch.float32) -> Path:
+def _copy_smollm2(model) -> None:
+    """The real SmolLM2-135M weights into the VLM's language model and head (added tokens keep their init)."""
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.models.summarizer import resolve_llm
+
+    lm = AutoModelForCausalLM.from_pretrained(resolve_llm("smollm2"), dtype=torch.float32)
+    own = model.model.text_model
+    weights = lm.model.state_dict()
+    with torch.no_grad():
+        embed = weights.pop("embed_tokens.weight")
+        own.embed_tokens.weight[: embed.shape[0]] = embed
+        model.lm_head.weight[: embed.shape[0]] = lm.lm_head.weight
+        own.load_state_dict(weights, strict=False)
+
+
+def build_random_vlm(path: str | Path, name: str = "smolvlm-tiny", seed: int = 0, dtype=torch.float32,
+                     text_from: str = "") -> Path:
     """Save a randomly initialised VLM of geometry `name` (GEOMETRIES) where from_pretrained loads it:
     weights, config, tokenizer, chat template, processor_config.json (image_seq_len) and the marker
-    that says its weights are random."""
+    that says its weights are random. text_from="smollm2": the language model is the real SmolLM2-135M
+    (geometry smolvlm-tiny-smollm2); the tower and connector stay random."""
     from transformers import AutoModelForImageTextToText
 
     family = GEOMETRIES[name][0]
@@ -78,6 +99,8 @@ def build_random_vlm(path: str | Path, name: str = "smolvlm-tiny", seed: int = 0
     config = vlm_config(name, len(tok), ids)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
+    if text_from == "smollm2":
+        _copy_smollm2(model)
     if family == "smolvlm":
         tok.image_token = "<image>"
     model.generation_config.eos_token_id = tok.convert_tokens_to_ids(

@@ -27,7 +27,7 @@ import torch
 
 from pipeline.config import Config
 from pipeline.errors import VidstormError
-from pipeline.models.checkpoint import StormConnector, build_connector, save_storm
+from pipeline.models.checkpoint import BASE_PREFIX, StormConnector, save_storm
 from pipeline.models.lora import LORA_NAME, lora_layers, lora_parameters, save_lora
 from pipeline.models.pooling import TokenReducer
 from pipeline.train.data import Dataset, FeatureCache, Sample, read_jsonl
@@ -70,21 +70,26 @@ def build_models(cfg: Config, device: torch.device, log=print, training: bool = 
     """Training starts from train.init_from (or a seeded init); eval loads temporal.checkpoint."""
     from dataclasses import replace
 
-    from pipeline.models.siglip import SiglipEncoder
+    from pipeline.build import build_encoder, build_storm
     from pipeline.models.summarizer import Summarizer
 
     e, s, t, p = cfg.encoder, cfg.summarizer, cfg.train, cfg.pooling
     dev = device.type
-    encoder = SiglipEncoder(e.model, dev, e.dtype, e.batch_size, e.select_layer)
+    encoder = build_encoder(replace(e, device=dev), log)
     llm = Summarizer(s.model, dev, "fp32", s.max_new_tokens, s.system_prompt)
     temporal = replace(cfg.temporal, checkpoint="") if training else cfg.temporal
-    connector = build_connector(temporal, encoder.hidden_size, llm.hidden_size, device, log=log)
+    connector = build_storm(replace(cfg, temporal=temporal), encoder.hidden_size, llm.hidden_size, device, log=log,
+                            encoder_dtype=encoder.dtype)
     if training and t.init_from:
         init_from(connector, Path(t.init_from), log)
     connector.train()
     for name in ("temporal", "projector"):
         trains = {"warmup": name == "temporal", "align": True}.get(t.stage, name in t.trainable)
-        getattr(connector, name).requires_grad_(trains)
+        # on a VLM base the projector is the VLM's own connector (saved with the checkpoint once trained)
+        part = connector.base_connector if connector.is_vlm and name == "projector" else getattr(connector, name)
+        part.requires_grad_(trains)
+        if connector.is_vlm and name == "projector" and trains:
+            connector.base_trained = True
     if "llm" in t.trainable and t.stage == "sft":
         llm.model.requires_grad_(True)
     if training and "lora" in t.trainable and t.stage == "sft":  # adapters: the init_from run's, or fresh
@@ -110,8 +115,9 @@ def build_models(cfg: Config, device: torch.device, log=print, training: bool = 
     cache = FeatureCache(encoder, cfg.decode.fps, chunk, group, t.max_chunks, grids,
                          disk=Path(t.grid_cache) if t.grid_cache else None, key=key,
                          static_threshold=e.static_threshold)
-    vlm = VisualLM(connector, train_reducer, llm, chunk, use_bf16)
-    return Models(encoder, connector, vlm, VisualLM(connector, test_reducer, llm, chunk, use_bf16), cache)
+    fps = cfg.decode.fps
+    vlm = VisualLM(connector, train_reducer, llm, chunk, use_bf16, fps)
+    return Models(encoder, connector, vlm, VisualLM(connector, test_reducer, llm, chunk, use_bf16, fps), cache)
 
 
 def init_from(connector: StormConnector, folder: Path, log=print) -> None:
@@ -139,10 +145,12 @@ def init_from(connector: StormConnector, folder: Path, log=print) -> None:
 
 def load_data(cfg: Config, cache: FeatureCache, log=print) -> tuple[Dataset, list[Sample]]:
     """Training samples (media encoded and cached) and the validation subset."""
-    t, s = cfg.train, cfg.summarizer
+    from pipeline.build import caption_prompt
+
+    t, prompt = cfg.train, caption_prompt(cfg)
     if not t.data:
         raise TrainError("train.data is empty: give one or more JSONL files (train.data=[a.jsonl,b.jsonl])")
-    data = read_jsonl(list(t.data), s.caption_prompt, t.qa_prompt)
+    data = read_jsonl(list(t.data), prompt, t.qa_prompt)
     if t.tasks:
         data = Dataset([x for x in data.samples if x.task in t.tasks], data.problems, data.lines)
         if not data.samples:
@@ -161,7 +169,7 @@ def load_data(cfg: Config, cache: FeatureCache, log=print) -> tuple[Dataset, lis
         raise TrainError(f"no usable training samples in {', '.join(t.data)} ({len(data.problems)} problems)")
     val: list[Sample] = []
     if t.val_data:
-        raw = read_jsonl(t.val_data, s.caption_prompt, t.qa_prompt)
+        raw = read_jsonl(t.val_data, prompt, t.qa_prompt)
         choice = [x for x in raw.samples if x.is_choice] or raw.samples
         if t.stage == "warmup":  # the head's validation reads captions too
             choice = raw.samples
@@ -250,7 +258,10 @@ def load_checkpoint(folder: Path, models: Models, optimizer) -> tuple[int, dict]
     state = json.loads(state_file.read_text())
     weights = load_file(str(folder / "model.safetensors"))
     try:
-        models.connector.load_state_dict(weights)
+        loaded = models.connector.load_state_dict(weights, strict=False)  # a VLM's connector: only if trained
+        wrong = [k for k in loaded.missing_keys if not k.startswith(BASE_PREFIX)] + loaded.unexpected_keys
+        if wrong:
+            raise KeyError(f"{len(wrong)} tensors do not fit (first: {wrong[0]})")
         if lora_layers(models.vlm.llm.model):
             models.vlm.llm.model.load_state_dict(load_file(str(folder / LORA_NAME)), strict=False)
         if models.warmup is not None:
@@ -293,13 +304,13 @@ def train(cfg: Config, worker: Worker | None = None, log=print, should_stop=lamb
         torch.manual_seed(t.seed)
         options = sorted({o for x in data.samples for o in x.options})
         words = caption_vocabulary([x.answer for x in data.samples if not x.is_choice])
-        head = ChoiceHead(cfg.temporal.d_model, options, words=words)
+        head = ChoiceHead(models.connector.spec.d_model, options, words=words)
         models.warmup = WarmupObjective(models.vlm, head.to(worker.device))
     # 3. optimizer and schedule; resume where a run stopped
     optimizer = torch.optim.AdamW(parameter_groups(models, t), betas=(0.9, 0.95))
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     step, metrics = 0, {}
-    if not t.init_from:  # a fresh model: standardise the encoder's features with this data's statistics
+    if not t.init_from and not models.connector.is_vlm:  # a fresh model: standardise the encoder's features with this data's statistics
         sample = [data.samples[i].media for i in range(0, len(data.samples), max(1, len(data.samples) // 256))]
         models.connector.temporal.set_input_stats(torch.cat([models.cache.get(m) for m in sample]))
     if worker.resume_from is not None:

@@ -23,22 +23,17 @@ class VisualLM:
     """StormConnector + token reducer + the summarizer's LLM. Not an nn.Module: the caller
     decides which parts train (`connector` is the module the optimizer owns)."""
 
-    def __init__(self, connector, reducer, summarizer, chunk_frames: int, autocast: bool = False):
+    def __init__(self, connector, reducer, summarizer, chunk_frames: int, autocast: bool = False, fps: float = 1.0):
         self.connector, self.reducer, self.llm = connector, reducer, summarizer
-        self.chunk_frames = chunk_frames
+        self.chunk_frames, self.fps = chunk_frames, fps
         self.autocast = autocast
         self.device = summarizer.device
-        self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._prompt_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _autocast(self):
         if not self.autocast:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
-
-    def _prompt(self, prompt: str):
-        if prompt not in self._prompt_cache:
-            self._prompt_cache[prompt] = self.llm.prompt_ids(prompt)
-        return self._prompt_cache[prompt]
 
     def visual(self, grids: list[torch.Tensor], project: bool = True) -> list[torch.Tensor]:
         """Per-sample SigLIP grids (T_i, g, g, C) -> per-sample visual tokens (n_i, H)
@@ -59,15 +54,24 @@ class VisualLM:
                 out[i] = tokens[j]
         return out
 
-    def sequences(self, visual: list[torch.Tensor], prompts: list[str], answers: list[str]):
+    def prompt(self, prompt: str, grid: torch.Tensor, n_visual: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, visual slot mask) of a sample's prompt: its pooled frames spanning the clip from 0 s, as
+        ingest asks about a chunk (`Summarizer.visual_prompt`)."""
+        n_frames = max(1, grid.shape[0] // self.reducer.frames_per_group)
+        key = (prompt, n_frames, n_visual, grid.shape[0])
+        if key not in self._prompt_cache:
+            self._prompt_cache[key] = self.llm.visual_prompt(prompt, n_frames, n_visual // n_frames, 0.0,
+                                                             grid.shape[0] / self.fps)
+        return self._prompt_cache[key]
+
+    def sequences(self, visual: list[torch.Tensor], prompts: list[str], answers: list[str], grids: list[torch.Tensor]):
         """Right-padded (inputs_embeds (B, L, H), attention_mask (B, L), labels (B, L))."""
-        embed = self.llm.embed
         rows, labels = [], []
-        for vis, prompt, answer in zip(visual, prompts, answers):
-            before, after = self._prompt(prompt)
+        for vis, prompt, answer, grid in zip(visual, prompts, answers, grids):
+            ids, slots = self.prompt(prompt, grid, vis.shape[0])
             target = self.llm.answer_ids(answer)
-            rows.append(torch.cat([embed(before), vis.to(embed.weight.dtype), embed(after), embed(target)]))
-            masked = torch.full((len(before) + len(vis) + len(after),), IGNORE, device=self.device)
+            rows.append(torch.cat([self.llm.splice(ids, slots, vis), self.llm.embed(target)]))
+            masked = torch.full((len(ids),), IGNORE, device=self.device)
             labels.append(torch.cat([masked, target]))
         length = max(r.shape[0] for r in rows)
         hidden = rows[0].shape[1]
@@ -100,7 +104,7 @@ class VisualLM:
 
     def loss(self, grids: list[torch.Tensor], prompts: list[str], answers: list[str]) -> torch.Tensor:
         """Mean cross-entropy over every answer token of the batch."""
-        inputs, mask, labels = self.sequences(self.visual(grids), prompts, answers)
+        inputs, mask, labels = self.sequences(self.visual(grids), prompts, answers, grids)
         values, _ = self.token_logprobs(inputs, mask, labels)
         return -values.mean()
 
@@ -108,7 +112,8 @@ class VisualLM:
     def option_scores(self, grid: torch.Tensor, prompt: str, options: list[str]) -> torch.Tensor:
         """Log-likelihood of each option as the answer (its tokens and end-of-turn): (n_options,)."""
         (vis,) = self.visual([grid])
-        inputs, mask, labels = self.sequences([vis] * len(options), [prompt] * len(options), options)
+        inputs, mask, labels = self.sequences([vis] * len(options), [prompt] * len(options), options,
+                                              [grid] * len(options))
         values, rows = self.token_logprobs(inputs, mask, labels)
         return torch.zeros(len(options), device=values.device).index_add_(0, rows, values.float())
 

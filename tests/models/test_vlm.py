@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import vlm_overrides
+from helpers.vlm_config import vlm_overrides
 from pipeline.build import build_processor, vlm_base
 from pipeline.config import load_config
 from pipeline.errors import ConfigError

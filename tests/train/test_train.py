@@ -187,7 +187,8 @@ def test_prompt_is_masked_out_of_the_loss(tiny_overrides, qa_set, tmp_path):
     batch = data.samples[:3]
     grids = [models.cache.get(s.media) for s in batch]
     vlm = models.vlm
-    inputs, mask, labels = vlm.sequences(vlm.visual(grids), [s.prompt for s in batch], [s.answer for s in batch])
+    inputs, mask, labels = vlm.sequences(vlm.visual(grids), [s.prompt for s in batch], [s.answer for s in batch],
+                                         grids)
     for row, sample in zip(labels, batch):
         target = vlm.llm.answer_ids(sample.answer)
         kept = row[row != IGNORE]
