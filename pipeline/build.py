@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.config import Config, fingerprint
+from pipeline.config import Config, content_digest, fingerprint
 from pipeline.errors import ConfigError
 from pipeline.models.checkpoint import build_connector
 from pipeline.models.lora import LORA_NAME
@@ -96,13 +96,17 @@ def build_processor(cfg: Config, log=print, parts: tuple[str, ...] = ALL_PARTS) 
     rollup = RollupSettings(r.window_seconds, r.max_items_per_prompt, r.window_prompt, r.stream_prompt)
     return StreamProcessor(
         encoder, connector, reducer, summarizer, embedder, caption_prompt(cfg), rollup, fingerprint(cfg), device,
-        static_threshold=e.static_threshold, output_dtype=e.output_dtype,
+        static_threshold=e.static_threshold, output_dtype=e.output_dtype, provenance=provenance(cfg),
     )
 
 
 def untrained_notice(cfg: Config) -> str | None:
     """One plain line when captions cannot mean anything yet (or only for a toy family), else None."""
-    random_vision = (Path(cfg.encoder.model) / RANDOM_MARKER).is_file()
+    base = vlm_base(cfg)
+    if base:  # a pretrained VLM's captions mean something from the start (the module starts as the identity)
+        return (f"note: the VLM weights in {base} are random, so captions are not meaningful; use a pretrained "
+                "VLM (configs/smolvlm2.yaml, configs/llava-onevision.yaml)") if is_random(base) else None
+    random_vision = is_random(cfg.encoder.model)
     if cfg.temporal.checkpoint:
         if not random_vision:
             return None
@@ -118,3 +122,28 @@ def untrained_notice(cfg: Config) -> str | None:
         "configured (encoder.model = a SigLIP hub id or folder, temporal.checkpoint = trained STORM parts; "
         "see `vidstorm train`)"
     )
+
+
+def is_random(model: str) -> bool:
+    """A local model folder saved with random weights (build_random_siglip, build_random_vlm mark them)."""
+    return (Path(model) / RANDOM_MARKER).is_file()
+
+
+def provenance(cfg: Config) -> tuple[str, str]:
+    """(model, untrained) every segment records: what writes the captions, e.g.
+    "smollm2 + google/siglip-base-patch16-224 + storm:ckpt/storm@1a2b3c4d" (the checkpoint's content
+    digest, so a retrained folder reads as another model), and its random or untrained parts,
+    comma-separated ("" when every part is pretrained or trained)."""
+    checkpoint = cfg.temporal.checkpoint
+    digest = content_digest(checkpoint)[:8] if checkpoint else ""
+    base = vlm_base(cfg)
+    if base:  # one checkpoint gives tower, connector and LLM; a fresh module is the identity (the VLM as is)
+        storm = f"{checkpoint}@{digest}" if digest else (checkpoint or "identity")
+        return f"{base} + storm:{storm}", "VLM (random)" if is_random(base) else ""
+    storm = f"{checkpoint}@{digest}" if digest else (checkpoint or "random init")
+    untrained = []
+    if is_random(cfg.encoder.model):
+        untrained.append("SigLIP (random)")
+    if not checkpoint:
+        untrained.append("STORM temporal module + projector (untrained)")
+    return f"{cfg.summarizer.model} + {cfg.encoder.model} + storm:{storm}", ", ".join(untrained)

@@ -160,8 +160,10 @@ class StreamProcessor:
 
     def __init__(self, encoder, connector, reducer, summarizer, embedder, caption_prompt: str,
                  rollup: RollupSettings, config_fingerprint: str, device: str | torch.device = "cpu",
-                 static_threshold: float = 0.0, output_dtype: str = "fp32"):
+                 static_threshold: float = 0.0, output_dtype: str = "fp32",
+                 provenance: tuple[str, str] = ("", "")):
         self.encoder, self.connector, self.reducer = encoder, connector, reducer
+        self.provenance = provenance  # (model, untrained) each segment records: build.py provenance()
         self.summarizer, self.embedder = summarizer, embedder
         self.caption_prompt, self.rollup = caption_prompt, rollup
         self.config_fingerprint = config_fingerprint
@@ -296,6 +298,7 @@ class StreamProcessor:
             n_frames=n_frames, config_fingerprint=self.config_fingerprint, source=source, wall_clock=wall_clock,
             created_at=time.time(), gap_before=gap_before, thumbnail=thumbnail,
             frames_encoded=frames_encoded, frames_reused=None if frames_encoded is None else n_frames - frames_encoded,
+            model=self.provenance[0], untrained=self.provenance[1],
         )
 
     def summary(self, *, stream_id: str, level: str, seq: int, t_start: float, t_end: float, texts: list[str],

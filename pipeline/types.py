@@ -208,6 +208,11 @@ class Segment:
     # reused the stream's last encoded frame's grid (encoder.static_threshold)
     frames_encoded: int | None = column(pa.int32(), default=None)
     frames_reused: int | None = column(pa.int32(), default=None)
+    # what wrote the caption ("smollm2 + <encoder> + storm:<checkpoint>@<digest>") and which of its parts
+    # are random or untrained, comma-separated ("": all pretrained or trained): such a caption is invented
+    # text, not an observation. Stores written before these columns read them as None.
+    model: str = column(pa.string(), default="")
+    untrained: str = column(pa.string(), default="")
 
 
 @dataclass

@@ -160,6 +160,60 @@ def test_retraining_into_the_same_checkpoint_folder_is_a_new_model(tmp_path, tin
         != fingerprint(cfg)  # a dtype changes the numbers too
 
 
+def test_segments_say_what_wrote_them_and_listings_mark_untrained_captions(tmp_path, tiny_overrides):
+    """The tiny models: a random SigLIP (marked) and, without a checkpoint, untrained STORM parts."""
+    from pipeline.build import build_processor
+    from pipeline.config import content_digest
+    from pipeline.models.checkpoint import build_connector, save_storm
+    from pipeline.models.siglip import vision_geometry
+    from pipeline.models.summarizer import llm_hidden_size
+
+    clip, data = write_clip(tmp_path / "cam.mp4", seconds=8, fps=4), tmp_path / "data"
+    cfg = load_config(None, tiny_overrides)
+    ckpt = tmp_path / "storm"
+    save_storm(build_connector(cfg.temporal, vision_geometry(cfg.encoder.model)[1],
+                               llm_hidden_size(cfg.summarizer.model), log=None), ckpt)
+    trained = load_config(None, [*tiny_overrides, f"temporal.checkpoint={ckpt}"])
+    for stream_id, each in (("cam", cfg), ("cam-ckpt", trained)):
+        ingest = LocalIngest(each, build_processor(each, log=None), data, log=lambda m: None)
+        assert ingest.run(Source(str(clip), stream_id)).status == "done"
+
+    q = StoreQuery(data / "store")
+    siglip, llm = cfg.encoder.model, cfg.summarizer.model
+    both = "SigLIP (random), STORM temporal module + projector (untrained)"
+    untrained = {(r["model"], r["untrained"]) for r in q.segments("cam")}
+    assert untrained == {(f"{llm} + {siglip} + storm:random init", both)}
+    assert {(r["model"], r["untrained"]) for r in q.segments("cam-ckpt")} == {
+        (f"{llm} + {siglip} + storm:{ckpt}@{content_digest(str(ckpt))[:8]}", "SigLIP (random)")}
+
+    listed = json.loads(vidstorm("segments", "--json", "--data", str(data)).stdout)
+    assert {(r["stream_id"], r["untrained"]) for r in listed} == {("cam", both),
+                                                                   ("cam-ckpt", "SigLIP (random)")}
+    assert all(r["model"].startswith(f"{llm} + {siglip} + storm:") for r in listed)
+    lines = vidstorm("segments", "--data", str(data)).stdout.splitlines()[1:]
+    captions = {(r["stream_id"], r["chunk_seq"]): r["caption"] for r in listed}
+    assert len(lines) == len(captions) == 2  # one 8 s chunk each
+    for line, ((stream_id, _seq), caption) in zip(lines, sorted(captions.items())):
+        parts = both if stream_id == "cam" else "SigLIP (random)"
+        assert line.endswith(f"  [untrained: {parts}] {caption}"), line
+
+
+def test_the_segments_listing_marks_only_untrained_captions(tmp_path):
+    from pipeline.store import Store
+    from pipeline.types import Segment
+
+    def row(stream_id, caption, untrained):
+        return Segment(stream_id, 0, 0.0, 8.0, caption, np.ones(4, np.float32), np.zeros(384, np.float32), 8,
+                       "fp", model="smollm2 + siglip + storm:ckpt@1a2b3c4d", untrained=untrained)
+
+    rows = [row("seen", "a red car parks", ""), row("invented", "a blue car leaves", "SigLIP (random)")]
+    Store(tmp_path / "data" / "store").write_records(rows)
+    lines = vidstorm("segments", "--data", str(tmp_path / "data")).stdout.splitlines()
+    assert any(line.endswith("  a red car parks") for line in lines), lines
+    assert any(line.endswith("  [untrained: SigLIP (random)] a blue car leaves") for line in lines), lines
+    assert sum("untrained" in line for line in lines) == 1
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -16,7 +16,7 @@
  *   stream-card (data-stream), stream-thumbnail, stream-summary
  *   timeline (the scroll container), timeline-canvas, ruler, window-band (data-seq),
  *   segment (data-seq, data-t-start, data-t-end; class "selected" + aria-current="true" when selected),
- *   segment-thumbnail,
+ *   segment-thumbnail, untrained-badge (a caption from random/untrained model parts; title: parts, model),
  *   zoom-in, zoom-out, zoom-fit, stream-summary-text,
  *   player-panel, player (the <video>), selected-caption, selected-time
  *   search-form, search-input, search-mode, search-submit, search-results,
@@ -77,6 +77,14 @@ function thumbnail(url, alt, testid, lazy = true) {
   if (!url) return h("div", {class: "thumb thumb-missing", "data-testid": testid, text: "no image"});
   return h("img", {class: "thumb", src: url, alt, loading: lazy ? "lazy" : "eager", decoding: "async",
                    "data-testid": testid});
+}
+
+/** A segment whose caption came from random or untrained model parts gets a badge, so nobody takes
+ *  invented text for an observation; null when every part was trained (or the row predates the field). */
+function untrainedBadge(seg) {
+  if (!seg.untrained) return null;
+  return h("span", {class: "badge untrained", "data-testid": "untrained-badge", text: "untrained",
+                    title: `written by untrained parts: ${seg.untrained}\nmodel: ${seg.model ?? "?"}`});
 }
 
 // --- the API -------------------------------------------------------------------------------------
@@ -411,6 +419,7 @@ class Timeline {
                               "data-seq": seg.chunk_seq, "data-t-start": seg.t_start, "data-t-end": seg.t_end,
                               title: `${times} ${seg.caption ?? ""}`},
       thumbnail(seg.thumbnail_url, "", "segment-thumbnail"),
+      untrainedBadge(seg),
       h("span", {class: "seg-caption", text: seg.caption ?? ""}));
     if (seg.gap_before) node.classList.add("after-gap");
     if (i === this.selected) this.mark(node, true);
@@ -472,8 +481,9 @@ function playerPanel(streamId) {
   const caption = h("p", {class: "selected-caption", "data-testid": "selected-caption",
                           text: "Click a segment to play it."});
   const time = h("p", {class: "selected-time", "data-testid": "selected-time"});
+  const flag = h("p", {class: "selected-flag"});  // the untrained badge of the selected caption, if any
   const panel = h("section", {class: "player-panel", "data-testid": "player-panel"}, video,
-                  h("div", {class: "player-text"}, time, caption));
+                  h("div", {class: "player-text"}, time, flag, caption));
   video.addEventListener("error", () => {
     if (video.getAttribute("src")) {
       const why = video.error?.message || "the server refused it or it is not video";
@@ -485,6 +495,7 @@ function playerPanel(streamId) {
     time.textContent = `${hms(seg.t_start)}–${hms(seg.t_end)} · segment ${seg.chunk_seq}` +
       (seg.wall_clock ? ` · ${when(seg.wall_clock)}` : "");
     caption.textContent = seg.caption ?? "";
+    flag.replaceChildren(...[untrainedBadge(seg)].filter(Boolean));
     if (!seg.clip_url) {
       video.removeAttribute("src");
       video.load();
@@ -616,6 +627,7 @@ function searchResult(row, seq, text, level, score) {
       h("p", {class: "result-meta"},
         h("strong", {text: row.stream_id}), ` · ${hms(row.t_start)}–${hms(row.t_end)}`,
         level !== "chunk" ? h("span", {class: "badge", text: `${level} summary`}) : null,
+        untrainedBadge(row),  // /segments rows carry `untrained`; /search hits do not
         score === null || score === undefined ? null
           : h("span", {class: "score", "data-testid": "result-score",
                        text: `score ${Number(score).toFixed(3)}`})),

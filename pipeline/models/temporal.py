@@ -295,7 +295,7 @@ class TemporalEncoder(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.layers[0].norm.weight.device
+        return self.input_shift.device  # a buffer every encoder has (even one with no layers)
 
     @torch.no_grad()
     def zero_outputs(self) -> None:

@@ -119,3 +119,72 @@ def build_random_vlm(path: str | Path, name: str = "smolvlm-tiny", seed: int = 0
     (path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
     (path / RANDOM_MARKER).write_text("randomly initialised; captions are not meaningful\n")
     return path
+
+
+# --- the families' own code paths: what STORM-at-identity must equal (tests, bench/vlm.py) ---
+
+
+def own_pixels(ref: str, frames) -> torch.Tensor:
+    """uint8 frames (T, S, S, 3) at the tower's size -> (T, 3, S, S) as the processors normalise them."""
+    from pipeline.models.vlm import _mean_std
+
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in _mean_std(ref))
+    return (torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255 - mean) / std
+
+
+def own_inputs(ref: str, frames) -> dict:
+    """The family's pixel inputs for one sample: SmolVLM T images, LLaVA-OneVision a T-frame video."""
+    from pipeline.models.vlm import vlm_family
+
+    key = "pixel_values" if vlm_family(ref) == "smolvlm" else "pixel_values_videos"
+    return {key: own_pixels(ref, frames)[None]}
+
+
+def own_features(ref: str, frames) -> torch.Tensor:
+    """The family's own visual tokens (T*n, D): get_image_features (SmolVLM) / get_video_features
+    without its final newline (LLaVA-OneVision)."""
+    from pipeline.models.vlm import load_vlm, vlm_family
+
+    vlm = load_vlm(ref, torch.float32)
+    (key, pixels), = own_inputs(ref, frames).items()
+    with torch.no_grad():
+        if vlm_family(ref) == "smolvlm":
+            return vlm.model.get_image_features(pixels).pooler_output[0]
+        return vlm.model.get_video_features(pixels).pooler_output[0][:-1]
+
+
+def own_prompt_ids(ref: str, prompt: str, n_frames: int = 1) -> torch.Tensor:
+    """input_ids (1, n) of the chat [image, prompt] (LLaVA-OneVision: [video, prompt]) as the family's
+    processor writes it: the checkpoint's chat template, the image placeholder expanded."""
+    from transformers import AutoTokenizer
+    from transformers.models.smolvlm.processing_smolvlm import get_image_prompt_string
+
+    from pipeline.models.vlm import chat_template, load_vlm, vlm_family
+
+    tok = AutoTokenizer.from_pretrained(ref)
+    smol = vlm_family(ref) == "smolvlm"
+    content = [{"type": "image" if smol else "video"}, {"type": "text", "text": prompt}]
+    chat = tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True,
+                                   chat_template=chat_template(ref, tok))
+    config = load_vlm(ref, torch.float32).config
+    vision = config.vision_config
+    grid = vision.image_size // vision.patch_size
+    if smol:
+        seq_len = json.loads((Path(ref) / "processor_config.json").read_text())["image_seq_len"]
+        chat = chat.replace("<image>", get_image_prompt_string(0, 0, seq_len, "<fake_token_around_image>", "<image>",
+                                                               "<global-img>"))
+    else:  # every frame's 2x-pooled grid + one newline token
+        chat = chat.replace("<video>", "<video>" * (n_frames * (-(-grid // 2)) ** 2 + 1))
+    return tok(chat, return_tensors="pt").input_ids
+
+
+def own_generate(ref: str, image, prompt: str, max_new_tokens: int) -> str:
+    """The family's own greedy `generate` on one image (uint8 (S, S, 3) at the tower's size)."""
+    from transformers import AutoTokenizer
+
+    from pipeline.models.vlm import load_vlm
+
+    ids = own_prompt_ids(ref, prompt)
+    out = load_vlm(ref, torch.float32).generate(input_ids=ids, **own_inputs(ref, image[None]),
+                                               max_new_tokens=max_new_tokens, do_sample=False)
+    return AutoTokenizer.from_pretrained(ref).decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()

@@ -61,13 +61,19 @@ SUMMARIES = [
 ]
 
 
-def _segments(stream, captions, vectors, wall_start=None):
+LOBBY_MODEL = "smollm2 + google/siglip-base-patch16-224 + storm:random init"
+LOBBY_UNTRAINED = "STORM temporal module + projector (untrained)"
+DOCK_MODEL = "smollm2 + google/siglip-base-patch16-224 + storm:ckpt/storm@1a2b3c4d"
+
+
+def _segments(stream, captions, vectors, wall_start=None, model="", untrained=""):
     rows = []
     for seq, (caption, vector) in enumerate(zip(captions, vectors)):
         wall = None if wall_start is None else wall_start.timestamp() + seq * 16.0
         visual = np.ones(8, np.float32)
         rows.append(Segment(stream, seq, seq * 16.0, (seq + 1) * 16.0, caption, visual, vector, 16, "fp1",
-                            source=f"{stream}.mp4", wall_clock=wall, created_at=time.time()))
+                            source=f"{stream}.mp4", wall_clock=wall, created_at=time.time(), model=model,
+                            untrained=untrained))
     return rows
 
 
@@ -76,8 +82,9 @@ def store_root(tmp_path_factory, text_embedder):
     root = tmp_path_factory.mktemp("api") / "store"
     vectors = text_embedder.embed(LOBBY + DOCK + [s[3] for s in SUMMARIES])
     store = Store(root)
-    store.write_records(_segments("lobby", LOBBY, vectors[: len(LOBBY)], LOBBY_START)
-                        + _segments("dock/2", DOCK, vectors[len(LOBBY): len(LOBBY) + len(DOCK)]))
+    lobby = _segments("lobby", LOBBY, vectors[: len(LOBBY)], LOBBY_START, LOBBY_MODEL, LOBBY_UNTRAINED)
+    store.write_records(lobby + _segments("dock/2", DOCK, vectors[len(LOBBY): len(LOBBY) + len(DOCK)],
+                                          model=DOCK_MODEL))
     summary_vectors = vectors[len(LOBBY) + len(DOCK):]
     store.write_records([Summary(stream, level, seq, 0.0, 160.0, text, vector, "fp1", created_at=time.time())
                          for (stream, level, seq, text), vector in zip(SUMMARIES, summary_vectors)])
@@ -161,8 +168,10 @@ def test_segment_rows_are_plain_json(client):
     (row,) = client.get("/segments", params={"stream": "lobby", "limit": 1}).json()["items"]
     assert row["caption"] == LOBBY[0] and row["n_frames"] == 16 and row["source"] == "lobby.mp4"
     assert dt.datetime.fromisoformat(row["wall_clock"]) == LOBBY_START
+    assert (row["model"], row["untrained"]) == (LOBBY_MODEL, LOBBY_UNTRAINED)  # what wrote the caption
     (row,) = client.get("/segments", params={"stream": "dock/2", "limit": 1}).json()["items"]
     assert row["wall_clock"] is None
+    assert (row["model"], row["untrained"]) == (DOCK_MODEL, "")  # every part trained
 
 
 def test_pages_return_every_row_once_in_order(client):

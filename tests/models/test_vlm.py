@@ -12,8 +12,8 @@ from pipeline.build import build_processor, vlm_base
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_storm
-from pipeline.models.summarizer import Summarizer
 from pipeline.models.vlm import VlmConnector, VlmVision, load_vlm, vlm_family
+from pipeline.models.vlm_build import own_features, own_generate, own_inputs
 
 FAMILIES = ("smolvlm", "llava_onevision")
 PROMPT = "Describe the video briefly."
@@ -21,18 +21,6 @@ PROMPT = "Describe the video briefly."
 
 def _frames(size: int, n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), np.uint8)
-
-
-def _own_features(vlm, family, pixels):
-    """The family's own per-frame visual tokens (T*n, D) for normalised pixels (T, 3, S, S)."""
-    with torch.no_grad():
-        if family == "smolvlm":  # T images, no tiling
-            return vlm.model.get_image_features(pixels[None]).pooler_output[0]
-        return vlm.model.get_video_features(pixels[None]).pooler_output[0][:-1]  # minus the newline
-
-
-def _own_inputs(family, pixels):
-    return {"pixel_values": pixels[None]} if family == "smolvlm" else {"pixel_values_videos": pixels[None]}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -48,7 +36,7 @@ def test_per_frame_tokens_equal_the_familys_own_features(tiny_vlms, family):
     encoder, connector = VlmVision(ref, "cpu", "fp32", 4), VlmConnector.from_vlm(ref, torch.float32)
     frames = _frames(encoder.image_size, 5)
     ours = connector(encoder.encode(frames)[None])[0]  # (T, h, w, D)
-    theirs = _own_features(load_vlm(ref, torch.float32), family, encoder.preprocess(torch.from_numpy(frames)))
+    theirs = own_features(ref, frames)
     assert ours.shape[0] == 5 and ours.shape[-1] == theirs.shape[-1]
     assert (ours.reshape(-1, ours.shape[-1]) - theirs).abs().max().item() <= 1e-5
     # and each frame on its own gives its own tokens (no frame leaks into another)
@@ -68,8 +56,7 @@ def test_one_frame_logits_equal_the_familys_own_forward(tiny_vlms, family):
     ids, mask = llm.visual_prompt(PROMPT, 1, visual.shape[0])
     with torch.no_grad():
         ours = llm.model(inputs_embeds=llm.splice(ids, mask, visual)[None]).logits
-        pixels = processor.encoder.preprocess(torch.from_numpy(frames))
-        theirs = load_vlm(ref, torch.float32)(input_ids=ids[None], **_own_inputs(family, pixels)).logits
+        theirs = load_vlm(ref, torch.float32)(input_ids=ids[None], **own_inputs(ref, frames)).logits
     assert ours.shape == theirs.shape
     assert (ours - theirs).abs().max().item() <= 1e-5
     # the check can fail: another frame gives other logits
@@ -117,25 +104,8 @@ def test_describe_prints_the_familys_own_generate(tiny_vlms, family, tmp_path, c
     assert main(["describe", str(tmp_path / "still.png"), *overrides]) == 0
     printed = capsys.readouterr().out.strip()
 
-    # the reference: the family's chat template + image tokens, pixel values by hand, its own generate
-    vlm = load_vlm(ref, torch.float32)
-    llm = Summarizer(ref, "cpu", "fp32", 12)
-    content = [{"type": "image" if family == "smolvlm" else "video"}, {"type": "text", "text": PROMPT}]
-    chat = llm.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                             add_generation_prompt=True, chat_template=llm.layout.template)
-    if family == "smolvlm":
-        from transformers.models.smolvlm.processing_smolvlm import get_image_prompt_string
-
-        seq_len = json.loads((tiny_vlms[family] / "processor_config.json").read_text())["image_seq_len"]
-        chat = chat.replace("<image>", get_image_prompt_string(0, 0, seq_len, "<fake_token_around_image>", "<image>",
-                                                               "<global-img>"))
-    else:  # one frame: its pooled grid + the newline token
-        pooled = (-(-encoder.grid // 2)) ** 2
-        chat = chat.replace("<video>", "<video>" * (pooled + 1))
-    ids = llm.tokenizer(chat, return_tensors="pt").input_ids
-    pixels = (torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255 - 0.5) / 0.5
-    out = vlm.generate(input_ids=ids, **_own_inputs(family, pixels), max_new_tokens=12, do_sample=False)
-    theirs = llm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    # the reference: the family's own generate on its chat, image tokens expanded, pixels by hand
+    theirs = own_generate(ref, image, PROMPT, 12)
     assert theirs and printed == theirs
 
 

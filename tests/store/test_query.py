@@ -110,6 +110,26 @@ def test_jobs_filters_and_files_from_before_the_named_job_columns(tmp_path):
     assert len(q.jobs(name="nightly", limit=1)) == 1 and q.jobs(name="other") == []
 
 
+def test_segments_from_before_the_model_columns_read_as_none_and_compact(tmp_path):
+    from pipeline.store.schema import SEGMENTS
+
+    store = Store(tmp_path)
+    new = _segment("cam", 1, "new")
+    new.model = "smollm2 + siglip + storm:random init"
+    new.untrained = "STORM temporal module + projector (untrained)"
+    store.write_records([new])
+    (folder,) = {p.parent for p in (tmp_path / "segments").rglob("*.parquet")}
+    old_schema = pa.schema([f for f in SEGMENTS if f.name not in ("model", "untrained")])
+    old = {"stream_id": "cam", "chunk_seq": 0, "t_start": 0.0, "t_end": 16.0, "caption": "old",
+           "level": "chunk", "visual_embedding": [1.0], "text_embedding": [0.0] * DIM, "n_frames": 16,
+           "config_fingerprint": "fp0"}
+    pq.write_table(pa.Table.from_pylist([old], schema=old_schema), folder / "part-0-old.parquet")
+    rows = [(r["caption"], r["model"], r["untrained"]) for r in StoreQuery(tmp_path).segments("cam")]
+    assert rows == [("old", None, None), ("new", new.model, new.untrained)]
+    assert store.compact() == {"files_before": 2, "files_after": 1}  # old and new files merged into one
+    assert [(r["caption"], r["model"], r["untrained"]) for r in StoreQuery(tmp_path).segments("cam")] == rows
+
+
 # --- refresh ---
 
 

@@ -108,6 +108,40 @@ def test_clicking_a_segment_plays_its_clip(tab, server, tmp_path):
     tab.assert_no_errors()
 
 
+def test_captions_from_untrained_parts_carry_a_badge_and_trained_ones_none(tab, server, tmp_path):
+    """The tiny test models are random (SigLIP) and untrained (STORM): every stored caption is flagged.
+    The page is also handed segment 0 as if every part were trained, which must show no badge."""
+    segment = _segment(server, seq=1)
+    assert "SigLIP (random)" in segment["untrained"] and segment["model"], segment
+
+    def trained_seq_0(route):
+        answer = route.fetch()
+        body = answer.json()
+        for row in body["items"]:
+            if row["chunk_seq"] == 0:
+                row["untrained"] = ""
+        route.fulfill(response=answer, json=body)
+
+    tab.page.route(lambda url: urlsplit(url).path == "/segments", trained_seq_0)
+    tab.open("#/stream/cam")
+    badge = tab.page.locator("[data-testid=segment][data-seq='1'] [data-testid=untrained-badge]")
+    tab.wait_for(badge)
+    assert badge.inner_text() == "untrained"
+    title = badge.get_attribute("title")
+    assert segment["untrained"] in title and segment["model"] in title, title
+    assert tab.page.locator("[data-testid=segment][data-seq='2'] [data-testid=untrained-badge]").is_visible()
+    assert tab.page.locator("[data-testid=segment][data-seq='0'] [data-testid=untrained-badge]").count() == 0
+
+    tab.page.locator("[data-testid=segment][data-seq='1']").click()
+    panel = tab.page.get_by_test_id("player-panel")
+    expect(panel.get_by_test_id("untrained-badge")).to_be_visible()
+    assert tab.page.get_by_test_id("selected-caption").inner_text() == segment["caption"]  # the badge is beside it
+    tab.page.screenshot(path=tmp_path / "timeline.png")
+    tab.page.locator("[data-testid=segment][data-seq='0']").click()
+    expect(panel.get_by_test_id("untrained-badge")).to_have_count(0)
+    tab.assert_no_errors()
+
+
 @pytest.mark.parametrize("token", [None, "not-the-token"], ids=["missing", "wrong"])
 def test_without_the_right_token_the_page_asks_for_it_and_shows_no_data(tab_with_token, server, tmp_path,
                                                                         token):
