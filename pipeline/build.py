@@ -27,7 +27,9 @@ def vlm_base(cfg: Config) -> str:
     from pipeline.models.vlm import vlm_family
 
     e, s = cfg.encoder.model, cfg.summarizer.model
-    if not vlm_family(e):
+    # one checkpoint named on both sides is a VLM's signature: a hub id not yet cached is fetched (its
+    # config only) here, so an unreachable one is one clear line rather than a SigLIP loader's complaint
+    if not vlm_family(e, fetch=e == s and s != "smollm2"):
         if s != "smollm2" and vlm_family(s):
             raise ConfigError(f"summarizer.model={s} is a VLM: set encoder.model to the same checkpoint")
         return ""

@@ -51,18 +51,24 @@ def _config_file(ref: str, name: str) -> Path | None:
         return None
 
 
-def read_config(ref: str) -> dict:
-    """The checkpoint's config.json ({} when it has none that can be read here)."""
+def read_config(ref: str, fetch: bool = False) -> dict:
+    """The checkpoint's config.json ({} when it has none that can be read here). fetch=True: a hub id
+    that is not cached is downloaded (one clear WeightsError when the hub cannot be reached)."""
     path = _config_file(str(ref), "config.json") if ref else None
+    if path is None and fetch and ref and not Path(ref).exists():
+        from huggingface_hub import hf_hub_download
+
+        with explain_load_errors("the model config", ref, VLM_HINT):
+            path = Path(hf_hub_download(ref, "config.json"))
     try:
         return json.loads(path.read_text()) if path else {}
     except (OSError, json.JSONDecodeError):
         return {}
 
 
-def vlm_family(ref: str) -> str | None:
-    """'smolvlm' | 'llava_onevision' for a VLM checkpoint, None for anything else."""
-    return FAMILIES.get(read_config(ref).get("model_type", ""))
+def vlm_family(ref: str, fetch: bool = False) -> str | None:
+    """'smolvlm' | 'llava_onevision' for a VLM checkpoint, None for anything else (`read_config`)."""
+    return FAMILIES.get(read_config(ref, fetch).get("model_type", ""))
 
 
 @functools.lru_cache(maxsize=2)
