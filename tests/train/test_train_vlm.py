@@ -62,3 +62,25 @@ def test_training_on_a_vlm_base_moves_only_the_temporal_module(vlm_smollm2, qa_s
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["n"] > 0 and 0.0 <= result["accuracy"] <= 1.0
+
+
+def test_training_the_vlms_connector_too_saves_it_and_ingest_loads_it(tiny_vlms, qa_set, tmp_path):
+    """LLaVA-OneVision, `trainable: [temporal, projector]`: the VLM's MLP is trained and travels with the
+    checkpoint; without `projector` it would come from the base (the test above)."""
+    ref = str(tiny_vlms["llava_onevision"])
+    out = tmp_path / "ckpt"
+    train_args = {"data": f"[{_caption_set(qa_set, tmp_path / 'two.jsonl', n=2)}]", "out": out, "steps": 3,
+                  "batch_size": 2, "lr": 1e-2, "warmup_steps": 1, "eval_every": 1000, "save_every": 3,
+                  "stage": "sft", "trainable": "[temporal,projector]"}
+    cfg = load_config(None, vlm_overrides(ref, *(f"train.{k}={v}" for k, v in train_args.items())))
+    models = build_models(cfg, torch.device("cpu"), log=None)
+    before = {k: v.clone() for k, v in models.connector.base_connector.state_dict().items()}
+    train(cfg, log=lambda m: None, models=models)
+    saved = load_file(str(out / "model.safetensors"))
+    mlp = {k for k in saved if k.startswith("base_connector.")}
+    assert mlp and all(k.startswith(("temporal.", "base_connector.")) for k in saved)
+    assert any(not torch.equal(saved[f"base_connector.{k}"], v) for k, v in before.items())  # it moved
+    ingest = build_processor(load_config(None, vlm_overrides(ref, f"temporal.checkpoint={out}")), log=None,
+                             parts=("encoder", "temporal"))
+    for name, value in ingest.connector.base_connector.state_dict().items():
+        assert torch.equal(value, saved[f"base_connector.{name}"]), name
