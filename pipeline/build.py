@@ -12,6 +12,7 @@ from pipeline.models.pooling import TokenReducer
 from pipeline.models.siglip import SiglipEncoder, resolve_device
 from pipeline.models.summarizer import Summarizer
 from pipeline.models.text_embed import TextEmbedder
+from pipeline.models.vlm import release_vlms
 from pipeline.processor import RollupSettings, StreamProcessor
 
 RANDOM_MARKER = "VIDSTORM_RANDOM_WEIGHTS"
@@ -24,12 +25,16 @@ def vlm_base(cfg: Config) -> str:
     """The pretrained VLM the STORM module sits on (models/vlm.py), or "" for a plain SigLIP + LLM.
 
     A VLM's tower, connector and LLM belong together: encoder.model and summarizer.model name it both."""
-    from pipeline.models.vlm import vlm_family
+    from pipeline.models.vlm import read_config, vlm_family
 
     e, s = cfg.encoder.model, cfg.summarizer.model
     # one checkpoint named on both sides is a VLM's signature: a hub id not yet cached is fetched (its
     # config only) here, so an unreachable one is one clear line rather than a SigLIP loader's complaint
     if not vlm_family(e, fetch=e == s and s != "smollm2"):
+        kind = read_config(e).get("model_type", "")
+        if e == s and "vision_config" in read_config(e):
+            raise ConfigError(f"{e} is a {kind} checkpoint; the VLM bases are the SmolVLM family (smolvlm, idefics3) "
+                              "and LLaVA-OneVision (llava_onevision)")
         if s != "smollm2" and vlm_family(s):
             raise ConfigError(f"summarizer.model={s} is a VLM: set encoder.model to the same checkpoint")
         return ""
@@ -93,6 +98,7 @@ def build_processor(cfg: Config, log=print, parts: tuple[str, ...] = ALL_PARTS) 
     device = resolve_device(e.device)
     connector = build_storm(cfg, vision_dim, llm_hidden, device, log=log, with_base="encoder" in parts,
                             encoder_dtype=encoder.dtype if encoder else None)
+    release_vlms()  # each part holds its own modules of a VLM base; the rest of the checkpoint is freed
     reducer = TokenReducer(cfg.pooling.temporal_k, cfg.pooling.sample_s, cfg.pooling.spatial_p)
     r = cfg.summary
     rollup = RollupSettings(r.window_seconds, r.max_items_per_prompt, r.window_prompt, r.stream_prompt)

@@ -48,7 +48,9 @@ class Board:
     def __init__(self, out=None, every_s: float = 5.0):
         self.out = out or sys.stderr
         self.tty = self.out.isatty()
-        self.every_s, self.last, self.drawn = every_s, 0.0, 0
+        # the first rows are logged at once: monotonic() counts from boot, so a start time of 0.0 would hold
+        # them back for every_s seconds of uptime (a CI machine booted minutes ago logged nothing)
+        self.every_s, self.last, self.drawn = every_s, None, 0
 
     def __call__(self, rows: list[dict]) -> None:
         if not rows:
@@ -57,7 +59,7 @@ class Board:
             up = f"\x1b[{self.drawn}F" if self.drawn else ""
             self.out.write(up + "".join(f"\x1b[2K{line(r['stream_id'], r)[:150]}\n" for r in rows))
             self.drawn = len(rows)
-        elif time.monotonic() - self.last >= self.every_s:
+        elif self.last is None or time.monotonic() - self.last >= self.every_s:
             self.last = time.monotonic()
             self.out.write("".join(f"progress: {line(r['stream_id'], r)}\n" for r in rows))
         self.out.flush()

@@ -52,7 +52,40 @@ def _mean_std(model_ref: str) -> tuple[list[float], list[float]]:
     return SIGLIP_MEAN_STD
 
 
-class SiglipEncoder:
+class FrameEncoder:
+    """uint8 frames -> a patch-token grid, batched. Subclasses set device, dtype, batch_size, image_size,
+    grid, hidden_size, mean, std and define `features` (normalised pixels -> (T, g*g, C))."""
+
+    @property
+    def dtype_name(self) -> str:
+        return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (T, H, W, 3) -> normalised (T, 3, S, S) in the model dtype."""
+        x = frames.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            size = (self.image_size, self.image_size)
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return ((x - self.mean) / self.std).to(self.dtype)
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def encode(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """uint8 frames (T, H, W, 3), or one image (H, W, 3) -> fp32 (T, h, w, C) on CPU."""
+        frames = torch.as_tensor(frames)
+        if frames.dim() == 3:
+            frames = frames[None]
+        if frames.dim() != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"expected uint8 frames (T, H, W, 3), got shape {tuple(frames.shape)}")
+        grids = [self.features(self.preprocess(frames[start : start + self.batch_size])).float().cpu()
+                 for start in range(0, frames.shape[0], self.batch_size)]
+        tokens = torch.cat(grids)  # (T, h*w, C)
+        return tokens.reshape(tokens.shape[0], self.grid, self.grid, self.hidden_size)
+
+
+class SiglipEncoder(FrameEncoder):
     """Batched SigLIP vision tower. Not an nn.Module: it owns a frozen model."""
 
     def __init__(
@@ -97,35 +130,10 @@ class SiglipEncoder:
                    f"batch {batch}")
             self.model, self.dtype = choose_cpu_dtype(self.model, key, lambda m: _vision_forward(m, pixels))
 
-    @property
-    def dtype_name(self) -> str:
-        return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
-
-    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 (T, H, W, 3) -> normalised (T, 3, S, S) in the model dtype."""
-        x = frames.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
-        if x.shape[-2:] != (self.image_size, self.image_size):
-            size = (self.image_size, self.image_size)
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        return ((x - self.mean) / self.std).to(self.dtype)
-
-    @torch.inference_mode()
-    def encode(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """uint8 frames (T, H, W, 3), or one image (H, W, 3) -> fp32 (T, h, w, C) on CPU."""
-        frames = torch.as_tensor(frames)
-        if frames.dim() == 3:
-            frames = frames[None]
-        if frames.dim() != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"expected uint8 frames (T, H, W, 3), got shape {tuple(frames.shape)}")
-        grids = []
-        for start in range(0, frames.shape[0], self.batch_size):
-            pixels = self.preprocess(frames[start : start + self.batch_size])
-            hidden = self._vision.encoder(inputs_embeds=self._vision.embeddings(pixels)).last_hidden_state
-            if self.use_post_layernorm:
-                hidden = self._vision.post_layernorm(hidden)
-            grids.append(hidden.float().cpu())
-        tokens = torch.cat(grids)  # (T, h*w, C)
-        return tokens.reshape(tokens.shape[0], self.grid, self.grid, self.hidden_size)
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The selected layer's patch tokens (T, g*g, C) (post-layernorm when it is the last)."""
+        hidden = self._vision.encoder(inputs_embeds=self._vision.embeddings(pixels)).last_hidden_state
+        return self._vision.post_layernorm(hidden) if self.use_post_layernorm else hidden
 
 
 def _vision_forward(model, pixels: torch.Tensor) -> torch.Tensor:

@@ -24,12 +24,12 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.errors import WeightsError, explain_load_errors
+from pipeline.models.siglip import FrameEncoder
 
 VLM_HINT = "set encoder.model / summarizer.model to a local VLM folder or a reachable hub id"
 FAMILIES = {"smolvlm": "smolvlm", "idefics3": "smolvlm", "llava_onevision": "llava_onevision"}
@@ -71,14 +71,37 @@ def vlm_family(ref: str, fetch: bool = False) -> str | None:
     return FAMILIES.get(read_config(ref, fetch).get("model_type", ""))
 
 
+PROCESSOR_FILES = ("chat_template.jinja", "chat_template.json", "processor_config.json", "preprocessor_config.json")
+
+
 @functools.lru_cache(maxsize=2)
 def load_vlm(ref: str, dtype: torch.dtype):
-    """The whole HF model, loaded once per process and dtype (the parts share it)."""
+    """The whole HF model, loaded once per process and dtype while the parts are built (each part keeps
+    only its own modules; `release_vlms` drops the rest)."""
     from transformers import AutoModelForImageTextToText
 
     with explain_load_errors("the VLM", ref, VLM_HINT):
         model = AutoModelForImageTextToText.from_pretrained(ref, dtype=dtype)
+    fetch_processor_files(ref)
     return model.eval().requires_grad_(False)
+
+
+def release_vlms() -> None:
+    """Forget the loaded VLMs: a stage that built only the tower (or only the LLM) frees the other parts."""
+    load_vlm.cache_clear()
+
+
+def fetch_processor_files(ref: str) -> None:
+    """A hub checkpoint's chat template and processor settings live beside the weights, which
+    from_pretrained does not fetch: one download of whichever exist (once; best effort, the model loaded)."""
+    if Path(ref).exists() or ref.count("/") != 1 or any(_config_file(ref, n) for n in PROCESSOR_FILES[:3]):
+        return
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(ref, allow_patterns=list(PROCESSOR_FILES))
+    except Exception:  # offline with the weights cached: the tokenizer's template and the defaults stand
+        pass
 
 
 def _inner(model):
@@ -119,7 +142,7 @@ def _mean_std(ref: str) -> tuple[list[float], list[float]]:
     return [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]  # what both families' processors use
 
 
-class VlmVision:
+class VlmVision(FrameEncoder):
     """The VLM's vision tower, with `SiglipEncoder`'s interface: uint8 frames -> (T, g, g, C).
 
     SmolVLM: the tower's last hidden state (post-layernorm), as `get_image_features` feeds its
@@ -127,7 +150,7 @@ class VlmVision:
     as `get_video_features` takes them.
     """
 
-    def __init__(self, model_ref: str, device: str = "auto", dtype: str = "auto", batch_size: int = 16, log=print):
+    def __init__(self, model_ref: str, device: str = "auto", dtype: str = "auto", batch_size: int = 16):
         from pipeline.models.siglip import resolve_device, resolve_dtype
 
         self.family = vlm_family(model_ref)
@@ -153,18 +176,6 @@ class VlmVision:
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
 
-    @property
-    def dtype_name(self) -> str:
-        return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
-
-    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 (T, H, W, 3) -> normalised (T, 3, S, S) in the model dtype."""
-        x = frames.to(self.device).permute(0, 3, 1, 2).float() / 255.0
-        if x.shape[-2:] != (self.image_size, self.image_size):
-            size = (self.image_size, self.image_size)
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        return ((x - self.mean) / self.std).to(self.dtype)
-
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalised pixels (T, 3, S, S) -> the tower's tokens (T, g*g, C) that the connector reads."""
         if self.family == "smolvlm":
@@ -172,19 +183,6 @@ class VlmVision:
             patches = torch.ones(t, s // self.patch_size, s // self.patch_size, dtype=torch.bool, device=pixels.device)
             return self.tower(pixel_values=pixels, patch_attention_mask=patches).last_hidden_state
         return self.tower(pixels, output_hidden_states=True).hidden_states[self.feature_layer]
-
-    @torch.inference_mode()
-    def encode(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """uint8 frames (T, H, W, 3), or one image (H, W, 3) -> fp32 (T, g, g, C) on CPU."""
-        frames = torch.as_tensor(frames)
-        if frames.dim() == 3:
-            frames = frames[None]
-        if frames.dim() != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"expected uint8 frames (T, H, W, 3), got shape {tuple(frames.shape)}")
-        grids = [self.features(self.preprocess(frames[i : i + self.batch_size])).float().cpu()
-                 for i in range(0, frames.shape[0], self.batch_size)]
-        tokens = torch.cat(grids)  # (T, g*g, C)
-        return tokens.reshape(tokens.shape[0], self.grid, self.grid, self.hidden_size)
 
 
 class VlmConnector(nn.Module):

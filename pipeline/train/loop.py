@@ -80,6 +80,9 @@ def build_models(cfg: Config, device: torch.device, log=print, training: bool = 
     temporal = replace(cfg.temporal, checkpoint="") if training else cfg.temporal
     connector = build_storm(replace(cfg, temporal=temporal), encoder.hidden_size, llm.hidden_size, device, log=log,
                             encoder_dtype=encoder.dtype)
+    from pipeline.models.vlm import release_vlms
+
+    release_vlms()  # the parts hold their modules of a VLM base
     if training and t.init_from:
         init_from(connector, Path(t.init_from), log)
     connector.train()

@@ -12,6 +12,7 @@ from pipeline.build import build_processor, vlm_base
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_storm
+from pipeline.models.summarizer import Summarizer
 from pipeline.models.vlm import VlmConnector, VlmVision, load_vlm, vlm_family
 from pipeline.models.vlm_build import own_features, own_generate, own_inputs
 
@@ -167,3 +168,20 @@ def test_a_vlm_needs_the_same_checkpoint_on_both_sides(tiny_vlms, tiny_llm):
     with pytest.raises(ConfigError, match="summarizer.model"):
         vlm_base(load_config(None, [f"encoder.model={ref}", f"summarizer.model={tiny_llm}"]))
     assert vlm_base(load_config(None, vlm_overrides(ref))) == ref
+
+
+def test_an_inconsistent_or_unsupported_checkpoint_is_one_clear_error(tiny_vlms, tmp_path):
+    import shutil
+
+    from pipeline.errors import WeightsError
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_vlms["smolvlm"], broken)
+    (broken / "processor_config.json").write_text(json.dumps({"image_seq_len": 99}))
+    with pytest.raises(WeightsError, match="image_seq_len=99"):
+        Summarizer(str(broken), "cpu", "fp32")
+    other = tmp_path / "qwen2-vl"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "qwen2_vl", "vision_config": {}}))
+    with pytest.raises(ConfigError, match="qwen2_vl"):
+        vlm_base(load_config(None, [f"encoder.model={other}", f"summarizer.model={other}"]))
