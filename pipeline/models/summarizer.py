@@ -79,7 +79,7 @@ def resolve_llm(model_ref: str) -> str:
 
 def llm_hidden_size(model_ref: str) -> int:
     """The LLM's embedding width, from its config alone (no weights)."""
-    from pipeline.models.vlm import text_hidden_size, vlm_family
+    from pipeline.models.vlm import text_hidden_size
 
     if model_ref != "smollm2" and vlm_family(model_ref):
         return text_hidden_size(model_ref)
@@ -128,7 +128,7 @@ class Summarizer:
         self.model = model.to(self.device).eval().requires_grad_(False)
         if self.layout is not None:
             self.layout.newline = None if self.layout.newline is None else self.layout.newline.to(self.device)
-        if dtype == "auto" and self.device.type == "cpu" and self.layout is None:  # bf16 if native and faster (models/dtype.py)
+        if dtype == "auto" and self.device.type == "cpu" and self.layout is None:  # bf16 if native + faster (dtype.py)
             from pipeline.models.dtype import choose_cpu_dtype
 
             cfg = self.model.config
