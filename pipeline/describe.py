@@ -2,8 +2,8 @@
 
 The same per-chunk path as ingest (static-frame plan, encoder + projection, the temporal module with
 its state carried, pooling, the LLM), without the store, the roll-ups or the text embeddings. A still
-image is a one-frame video (repeated to one pooling group) captioned with the image chat; with the
-temporal module at identity and pooling off, on a VLM base, its caption is the VLM's own `generate`.
+image is captioned with the image chat (`StreamProcessor.caption_image`); with the temporal module at
+identity and pooling off, on a VLM base, its caption is the VLM's own `generate`.
 """
 
 from __future__ import annotations
@@ -42,12 +42,7 @@ def read_image(path: str | Path, size: int) -> np.ndarray:
 
 def describe_image(processor: StreamProcessor, path: str | Path) -> list[dict]:
     image = read_image(path, processor.encoder.image_size)
-    frames = np.repeat(image[None], processor.reducer.frames_per_group, axis=0)  # one pooling group
-    encoded = processor.encode_projected(frames[:1])
-    mask = np.zeros(len(frames), bool)
-    mask[0] = True  # the copies reuse the first frame's grid
-    pooled, _, _ = processor.temporal_projected(encoded, mask, StreamState("describe"))
-    return [{"t_start": 0.0, "t_end": 0.0, "caption": processor.caption(pooled)}]
+    return [{"t_start": 0.0, "t_end": 0.0, "caption": processor.caption_image(image)}]
 
 
 def describe_video(processor: StreamProcessor, path: str | Path, decode_cfg, mode: str, spill_mb: float,

@@ -210,6 +210,23 @@ class StreamProcessor:
         visual = self.connector.to_llm(pooled.to(self.device))  # (T'*h'*w', llm_hidden)
         return self.summarizer.caption(visual, self.caption_prompt, pooled.shape[0], t_start, t_end)
 
+    @torch.inference_mode()
+    def caption_image(self, image: np.ndarray) -> str:
+        """A still image (S, S, 3) at the encoder's size -> its caption, asked with the image chat. It is a
+        one-frame video repeated over one pooling group (the copies reuse its grid); on LLaVA-OneVision it
+        takes that model's own image path instead (base view + one tile, unpooled: `VlmConnector.still`)."""
+        base = self.connector.base_connector if self.connector.is_vlm else None
+        if base is not None and base.family == "llava_onevision":
+            grid = self.encode(image[None]).to(self.device)  # (1, g, g, C)
+            x = wire_round(base.still(grid[None]), self.output_dtype)  # (1, 2, g, g, D)
+            out, _ = self.connector.temporal.forward_projected(x)
+            return self.summarizer.caption(out[0].flatten(0, 2), self.caption_prompt, 2)
+        frames = np.repeat(image[None], self.reducer.frames_per_group, axis=0)
+        mask = np.zeros(len(frames), bool)
+        mask[0] = True
+        pooled, _, _ = self.temporal_projected(self.encode_projected(frames[:1]), mask, StreamState("image"))
+        return self.caption(pooled)
+
     def summarize(self, texts: list[str], prompt: str) -> str:
         return summarize_hierarchical(self.summarizer, texts, prompt, self.rollup.max_items_per_prompt)
 

@@ -205,7 +205,7 @@ class Summarizer:
         build their sequences here, so a model learns on exactly the prompt it is later asked with."""
         if self.layout is not None:
             text = self.layout.text(prompt, n_frames, per_frame, t_start, t_end, self.system_prompt)
-            ids, mask = self.layout.ids(text)
+            ids, mask = self.layout.ids(text, still=t_start is None)
         else:
             before, after = self.prompt_ids(prompt)
             n = n_frames * per_frame
@@ -214,11 +214,11 @@ class Summarizer:
             mask[len(before) : len(before) + n] = True
         return ids.to(self.device), mask.to(self.device)
 
-    def splice(self, ids: torch.Tensor, mask: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+    def splice(self, ids: torch.Tensor, mask: torch.Tensor, visual: torch.Tensor, still: bool = False) -> torch.Tensor:
         """Embeddings (n, hidden) of `ids` with the visual tokens (in order) at the slots, as the VLMs'
-        own forward does (masked_scatter). Differentiable in `visual`."""
+        own forward does (masked_scatter). Differentiable in `visual`. still: a still image's tokens."""
         if self.layout is not None:
-            visual = self.layout.extend(visual)
+            visual = self.layout.extend(visual, still)
         if visual.shape[-1] != self.hidden_size:
             raise ValueError(f"visual tokens have width {visual.shape[-1]}, the LLM expects {self.hidden_size}")
         if visual.shape[0] != int(mask.sum()):
@@ -242,7 +242,7 @@ class Summarizer:
                 if visual.shape[0] % n_frames:
                     raise ValueError(f"{visual.shape[0]} visual tokens do not split into {n_frames} frames")
                 ids, mask = self.visual_prompt(prompt, n_frames, visual.shape[0] // n_frames, t_start, t_end)
-                embeds = self.splice(ids, mask, visual.to(self.device))
+                embeds = self.splice(ids, mask, visual.to(self.device), still=t_start is None)
             return self._generate(embeds[None])
 
     def _generate(self, embeds: torch.Tensor) -> str:

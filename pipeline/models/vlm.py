@@ -208,6 +208,16 @@ class VlmConnector(nn.Module):
             return cls(family, copy.deepcopy(inner.connector), out_dim, grid, int(model.config.scale_factor))
         return cls(family, copy.deepcopy(inner.multi_modal_projector), out_dim, grid, 2)
 
+    def still(self, grids: torch.Tensor) -> torch.Tensor:
+        """A still image's grid (B, 1, g, g, C) -> its image-path tokens. SmolVLM: one image, as `forward`.
+        LLaVA-OneVision: its anyres path at the tower's size, the base view and one tile (the same picture),
+        each g x g through the MLP with no pooling -> (B, 2, g, g, D); `VlmLayout.extend` adds its newlines."""
+        if self.family == "smolvlm":
+            return self(grids)
+        b, _, g, _, c = grids.shape
+        x = self.module(grids.reshape(b, g * g, c).to(next(self.module.parameters()).dtype))  # (B, g*g, D)
+        return x.reshape(b, 1, g, g, -1).expand(b, 2, g, g, x.shape[-1]).float()
+
     def out_grid(self, grid: int) -> int:
         return grid // self.scale if self.family == "smolvlm" else math.ceil(grid / 2)
 
@@ -298,6 +308,8 @@ class VlmLayout:
         else:
             self.slot_id = int(cfg.video_token_id)
             self.video_token = tokenizer.convert_ids_to_tokens(self.slot_id)
+            self.still_id = int(cfg.image_token_id)
+            self.still_token = tokenizer.convert_ids_to_tokens(self.still_id)
             self.newline = _inner(vlm).image_newline  # (D,) after the last frame, as get_video_features adds
 
     @staticmethod
@@ -324,11 +336,17 @@ class VlmLayout:
         frame; LLaVA-OneVision's <video> tokens for every frame's tokens + one newline token.
         """
         prompt = prompt.replace("<video>", "").strip()
-        if self.family == "smolvlm" and t_start is None:
-            if n_frames != 1:
-                raise ValueError(f"a still image is one frame, got {n_frames}")
+        if t_start is None:  # a still image: the family's image chat
             chat = self.render([{"type": "image"}, {"type": "text", "text": prompt}], system)
-            return chat.replace(self.image_token, self._image_string(per_frame), 1)
+            if self.family == "smolvlm":
+                if n_frames != 1:
+                    raise ValueError(f"a still image is one frame, got {n_frames}")
+                return chat.replace(self.image_token, self._image_string(per_frame), 1)
+            # LLaVA-OneVision at its own size: the base view + one tile with a newline after each row
+            if n_frames != 2:
+                raise ValueError(f"a still image is its base view and one tile, got {n_frames} grids")
+            g = math.isqrt(per_frame)
+            return chat.replace(self.still_token, self.still_token * (2 * per_frame + g), 1)
         chat = self.render([{"type": "video"}, {"type": "text", "text": prompt}], system)
         if self.family == "smolvlm":
             from datetime import timedelta
@@ -343,13 +361,21 @@ class VlmLayout:
             return chat.replace("<video>", intro + frames + "\n\n", 1)
         return chat.replace(self.video_token, self.video_token * (n_frames * per_frame + 1), 1)
 
-    def ids(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def ids(self, text: str, still: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids (n,), visual slot mask (n,)) of a prompt text, tokenised as the family's processor does."""
         ids = self.tokenizer(text, return_tensors="pt").input_ids[0]
-        return ids, ids == self.slot_id
+        return ids, ids == (self.still_id if still and self.family != "smolvlm" else self.slot_id)
 
-    def extend(self, visual: torch.Tensor) -> torch.Tensor:
-        """The visual tokens (n, D) as the LLM reads them: LLaVA-OneVision appends its newline vector."""
+    def extend(self, visual: torch.Tensor, still: bool = False) -> torch.Tensor:
+        """The visual tokens (n, D) as the LLM reads them. LLaVA-OneVision: a video's frames + its newline
+        vector; a still image (base view, tile: 2 g*g tokens) as `pack_image_features` packs it, the base
+        view, then the tile with the newline after each of its rows."""
         if self.newline is None:
             return visual
-        return torch.cat([visual, self.newline.to(visual.device, visual.dtype)[None]])
+        newline = self.newline.to(visual.device, visual.dtype)
+        if not still:
+            return torch.cat([visual, newline[None]])
+        half = visual.shape[0] // 2
+        g = math.isqrt(half)
+        tile = torch.cat([visual[half:].reshape(g, g, -1), newline.expand(g, 1, -1)], dim=1)  # (g, g+1, D)
+        return torch.cat([visual[:half], tile.reshape(-1, visual.shape[-1])])

@@ -153,38 +153,49 @@ def own_features(ref: str, frames) -> torch.Tensor:
         return vlm.model.get_video_features(pixels).pooler_output[0][:-1]
 
 
-def own_prompt_ids(ref: str, prompt: str, n_frames: int = 1) -> torch.Tensor:
-    """input_ids (1, n) of the chat [image, prompt] (LLaVA-OneVision: [video, prompt]) as the family's
-    processor writes it: the checkpoint's chat template, the image placeholder expanded."""
+def own_image_inputs(ref: str, image) -> dict:
+    """A still image (S, S, 3) at the tower's size as the family's image processor hands it over: SmolVLM one
+    image, no splitting; LLaVA-OneVision anyres at its own size: the base view and the one tile (both the
+    picture itself) with image_sizes."""
+    from pipeline.models.vlm import vlm_family
+
+    pixels = own_pixels(ref, image[None])  # (1, 3, S, S)
+    if vlm_family(ref) == "smolvlm":
+        return {"pixel_values": pixels[None]}
+    size = image.shape[0]
+    return {"pixel_values": torch.cat([pixels, pixels])[None], "image_sizes": torch.tensor([[size, size]])}
+
+
+def own_prompt_ids(ref: str, prompt: str, image) -> torch.Tensor:
+    """input_ids (1, n) of the chat [image, prompt] as the family's processor writes it: the checkpoint's
+    chat template, the image placeholder expanded to as many tokens as the model's own features of `image`."""
     from transformers import AutoTokenizer
     from transformers.models.smolvlm.processing_smolvlm import get_image_prompt_string
 
     from pipeline.models.vlm import chat_template, load_vlm, vlm_family
 
     tok = AutoTokenizer.from_pretrained(ref)
-    smol = vlm_family(ref) == "smolvlm"
-    content = [{"type": "image" if smol else "video"}, {"type": "text", "text": prompt}]
+    content = [{"type": "image"}, {"type": "text", "text": prompt}]
     chat = tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True,
                                    chat_template=chat_template(ref, tok))
-    config = load_vlm(ref, torch.float32).config
-    vision = config.vision_config
-    grid = vision.image_size // vision.patch_size
-    if smol:
+    if vlm_family(ref) == "smolvlm":
         seq_len = json.loads((Path(ref) / "processor_config.json").read_text())["image_seq_len"]
-        chat = chat.replace("<image>", get_image_prompt_string(0, 0, seq_len, "<fake_token_around_image>", "<image>",
-                                                               "<global-img>"))
-    else:  # every frame's 2x-pooled grid + one newline token
-        chat = chat.replace("<video>", "<video>" * (n_frames * (-(-grid // 2)) ** 2 + 1))
-    return tok(chat, return_tensors="pt").input_ids
+        return tok(chat.replace("<image>", get_image_prompt_string(0, 0, seq_len, "<fake_token_around_image>",
+                                                                   "<image>", "<global-img>")),
+                   return_tensors="pt").input_ids
+    with torch.no_grad():  # as many <image> tokens as the model packs for this image (base, tile, newlines)
+        n = load_vlm(ref, torch.float32).model.get_image_features(**own_image_inputs(ref, image)).pooler_output[0]
+    return tok(chat.replace("<image>", "<image>" * n.shape[0]), return_tensors="pt").input_ids
 
 
 def own_generate(ref: str, image, prompt: str, max_new_tokens: int) -> str:
-    """The family's own greedy `generate` on one image (uint8 (S, S, 3) at the tower's size)."""
+    """The family's own greedy `generate` on the chat [image, prompt] (image uint8 (S, S, 3) at the tower's
+    size), its inputs made by hand as its processor would (no torchvision here)."""
     from transformers import AutoTokenizer
 
     from pipeline.models.vlm import load_vlm
 
-    ids = own_prompt_ids(ref, prompt)
-    out = load_vlm(ref, torch.float32).generate(input_ids=ids, **own_inputs(ref, image[None]),
+    ids = own_prompt_ids(ref, prompt, image)
+    out = load_vlm(ref, torch.float32).generate(input_ids=ids, **own_image_inputs(ref, image),
                                                max_new_tokens=max_new_tokens, do_sample=False)
     return AutoTokenizer.from_pretrained(ref).decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
