@@ -417,6 +417,8 @@ def fingerprint(cfg: Config) -> str:
     # a checkpoint retrained into the same folder is another model: hash what is in it, not its name
     relevant["temporal"]["weights"] = content_digest(cfg.temporal.checkpoint) if cfg.temporal.checkpoint else ""
     relevant["summarizer"]["weights"] = content_digest(cfg.summarizer.model)
+    if cfg.encoder.model != cfg.summarizer.model:  # not a VLM base: summarizer.prompt is not asked (and the
+        relevant["summarizer"].pop("prompt")       # fingerprints of stores made before it existed hold)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 

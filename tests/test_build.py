@@ -51,3 +51,14 @@ def test_a_vlm_base_names_itself_and_is_untrained_only_when_random(tiny_vlms, tm
     cfg = load_config(None, vlm_overrides(pretrained))
     assert provenance(cfg) == (f"{pretrained} + storm:identity", "")
     assert untrained_notice(cfg) is None
+
+
+def test_summarizer_prompt_counts_only_where_it_is_asked(tiny_vlms):
+    from helpers.vlm_config import vlm_overrides
+    from pipeline.config import fingerprint
+
+    plain = [fingerprint(load_config(None, [f"summarizer.prompt={p}"])) for p in ("a", "b")]
+    assert plain[0] == plain[1]  # not a VLM base: stores made before the key existed keep their fingerprint
+    on_vlm = [fingerprint(load_config(None, vlm_overrides(tiny_vlms["smolvlm"], f"summarizer.prompt={p}")))
+              for p in ("a", "b")]
+    assert on_vlm[0] != on_vlm[1]

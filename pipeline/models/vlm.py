@@ -66,6 +66,14 @@ def read_config(ref: str, fetch: bool = False) -> dict:
         return {}
 
 
+def _json_file(path: Path) -> dict:
+    """A checkpoint's JSON settings file, or one WeightsError line naming it."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise WeightsError(f"{path} is not valid JSON ({err}); fix or re-download the checkpoint") from None
+
+
 def vlm_family(ref: str, fetch: bool = False) -> str | None:
     """'smolvlm' | 'llava_onevision' for a VLM checkpoint, None for anything else (`read_config`)."""
     return FAMILIES.get(read_config(ref, fetch).get("model_type", ""))
@@ -135,7 +143,7 @@ def _mean_std(ref: str) -> tuple[list[float], list[float]]:
     for name in ("preprocessor_config.json", "processor_config.json"):
         path = _config_file(ref, name)
         if path:
-            spec = json.loads(path.read_text())
+            spec = _json_file(path)
             spec = spec.get("image_processor", spec)
             if "image_mean" in spec:
                 return spec["image_mean"], spec["image_std"]
@@ -315,7 +323,7 @@ class VlmLayout:
     @staticmethod
     def _processor_value(ref: str, key: str):
         path = _config_file(ref, "processor_config.json")
-        return json.loads(path.read_text()).get(key) if path else None
+        return _json_file(path).get(key) if path else None
 
     def render(self, content: list[dict], system: str = "") -> str:
         messages = [{"role": "user", "content": content}]

@@ -140,6 +140,7 @@ def init_from(connector: StormConnector, folder: Path, log=print) -> None:
     if not any(k.startswith("temporal.") for k in fits):
         raise TrainError(f"train.init_from={folder}: its temporal encoder does not fit this config")
     connector.load_state_dict(fits, strict=False)
+    connector.base_trained |= any(k.startswith(BASE_PREFIX) for k in fits)  # a trained VLM connector travels on
     fresh = sorted({k.split(".")[0] for k in own if k not in fits})
     if log:
         log(f"initialised {len(fits)} of {len(own)} tensors from {folder}"
