@@ -193,8 +193,13 @@ class Summarizer:
         return self._ids(before), self._ids(after)
 
     def answer_ids(self, answer: str) -> torch.Tensor:
-        """The target of a training sample: its text, then end-of-turn, so generation stops there."""
-        eos = torch.tensor([self.tokenizer.eos_token_id], device=self.device)
+        """The target of a training sample: its text, then end-of-turn, so generation stops there (a VLM:
+        the token its generation config stops on, e.g. SmolVLM's <end_of_utterance>)."""
+        end = self.tokenizer.eos_token_id
+        if self.layout is not None and self.model.generation_config.eos_token_id is not None:
+            stop = self.model.generation_config.eos_token_id
+            end = stop[0] if isinstance(stop, (list, tuple)) else stop
+        eos = torch.tensor([end], device=self.device)
         return torch.cat([self._ids(answer), eos])
 
     def visual_prompt(self, prompt: str, n_frames: int, per_frame: int, t_start: float | None = None,

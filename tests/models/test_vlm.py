@@ -191,3 +191,10 @@ def test_an_inconsistent_or_unsupported_checkpoint_is_one_clear_error(tiny_vlms,
     (other / "config.json").write_text(json.dumps({"model_type": "qwen2_vl", "vision_config": {}}))
     with pytest.raises(ConfigError, match="qwen2_vl"):
         vlm_base(load_config(None, [f"encoder.model={other}", f"summarizer.model={other}"]))
+
+
+def test_training_targets_end_on_the_token_generation_stops_on(tiny_vlms):
+    llm = Summarizer(str(tiny_vlms["smolvlm"]), "cpu", "fp32")
+    stop = llm.model.generation_config.eos_token_id
+    assert llm.tokenizer.convert_ids_to_tokens(stop) == "<end_of_utterance>" != llm.tokenizer.eos_token
+    assert int(llm.answer_ids("a red car")[-1]) == stop
