@@ -18,8 +18,8 @@ import numpy as np
 from pipeline.decode import Source, SourceError, VideoDecoder, _describe, slug
 from pipeline.processor import StreamProcessor, StreamState
 from pipeline.reuse import fill
+from pipeline.train.data import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
 
 
 def is_image(path: str | Path) -> bool:

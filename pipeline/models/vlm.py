@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.errors import WeightsError, explain_load_errors
-from pipeline.models.siglip import FrameEncoder
+from pipeline.models.siglip import FrameEncoder, _mean_std
 
 VLM_HINT = "set encoder.model / summarizer.model to a local VLM folder or a reachable hub id"
 FAMILIES = {"smolvlm": "smolvlm", "idefics3": "smolvlm", "llava_onevision": "llava_onevision"}
@@ -137,17 +137,6 @@ def text_hidden_size(ref: str) -> int:
 
     with explain_load_errors("the VLM config", ref, VLM_HINT):
         return int(AutoConfig.from_pretrained(ref).get_text_config().hidden_size)
-
-
-def _mean_std(ref: str) -> tuple[list[float], list[float]]:
-    for name in ("preprocessor_config.json", "processor_config.json"):
-        path = _config_file(ref, name)
-        if path:
-            spec = _json_file(path)
-            spec = spec.get("image_processor", spec)
-            if "image_mean" in spec:
-                return spec["image_mean"], spec["image_std"]
-    return [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]  # what both families' processors use
 
 
 class VlmVision(FrameEncoder):

@@ -126,7 +126,7 @@ def build_random_vlm(path: str | Path, name: str = "smolvlm-tiny", seed: int = 0
 
 def own_pixels(ref: str, frames) -> torch.Tensor:
     """uint8 frames (T, S, S, 3) at the tower's size -> (T, 3, S, S) as the processors normalise them."""
-    from pipeline.models.vlm import _mean_std
+    from pipeline.models.siglip import _mean_std
 
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in _mean_std(ref))
     return (torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255 - mean) / std

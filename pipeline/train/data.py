@@ -29,7 +29,7 @@ import torch
 from pipeline.decode import Source, SourceError, VideoDecoder, fingerprint
 
 PLACEHOLDER = "<video>"
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}  # also `vidstorm describe`
 _LLAVA_TOKENS = re.compile(r"<(video|image)>")
 _BAD_PATH = re.compile(r"[\x00-\x1f]")
 
