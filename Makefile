@@ -46,23 +46,29 @@ $(CHROMIUM):
 test: $(STAMP) $(COMPOSE_STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
-# The trained toy model (configs/toy.yaml): a frozen, seeded random SigLIP and STORM parts trained
-# on synthetic temporal QA: the temporal encoder warmed up without the LLM (direction, then every
-# question and caption), then the projector and LoRA adapters of the frozen SmolLM2. They ship in
-# models/toy/; `make toy-model`
-# renders the data and trains them again from scratch (see the README for the time it takes).
+# The toy world (configs/toy.yaml), built as the real one is: a toy SigLIP pretrained with its sigmoid loss
+# on rendered image-caption pairs; a toy image-VLM (that tower + pixel shuffle + Linear into the frozen
+# SmolLM2, SmolVLM's format) aligned on captioned stills; STORM's temporal module inserted at identity and
+# trained on the video family. The small trained parts ship in models/toy/ (siglip, connector, storm);
+# `vidstorm demo-assets` assembles models/toy/vlm from them. `make toy-model` rebuilds all of it from nothing
+# (the README gives the time each step takes here).
 TOY := models/toy
-WARMUP := train.stage=warmup train.steps=300 train.batch_size=32 train.warmup_steps=20 train.autocast=fp32 \
+WARMUP := train.stage=warmup train.batch_size=32 train.warmup_steps=20 train.autocast=fp32 \
 	train.grad_clip=0 train.eval_every=100 train.save_every=100 train.val_samples=0
 
 toy-model: $(STAMP)
-	$(VS) demo-assets --data $(DATA)
-	rm -rf $(DATA)/toy-data
+	rm -rf $(DATA)/toy-data $(DATA)/toy-stills $(DATA)/models/toy-vlm-init $(TOY)/vlm
 	$(VS) synth-data $(DATA)/toy-data --n 4000 --seed 7 --size 96 480 --fps 10 30
-	$(VS) train --local --config configs/toy.yaml $(WARMUP) "train.tasks=[direction]" "train.init_from=''" \
+	$(VS) pretrain-siglip --config configs/toy.yaml train.out=$(TOY)/siglip train.val_data=$(DATA)/toy-data/test.jsonl \
+	  train.steps=1200 train.batch_size=96 train.lr=0.001 train.autocast=fp32
+	$(VS) synth-stills $(DATA)/toy-stills --n 3000 --size 128 --seed 1
+	$(VS) build-vlm $(DATA)/models/toy-vlm-init --tower $(TOY)/siglip
+	$(VS) train --local --config configs/toy-vlm.yaml
+	$(VS) build-vlm $(TOY)/vlm --tower $(TOY)/siglip --connector $(TOY)/connector
+	$(VS) train --local --config configs/toy.yaml $(WARMUP) train.steps=300 "train.tasks=[direction]" \
 	  train.out=$(DATA)/toy-warmup-direction train.lr=0.002
-	$(VS) train --local --config configs/toy.yaml $(WARMUP) train.init_from=$(DATA)/toy-warmup-direction \
-	  train.out=$(DATA)/toy-warmup train.lr=0.001 train.steps=800
+	$(VS) train --local --config configs/toy.yaml $(WARMUP) train.steps=600 train.init_from=$(DATA)/toy-warmup-direction \
+	  train.out=$(DATA)/toy-warmup train.lr=0.001
 	$(VS) train --local --config configs/toy.yaml train.init_from=$(DATA)/toy-warmup
 
 $(TOY)/storm/model.safetensors:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from pipeline import __version__
 from pipeline.errors import VidstormError
@@ -479,6 +480,21 @@ def build_small_lm(path, hidden: int = 128, layers: int = 4, seed: int = 0):
     return path
 
 
+def assemble_toy_vlm(toy: str = "models/toy") -> Path | None:
+    """configs/toy.yaml's image-VLM from its shipped parts (the toy SigLIP's tower, the trained connector)
+    and the real SmolLM2: the same bytes on every machine, so only the small parts are kept in git."""
+    from pipeline.models.vlm_build import build_random_vlm
+
+    toy = Path(toy)
+    vlm, tower, connector = toy / "vlm", toy / "siglip", toy / "connector"
+    if (vlm / "model.safetensors").is_file():
+        return vlm
+    if not ((tower / "model.safetensors").is_file() and (connector / "model.safetensors").is_file()):
+        return None  # nothing to assemble from: `make toy-model` builds the parts
+    return build_random_vlm(vlm, "smolvlm-tiny-smollm2", text_from="smollm2", tower_from=tower,
+                            connector_from=connector)
+
+
 def cmd_demo_assets(args) -> int:
     """Build what the demo needs offline: a random SigLIP-B/16 and a generated 1-minute clip."""
     from pathlib import Path
@@ -490,9 +506,7 @@ def cmd_demo_assets(args) -> int:
     model = data / "models" / "siglip-b16-224-random"
     if not (model / "model.safetensors").is_file():
         build_random_siglip(model)
-    toy = Path("models/toy/siglip")
-    if not (toy / "model.safetensors").is_file():  # the frozen encoder of configs/toy.yaml (shipped)
-        build_random_siglip(toy, **TOY_SIGLIP)
+    toy = assemble_toy_vlm()
     lm = data / "models" / "toy-lm"
     if not (lm / "config.json").is_file():  # the small LM the toy's temporal encoder is pretrained with
         build_small_lm(lm)
@@ -500,6 +514,59 @@ def cmd_demo_assets(args) -> int:
     if not clip.is_file():
         write_clip(clip, seconds=60, fps=10)
     print(f"model {model}\ntoy   {toy}\nclip  {clip}")
+    return 0
+
+
+def pretrain_siglip(cfg) -> dict:
+    """train.stage=siglip: the toy SigLIP (pipeline/train/siglip_pretrain.py) into train.out."""
+    from pathlib import Path
+
+    from pipeline.train.siglip_pretrain import TowerSpec, pretrain
+
+    t, g = cfg.train, cfg.train.siglip
+    if not t.out:
+        raise VidstormError("train.out is empty: name the folder the SigLIP is saved in")
+    heldout = Path(t.val_data) if t.val_data else None
+    if heldout is not None and not heldout.is_file():
+        raise VidstormError(f"train.val_data={t.val_data}: no such file (a synth-data JSONL of held-out clips)")
+    spec = TowerSpec(g.image_size, g.patch_size, g.hidden, g.layers, g.heads, g.intermediate, g.text_hidden,
+                     g.text_layers)
+    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    return pretrain(Path(t.out), spec, steps=t.steps, batch=t.batch_size, lr=t.lr, n_images=g.images, seed=t.seed,
+                    heldout=heldout, autocast=t.autocast == "bf16", versions=g.versions, compress=g.compress, log=log)
+
+
+def cmd_pretrain_siglip(args) -> int:
+    """Pretrain the toy SigLIP with its sigmoid loss; prints the zero-shot check as one JSON line."""
+    from pipeline.config import load_config
+
+    cfg = load_config(args.config, [*args.overrides, "train.stage=siglip"])
+    _emit_json(pretrain_siglip(cfg), one_line=True)
+    return 0
+
+
+def cmd_synth_stills(args) -> int:
+    """Render still image-caption pairs of the family (PNG + stills.jsonl) for aligning an image-VLM."""
+    from pathlib import Path
+
+    from pipeline.train.siglip_pretrain import write_stills
+
+    _emit_json(write_stills(Path(args.out), args.n, args.size, args.seed), one_line=True)
+    return 0
+
+
+def cmd_build_vlm(args) -> int:
+    """A SmolVLM-format checkpoint: a SigLIP's tower + pixel shuffle + Linear + the real SmolLM2."""
+    from pathlib import Path
+
+    from pipeline.models.vlm_build import build_random_vlm
+
+    for name, folder in (("--tower", args.tower), ("--connector", args.connector)):
+        if folder and not (Path(folder) / "model.safetensors").is_file():
+            raise VidstormError(f"{name} {folder}: no model.safetensors there")
+    path = build_random_vlm(args.out, "smolvlm-tiny-smollm2", seed=args.seed, text_from="smollm2",
+                            tower_from=args.tower, connector_from=args.connector or None)
+    print(path)
     return 0
 
 
@@ -512,6 +579,9 @@ def cmd_train(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    if cfg.train.stage == "siglip":
+        _emit_json(pretrain_siglip(cfg), one_line=True)
+        return 0
     if args.resume and not (Path(cfg.train.out) / "train_state.json").is_file():
         raise VidstormError(f"--resume: {cfg.train.out or 'train.out'} holds no saved training state")
     if not args.local:
@@ -752,6 +822,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint in train.out")
     train.set_defaults(func=cmd_train)
 
+    pre = sub.add_parser("pretrain-siglip", help="pretrain a toy SigLIP (sigmoid loss) on rendered image-caption pairs")
+    _add_config_args(pre)
+    pre.set_defaults(func=cmd_pretrain_siglip)
+
+    stills = sub.add_parser("synth-stills", help="render still image-caption pairs (PNG + stills.jsonl)")
+    stills.add_argument("out", metavar="OUT", help="folder to write stills/ and stills.jsonl into")
+    stills.add_argument("--n", type=int, default=2000)
+    stills.add_argument("--size", type=int, default=128, help="side px (the tower's input size)")
+    stills.add_argument("--seed", type=int, default=0)
+    stills.set_defaults(func=cmd_synth_stills)
+
+    bvlm = sub.add_parser("build-vlm", help="a SmolVLM-format VLM: a SigLIP tower + connector + the real SmolLM2")
+    bvlm.add_argument("out", metavar="OUT", help="folder to save the VLM in")
+    bvlm.add_argument("--tower", required=True, metavar="SIGLIP", help="SigLIP folder whose vision tower it takes")
+    bvlm.add_argument("--connector", default="", metavar="CKPT",
+                      help="STORM checkpoint holding the trained connector (else random, and marked so)")
+    bvlm.add_argument("--seed", type=int, default=0)
+    bvlm.set_defaults(func=cmd_build_vlm)
+
     evaluate = sub.add_parser("eval", help="answer multiple-choice questions (JSONL) and score them per task")
     _add_config_args(evaluate)
     evaluate.add_argument("--data", required=True, metavar="FILE.jsonl", help="questions with options and answers")
@@ -789,6 +878,7 @@ def main(argv: list[str] | None = None) -> int:
     # positionals may follow options: `ingest a.mp4 --local b.mp4 decode.fps=2`
     target = {"ingest": "sources", "config": "overrides", "serve": "overrides",
               "scheduler": "overrides", "train": "overrides", "eval": "overrides", "clip": "overrides",
+              "pretrain-siglip": "overrides",
               "describe": "overrides"}.get(args.command)
     if args.command == "jobs":
         target = "overrides"

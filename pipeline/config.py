@@ -194,11 +194,29 @@ class WorkersConfig:
 
 
 @dataclass
+class SiglipTowerConfig:
+    """`vidstorm pretrain-siglip` (train.stage=siglip): the toy SigLIP's towers and its rendered pairs."""
+
+    image_size: int = 128
+    patch_size: int = 8
+    hidden: int = 128
+    layers: int = 3
+    heads: int = 4
+    intermediate: int = 512
+    text_hidden: int = 128
+    text_layers: int = 2
+    images: int = 12000  # image-caption pairs rendered from the family (held out: another seed)
+    versions: int = 1  # > 1: each scene rendered with the shapes' kinds rotated, kept in one batch
+    compress: bool = False  # stills through H.264 at the family's CRF, as its clips are
+
+
+@dataclass
 class TrainConfig:
     """`vidstorm train`: the STORM parts (pixel shuffle + Linear, Mamba layers, projector)."""
 
     # warmup: the temporal encoder alone, through a small choice head on the QA samples (no LLM pass;
     #         pipeline/train/warmup.py) | align: SigLIP + LLM frozen | sft: the parts in `trainable`
+    #         | siglip: pretrain a toy SigLIP on rendered image-caption pairs (pipeline/train/siglip_pretrain.py)
     stage: str = "align"
     data: list[str] = field(default_factory=list)  # JSONL files (paths inside relative to each file)
     tasks: list[str] = field(default_factory=list)  # train on samples of these tasks only (caption, direction, ...)
@@ -233,9 +251,10 @@ class TrainConfig:
     use_gpu: bool = False
     max_failures: int = 2  # a worker that dies this many times ends the run; else resume from a checkpoint
     threads: int = 0  # torch threads per worker; 0 = cores / workers
+    siglip: SiglipTowerConfig = field(default_factory=SiglipTowerConfig)  # stage siglip only
 
 
-TRAIN_STAGES = ("warmup", "align", "sft")
+TRAIN_STAGES = ("warmup", "align", "sft", "siglip")
 TRAINABLE_PARTS = ("temporal", "projector", "lora", "llm")
 AUTOCAST = ("auto", "bf16", "fp32")
 
@@ -394,6 +413,11 @@ def validate_train(t: TrainConfig, fail) -> None:
         fail("train.lr must be > 0, train.lr_llm >= 0, train.min_lr_ratio in [0, 1], warmup_steps and grad_clip >= 0")
     if "<video>" not in t.qa_prompt or "{question}" not in t.qa_prompt:
         fail("train.qa_prompt must contain <video> and {question}")
+    g = t.siglip
+    if min(g.image_size, g.patch_size, g.hidden, g.layers, g.heads, g.intermediate, g.text_hidden, g.text_layers,
+           g.images, g.versions) < 1 or g.image_size % g.patch_size or g.hidden % g.heads or g.text_hidden % 4:
+        fail("train.siglip: sizes must be >= 1, image_size a multiple of patch_size, hidden of heads, "
+             "text_hidden of 4")
 
 
 def fingerprint(cfg: Config) -> str:

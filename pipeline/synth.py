@@ -72,6 +72,18 @@ def mux_frames(out, stream, frames) -> None:
         out.mux(packet)
 
 
+def write_png(path: str | Path, image: np.ndarray) -> Path:
+    """Save an RGB uint8 (H, W, 3) image as PNG with PyAV (no imaging library needed)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("png")
+        stream.width, stream.height, stream.pix_fmt = image.shape[1], image.shape[0], "rgb24"
+        for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return Path(path)
+
+
 def camera_background(width: int, height: int, seed: int = 0) -> np.ndarray:
     """A still scene: sky and ground gradients with a few buildings (uint8 (H, W, 3))."""
     rng = np.random.default_rng(seed)

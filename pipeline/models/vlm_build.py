@@ -51,10 +51,23 @@ def _tokenizer(family: str):
     return tok
 
 
-def vlm_config(name: str, vocab_size: int, ids: dict):
+def tower_geometry(siglip: str | Path) -> tuple:
+    """(hidden, intermediate, layers, heads, image, patch) of a SigLIP checkpoint's vision tower."""
+    spec = json.loads((Path(siglip) / "config.json").read_text())
+    v = spec.get("vision_config", spec)
+    return (v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"], v["num_attention_heads"],
+            v["image_size"], v["patch_size"])
+
+
+def vlm_config(name: str, vocab_size: int, ids: dict, vision_geometry: tuple | None = None):
+    """vision_geometry: another tower's (hidden, intermediate, layers, heads, image, patch); its pixel shuffle
+    then keeps 4 x 4 tokens a frame (scale = grid / 4), as the toy image-VLM does."""
     from transformers import LlavaOnevisionConfig, SmolVLMConfig
 
     family, (vh, vi, vl, vn, size, patch), (th, ti, tl, tn, kv), scale = GEOMETRIES[name]
+    if vision_geometry is not None:
+        vh, vi, vl, vn, size, patch = vision_geometry
+        scale = max(1, size // patch // 4)
     vision = dict(hidden_size=vh, intermediate_size=vi, num_hidden_layers=vl, num_attention_heads=vn,
                   image_size=size, patch_size=patch)
     text = dict(hidden_size=th, intermediate_size=ti, num_hidden_layers=tl, num_attention_heads=tn,
@@ -84,23 +97,56 @@ def _copy_smollm2(model) -> None:
         own.load_state_dict(weights, strict=False)
 
 
+def _copy_tower(model, siglip: str | Path) -> None:
+    """A pretrained SigLIP's vision tower into the VLM's (its attention-pooling head is not part of a VLM)."""
+    from transformers import SiglipVisionModel
+
+    tower = SiglipVisionModel.from_pretrained(str(siglip), dtype=torch.float32)
+    tower = getattr(tower, "vision_model", tower).state_dict()
+    tower = {k: v for k, v in tower.items() if not k.startswith("head.")}
+    missing, unexpected = model.model.vision_model.load_state_dict(tower, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"the SigLIP tower at {siglip} does not fit the VLM: missing {missing}, unexpected {unexpected}")
+
+
+def _copy_connector(model, storm: str | Path) -> None:
+    """The VLM connector a STORM run trained (`trainable: [projector]` on a VLM base: its base_connector.*
+    tensors) into the VLM."""
+    from safetensors.torch import load_file
+
+    from pipeline.models.checkpoint import BASE_PREFIX, WEIGHTS_NAME
+
+    prefix = BASE_PREFIX + "module."
+    weights = {k[len(prefix):]: v for k, v in load_file(str(Path(storm) / WEIGHTS_NAME)).items() if k.startswith(prefix)}
+    if not weights:
+        raise ValueError(f"{storm} holds no trained VLM connector (train with trainable: [projector] on a VLM base)")
+    model.model.connector.load_state_dict(weights)
+
+
 def build_random_vlm(path: str | Path, name: str = "smolvlm-tiny", seed: int = 0, dtype=torch.float32,
-                     text_from: str = "") -> Path:
+                     text_from: str = "", tower_from: str | Path | None = None,
+                     connector_from: str | Path | None = None) -> Path:
     """Save a randomly initialised VLM of geometry `name` (GEOMETRIES) where from_pretrained loads it:
     weights, config, tokenizer, chat template, processor_config.json (image_seq_len) and the marker
     that says its weights are random. text_from="smollm2": the language model is the real SmolLM2-135M
-    (geometry smolvlm-tiny-smollm2); the tower and connector stay random."""
+    (geometry smolvlm-tiny-smollm2). tower_from: a SigLIP folder whose vision tower (geometry and weights)
+    the VLM takes, as SmolVLM takes SigLIP's; then only the connector is random. connector_from: a STORM
+    checkpoint that trained this VLM's connector: then nothing is random (the toy image-VLM, `vidstorm build-vlm`)."""
     from transformers import AutoModelForImageTextToText
 
     family = GEOMETRIES[name][0]
     path = Path(path)
     tok = _tokenizer(family)
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL[family]}
-    config = vlm_config(name, len(tok), ids)
+    config = vlm_config(name, len(tok), ids, tower_geometry(tower_from) if tower_from else None)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
     if text_from == "smollm2":
         _copy_smollm2(model)
+    if tower_from:
+        _copy_tower(model, tower_from)
+    if connector_from:
+        _copy_connector(model, connector_from)
     if family == "smolvlm":
         tok.image_token = "<image>"
     model.generation_config.eos_token_id = tok.convert_tokens_to_ids(
@@ -117,7 +163,11 @@ def build_random_vlm(path: str | Path, name: str = "smolvlm-tiny", seed: int = 0
     else:
         (path / "chat_template.jinja").write_text(LLAVA_OV_TEMPLATE)
     (path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
-    (path / RANDOM_MARKER).write_text("randomly initialised; captions are not meaningful\n")
+    marker = path / RANDOM_MARKER
+    if connector_from and tower_from and text_from:
+        marker.unlink(missing_ok=True)
+    else:
+        marker.write_text("randomly initialised; captions are not meaningful\n")
     return path
 
 

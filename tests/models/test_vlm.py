@@ -15,6 +15,7 @@ from pipeline.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_storm
 from pipeline.models.summarizer import Summarizer
 from pipeline.models.vlm import VlmConnector, VlmVision, load_vlm, vlm_family
 from pipeline.models.vlm_build import own_features, own_generate, own_inputs
+from pipeline.synth import write_png
 
 FAMILIES = ("smolvlm", "llava_onevision")
 PROMPT = "Describe the video briefly."
@@ -85,18 +86,6 @@ def _state():
     return StreamState("s")
 
 
-def _write_png(path, image):
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("png")
-        stream.width, stream.height, stream.pix_fmt = image.shape[1], image.shape[0], "rgb24"
-        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-            container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_describe_prints_the_familys_own_generate(tiny_vlms, family, tmp_path, capsys):
     """`vidstorm describe IMAGE` at identity, pooling off == the model's own greedy generate on its chat."""
@@ -105,7 +94,7 @@ def test_describe_prints_the_familys_own_generate(tiny_vlms, family, tmp_path, c
     ref = str(tiny_vlms[family])
     encoder = VlmVision(ref, "cpu", "fp32")
     image = _frames(encoder.image_size, 1, seed=11)[0]
-    _write_png(tmp_path / "still.png", image)
+    write_png(tmp_path / "still.png", image)
     overrides = vlm_overrides(ref, "pooling.temporal_k=1", "pooling.sample_s=1", "pooling.spatial_p=1",
                               "summarizer.max_new_tokens=12")
     assert main(["describe", str(tmp_path / "still.png"), *overrides]) == 0

@@ -1,0 +1,136 @@
+"""The toy SigLIP: its rendered pairs, its sigmoid loss, the pretrain command, and the image-VLM built on it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.train import siglip_pretrain as sp
+from pipeline.train import synthqa as sq
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = sp.TowerSpec(image_size=32, patch_size=8, hidden=32, layers=1, heads=2, intermediate=64, text_hidden=32,
+                    text_layers=1)
+TINY_ARGS = ["train.siglip.image_size=32", "train.siglip.patch_size=8", "train.siglip.hidden=32",
+             "train.siglip.layers=1", "train.siglip.heads=2", "train.siglip.intermediate=64",
+             "train.siglip.text_hidden=32", "train.siglip.text_layers=1"]
+
+
+def _vidstorm(*args, check=True):
+    done = subprocess.run([sys.executable, "-m", "actors.cli", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_sigmoid_loss_equals_the_papers_formula():
+    """-1/|B| sum_i sum_j log 1/(1 + exp(z_ij (-t x_i.y_j - b))), written out pair by pair."""
+    tok = sp.word_tokenizer()
+    model = sp.build_model(TINY, len(tok), seed=3)
+    images, captions, _ = sp.render_pairs(6, TINY.image_size, seed=5)
+    captions[4] = captions[1]  # two images with one caption: both pairs positive
+    out = model(input_ids=sp.tokenize(tok, captions), pixel_values=sp.pixels(images))
+    got = sp.sigmoid_loss(out.logits_per_image, sp.same_caption(captions))
+
+    x = out.image_embeds / out.image_embeds.norm(dim=-1, keepdim=True)
+    y = out.text_embeds / out.text_embeds.norm(dim=-1, keepdim=True)
+    t, b = model.logit_scale.exp(), model.logit_bias
+    total = 0.0
+    for i in range(6):
+        for j in range(6):
+            z = 1.0 if captions[i] == captions[j] else -1.0
+            total += torch.log(1 / (1 + torch.exp(z * (-t * (x[i] @ y[j]) - b))))
+    expected = -total / 6
+    torch.testing.assert_close(got, expected.reshape(()), rtol=1e-5, atol=1e-5)
+    assert sp.same_caption(captions).sum() == 6 + 2
+    # the loss sees which pairs are positive: swapping a caption changes it
+    assert not torch.allclose(got, sp.sigmoid_loss(out.logits_per_image, torch.eye(6, dtype=torch.bool)))
+
+
+def test_rendered_stills_show_what_their_captions_say():
+    rng = np.random.default_rng(11)
+    for _ in range(20):
+        image, caption, truth = sp.render_pair(rng, 128)
+        assert image.shape == (128, 128, 3) and image.dtype == np.uint8
+        for colour, kind, x, y in truth:
+            assert f"a {colour} {kind}" in caption
+            pixel = image[int(y * 128), int(x * 128)].astype(int)  # the shape's centre has its colour
+            assert np.abs(pixel - np.array(sq.COLOURS[colour])).max() < 90, (caption, pixel)
+        assert sp.still_caption(truth).count(" and ") == len(truth) - 1
+    truth = [("red", "circle", 0.8, 0.5), ("blue", "square", 0.2, 0.5)]
+    assert sp.still_caption(truth) == "a blue square and a red circle"  # left to right
+    assert sp.where(10, 10, 100, 100) == "at the top left" and sp.where(50, 50, 100, 100) == "in the middle"
+
+
+def test_pretrain_siglip_saves_a_siglip_that_encoder_model_loads(tmp_path):
+    """A few steps through the CLI: the loss falls, the zero-shot check is printed, and the folder is a SigLIP
+    checkpoint the encoder stage loads (the vision tower, its own size and normalisation)."""
+    out = tmp_path / "siglip"
+    done = _vidstorm("pretrain-siglip", f"train.out={out}", "train.steps=30", "train.batch_size=32", "train.lr=0.003",
+                     "train.siglip.images=256", *TINY_ARGS)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(result) >= {"colour", "shape", "frames", "steps"} and result["steps"] == 30
+    assert 0.0 <= result["colour"] <= 1.0 and result["frames"] > 0
+    losses = [float(line.split("loss ")[1].split()[0]) for line in done.stderr.splitlines() if " loss " in line]
+    assert losses and losses[-1] < 15.0  # the paper's init starts near 11 for a batch of 32 (b = -10)
+
+    from pipeline.models.siglip import SiglipEncoder
+
+    encoder = SiglipEncoder(str(out), device="cpu", dtype="fp32", select_layer=-1)
+    frames = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
+    assert tuple(encoder.encode(frames).shape) == (2, 4, 4, 32)
+    assert not (out / "VIDSTORM_RANDOM_WEIGHTS").exists()
+
+
+def test_pretrain_siglip_bad_input_is_one_line(tmp_path):
+    done = _vidstorm("pretrain-siglip", "train.siglip.patch_size=7", f"train.out={tmp_path}/s", check=False)
+    assert done.returncode == 2 and "train.siglip" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    done = _vidstorm("pretrain-siglip", f"train.out={tmp_path}/s", f"train.val_data={tmp_path}/none.jsonl", check=False)
+    assert done.returncode == 2 and "none.jsonl" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def toy_siglip(tmp_path_factory):
+    tok = sp.word_tokenizer()
+    folder = tmp_path_factory.mktemp("toysig") / "siglip"
+    sp.save(sp.build_model(TINY, len(tok), seed=1), tok, TINY, folder)
+    return folder
+
+
+def test_build_vlm_carries_the_siglip_tower_and_a_trained_connector(tmp_path, toy_siglip):
+    """The image-VLM's tower is the SigLIP's (same patch features), its LLM SmolLM2; with --connector the
+    connector is the STORM run's and nothing is marked random."""
+    from safetensors.torch import save_file
+    from transformers import SiglipVisionModel
+
+    from pipeline.models.vlm import VlmVision, load_vlm
+
+    vlm = tmp_path / "vlm"
+    _vidstorm("build-vlm", vlm, "--tower", toy_siglip)
+    assert (vlm / "VIDSTORM_RANDOM_WEIGHTS").is_file()
+    frames = np.random.default_rng(2).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    tower = VlmVision(str(vlm), device="cpu", dtype="fp32")
+    siglip = SiglipVisionModel.from_pretrained(str(toy_siglip))
+    with torch.no_grad():
+        own = siglip(pixel_values=sp.pixels(frames)).last_hidden_state  # post-layernorm patches
+    torch.testing.assert_close(tower.encode(frames).reshape(3, 16, -1).float(), own, rtol=1e-4, atol=1e-4)
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    proj = load_vlm(str(vlm), torch.float32).model.connector.modality_projection.proj.weight
+    trained = torch.randn_like(proj)
+    save_file({"base_connector.module.modality_projection.proj.weight": trained}, str(ckpt / "model.safetensors"))
+    final = tmp_path / "final"
+    _vidstorm("build-vlm", final, "--tower", toy_siglip, "--connector", ckpt)
+    assert not (final / "VIDSTORM_RANDOM_WEIGHTS").exists()
+    got = load_vlm(str(final), torch.float32)
+    torch.testing.assert_close(got.model.connector.modality_projection.proj.weight, trained)
+    done = _vidstorm("build-vlm", tmp_path / "x", "--tower", tmp_path / "missing", check=False)
+    assert done.returncode == 2 and "--tower" in done.stderr and len(done.stderr.strip().splitlines()) == 1
