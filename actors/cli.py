@@ -480,8 +480,8 @@ def build_small_lm(path, hidden: int = 128, layers: int = 4, seed: int = 0):
     return path
 
 
-def assemble_toy_vlm(toy: str = "models/toy") -> Path | None:
-    """configs/toy.yaml's image-VLM from its shipped parts (the toy SigLIP's tower, the trained connector)
+def assemble_toy_vlm(toy: str = "models/toy-vlm") -> Path | None:
+    """configs/toy-storm.yaml's image-VLM from its shipped parts (the toy SigLIP's tower, the trained connector)
     and the real SmolLM2: the same bytes on every machine, so only the small parts are kept in git."""
     from pipeline.models.vlm_build import build_random_vlm
 
@@ -506,14 +506,17 @@ def cmd_demo_assets(args) -> int:
     model = data / "models" / "siglip-b16-224-random"
     if not (model / "model.safetensors").is_file():
         build_random_siglip(model)
-    toy = assemble_toy_vlm()
+    toy = Path("models/toy/siglip")
+    if not (toy / "model.safetensors").is_file():  # the frozen encoder of configs/toy.yaml (shipped)
+        build_random_siglip(toy, **TOY_SIGLIP)
+    toy_vlm = assemble_toy_vlm()
     lm = data / "models" / "toy-lm"
     if not (lm / "config.json").is_file():  # the small LM the toy's temporal encoder is pretrained with
         build_small_lm(lm)
     clip = data / "clips" / "generated-1min.mp4"
     if not clip.is_file():
         write_clip(clip, seconds=60, fps=10)
-    print(f"model {model}\ntoy   {toy}\nclip  {clip}")
+    print(f"model {model}\ntoy   {toy}\nclip  {clip}" + (f"\nvlm   {toy_vlm}" if toy_vlm else ""))
     return 0
 
 
@@ -521,19 +524,17 @@ def pretrain_siglip(cfg) -> dict:
     """train.stage=siglip: the toy SigLIP (pipeline/train/siglip_pretrain.py) into train.out."""
     from pathlib import Path
 
-    from pipeline.train.siglip_pretrain import TowerSpec, pretrain
+    from pipeline.train.siglip_pretrain import pretrain
 
-    t, g = cfg.train, cfg.train.siglip
+    t = cfg.train
     if not t.out:
         raise VidstormError("train.out is empty: name the folder the SigLIP is saved in")
     heldout = Path(t.val_data) if t.val_data else None
     if heldout is not None and not heldout.is_file():
         raise VidstormError(f"train.val_data={t.val_data}: no such file (a synth-data JSONL of held-out clips)")
-    spec = TowerSpec(g.image_size, g.patch_size, g.hidden, g.layers, g.heads, g.intermediate, g.text_hidden,
-                     g.text_layers)
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
-    return pretrain(Path(t.out), spec, steps=t.steps, batch=t.batch_size, lr=t.lr, n_images=g.images, seed=t.seed,
-                    heldout=heldout, autocast=t.autocast == "bf16", versions=g.versions, compress=g.compress, log=log)
+    return pretrain(Path(t.out), t.siglip, steps=t.steps, batch=t.batch_size, lr=t.lr, seed=t.seed, heldout=heldout,
+                    autocast=t.autocast == "bf16", log=log)
 
 
 def cmd_pretrain_siglip(args) -> int:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -30,24 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.config import SiglipTowerConfig
 from pipeline.train import synthqa as sq
 
 ROWS = ("top", "middle", "bottom")
 COLUMNS = ("left", "centre", "right")
 SPECIAL_TOKENS = ("<pad>", "<unk>", "</s>")
 TEXT_LENGTH = 24  # captions padded to this many tokens (SigLIP pools the last position)
-
-
-@dataclass(frozen=True)
-class TowerSpec:
-    image_size: int = 128
-    patch_size: int = 8
-    hidden: int = 128
-    layers: int = 3
-    heads: int = 4
-    intermediate: int = 512
-    text_hidden: int = 128
-    text_layers: int = 2
 
 
 def vocabulary() -> list[str]:
@@ -187,7 +175,7 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
                      max_length=TEXT_LENGTH, return_tensors="pt")["input_ids"]
 
 
-def build_model(spec: TowerSpec, vocab_size: int, seed: int = 0):
+def build_model(spec: SiglipTowerConfig, vocab_size: int, seed: int = 0):
     from transformers import SiglipConfig, SiglipModel
 
     torch.manual_seed(seed)
@@ -262,18 +250,18 @@ def heldout_frames(jsonl: Path, size: int, limit: int = 200) -> tuple[np.ndarray
     return np.stack(images), truths
 
 
-def pretrain(out: Path, spec: TowerSpec = TowerSpec(), steps: int = 600, batch: int = 128, lr: float = 1e-3,
-             n_images: int = 20000, seed: int = 0, heldout: Path | None = None, autocast: bool = False,
-             versions: int = 1, compress: bool = False, log=print) -> dict:
+def pretrain(out: Path, spec: SiglipTowerConfig, steps: int = 1200, batch: int = 96, lr: float = 1e-3, seed: int = 0,
+             heldout: Path | None = None, autocast: bool = False, log=print) -> dict:
     """Render pairs, train, check zero-shot on held-out frames, save a SigLIP folder at `out`."""
     from transformers import get_cosine_schedule_with_warmup
 
     started = time.monotonic()
     tokenizer = word_tokenizer()
-    images, captions, _ = render_pairs(n_images, spec.image_size, seed, workers=2, versions=versions,
-                                          compress=compress)
+    versions = spec.versions
+    images, captions, _ = render_pairs(spec.images, spec.image_size, seed, workers=2, versions=versions,
+                                       compress=spec.compress)
     n_images = len(images)
-    log(f"rendered {n_images} image-caption pairs at {spec.image_size} px in {time.monotonic() - started:.0f} s")
+    log(f"rendered {len(images)} image-caption pairs at {spec.image_size} px in {time.monotonic() - started:.0f} s")
     test_images, test_captions, test_truths = render_pairs(400, spec.image_size, seed + 10_000)
     one = [i for i, t in enumerate(test_truths) if len(t) == 1]
     test_images, test_truths = test_images[one], [test_truths[i][0] for i in one]
@@ -310,7 +298,7 @@ def pretrain(out: Path, spec: TowerSpec = TowerSpec(), steps: int = 600, batch: 
     return result
 
 
-def save(model, tokenizer, spec: TowerSpec, out: Path) -> None:
+def save(model, tokenizer, spec: SiglipTowerConfig, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

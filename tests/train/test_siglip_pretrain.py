@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.config import SiglipTowerConfig
 from pipeline.train import siglip_pretrain as sp
 from pipeline.train import synthqa as sq
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = sp.TowerSpec(image_size=32, patch_size=8, hidden=32, layers=1, heads=2, intermediate=64, text_hidden=32,
-                    text_layers=1)
+TINY = SiglipTowerConfig(image_size=32, patch_size=8, hidden=32, layers=1, heads=2, intermediate=64, text_hidden=32,
+                         text_layers=1)
 TINY_ARGS = ["train.siglip.image_size=32", "train.siglip.patch_size=8", "train.siglip.hidden=32",
              "train.siglip.layers=1", "train.siglip.heads=2", "train.siglip.intermediate=64",
              "train.siglip.text_hidden=32", "train.siglip.text_layers=1"]

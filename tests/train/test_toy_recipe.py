@@ -29,7 +29,7 @@ def _vidstorm(*args):
 
 def test_toy_world_recipe_end_to_end(tmp_path, qa_set):
     siglip, stills, init, conn, vlm, storm = (tmp_path / n for n in ("siglip", "stills", "init", "conn", "vlm", "storm"))
-    _vidstorm("pretrain-siglip", "--config", "configs/toy.yaml", f"train.out={siglip}", "train.steps=2",
+    _vidstorm("pretrain-siglip", "--config", "configs/toy-storm.yaml", f"train.out={siglip}", "train.steps=2",
               "train.batch_size=16", *TINY_SIGLIP)
     _vidstorm("synth-stills", stills, "--n", 6, "--size", 32)
     _vidstorm("build-vlm", init, "--tower", siglip)
@@ -48,7 +48,7 @@ def test_toy_world_recipe_end_to_end(tmp_path, qa_set):
     assert not (vlm / "VIDSTORM_RANDOM_WEIGHTS").exists()
 
     models = [f"encoder.model={vlm}", f"summarizer.model={vlm}"]
-    done = _vidstorm("train", "--local", "--config", "configs/toy.yaml", *models,
+    done = _vidstorm("train", "--local", "--config", "configs/toy-storm.yaml", *models,
                      f"train.data=[{qa_set / 'train.jsonl'}]", "train.val_data=''", f"train.out={storm}", *SHORT)
     assert json.loads(done.stdout.strip().splitlines()[-1])["step"] == 2
     trained = load_file(str(storm / "model.safetensors"))
@@ -57,7 +57,7 @@ def test_toy_world_recipe_end_to_end(tmp_path, qa_set):
     assert (storm / "lora.safetensors").is_file()
 
     clip = next((qa_set / "clips").glob("*.mp4"))
-    done = _vidstorm("describe", clip, "--config", "configs/toy.yaml", *models, f"temporal.checkpoint={storm}",
+    done = _vidstorm("describe", clip, "--config", "configs/toy-storm.yaml", *models, f"temporal.checkpoint={storm}",
                      "summarizer.max_new_tokens=4", "--json")
     rows = json.loads(done.stdout)
     assert rows and all(r["caption"] for r in rows)
