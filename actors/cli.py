@@ -480,21 +480,6 @@ def build_small_lm(path, hidden: int = 128, layers: int = 4, seed: int = 0):
     return path
 
 
-def assemble_toy_vlm(toy: str = "models/toy-vlm") -> Path | None:
-    """configs/toy-storm.yaml's image-VLM from its shipped parts (the toy SigLIP's tower, the trained connector)
-    and the real SmolLM2: the same bytes on every machine, so only the small parts are kept in git."""
-    from pipeline.models.vlm_build import build_random_vlm
-
-    toy = Path(toy)
-    vlm, tower, connector = toy / "vlm", toy / "siglip", toy / "connector"
-    if (vlm / "model.safetensors").is_file():
-        return vlm
-    if not ((tower / "model.safetensors").is_file() and (connector / "model.safetensors").is_file()):
-        return None  # nothing to assemble from: `make toy-model` builds the parts
-    return build_random_vlm(vlm, "smolvlm-tiny-smollm2", text_from="smollm2", tower_from=tower,
-                            connector_from=connector)
-
-
 def cmd_demo_assets(args) -> int:
     """Build what the demo needs offline: a random SigLIP-B/16 and a generated 1-minute clip."""
     from pathlib import Path
@@ -509,14 +494,13 @@ def cmd_demo_assets(args) -> int:
     toy = Path("models/toy/siglip")
     if not (toy / "model.safetensors").is_file():  # the frozen encoder of configs/toy.yaml (shipped)
         build_random_siglip(toy, **TOY_SIGLIP)
-    toy_vlm = assemble_toy_vlm()
     lm = data / "models" / "toy-lm"
     if not (lm / "config.json").is_file():  # the small LM the toy's temporal encoder is pretrained with
         build_small_lm(lm)
     clip = data / "clips" / "generated-1min.mp4"
     if not clip.is_file():
         write_clip(clip, seconds=60, fps=10)
-    print(f"model {model}\ntoy   {toy}\nclip  {clip}" + (f"\nvlm   {toy_vlm}" if toy_vlm else ""))
+    print(f"model {model}\ntoy   {toy}\nclip  {clip}")
     return 0
 
 

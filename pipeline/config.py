@@ -418,6 +418,9 @@ def validate_train(t: TrainConfig, fail) -> None:
            g.images, g.versions) < 1 or g.image_size % g.patch_size or g.hidden % g.heads or g.text_hidden % 4:
         fail("train.siglip: sizes must be >= 1, image_size a multiple of patch_size, hidden of heads, "
              "text_hidden of 4")
+    if t.stage == "siglip" and not g.versions <= t.batch_size <= g.images:
+        fail(f"train.stage=siglip: need train.siglip.versions <= train.batch_size <= train.siglip.images, got "
+             f"{g.versions}, {t.batch_size}, {g.images}")
 
 
 def fingerprint(cfg: Config) -> str:

@@ -53,10 +53,19 @@ def _tokenizer(family: str):
 
 def tower_geometry(siglip: str | Path) -> tuple:
     """(hidden, intermediate, layers, heads, image, patch) of a SigLIP checkpoint's vision tower."""
-    spec = json.loads((Path(siglip) / "config.json").read_text())
-    v = spec.get("vision_config", spec)
-    return (v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"], v["num_attention_heads"],
-            v["image_size"], v["patch_size"])
+    try:
+        spec = json.loads((Path(siglip) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{siglip}: no readable config.json ({err})") from None
+    v = spec.get("vision_config", spec) if spec.get("model_type") == "siglip" else spec
+    keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size")
+    if v.get("model_type", spec.get("model_type")) not in ("siglip", "siglip_vision_model") or any(k not in v for k in keys):
+        raise ValueError(f"{siglip} is not a SigLIP checkpoint (model_type {spec.get('model_type')!r}): give a "
+                         "`vidstorm pretrain-siglip` folder or another SigLIP")
+    grid = v["image_size"] // v["patch_size"]
+    if grid % max(1, grid // 4):
+        raise ValueError(f"{siglip}: a {grid}x{grid} patch grid cannot be pixel-shuffled to 4x4 tokens a frame")
+    return tuple(v[k] for k in keys)
 
 
 def vlm_config(name: str, vocab_size: int, ids: dict, vision_geometry: tuple | None = None):
@@ -101,7 +110,9 @@ def _copy_tower(model, siglip: str | Path) -> None:
     """A pretrained SigLIP's vision tower into the VLM's (its attention-pooling head is not part of a VLM)."""
     from transformers import SiglipVisionModel
 
-    tower = SiglipVisionModel.from_pretrained(str(siglip), dtype=torch.float32)
+    tower, info = SiglipVisionModel.from_pretrained(str(siglip), dtype=torch.float32, output_loading_info=True)
+    if [k for k in info["missing_keys"] if ".head." not in f".{k}"]:
+        raise ValueError(f"{siglip}: its vision tower weights are missing ({len(info['missing_keys'])} tensors)")
     tower = getattr(tower, "vision_model", tower).state_dict()
     tower = {k: v for k, v in tower.items() if not k.startswith("head.")}
     missing, unexpected = model.model.vision_model.load_state_dict(tower, strict=False)
@@ -120,6 +131,10 @@ def _copy_connector(model, storm: str | Path) -> None:
     weights = {k[len(prefix):]: v for k, v in load_file(str(Path(storm) / WEIGHTS_NAME)).items() if k.startswith(prefix)}
     if not weights:
         raise ValueError(f"{storm} holds no trained VLM connector (train with trainable: [projector] on a VLM base)")
+    own = model.model.connector.state_dict()
+    if set(weights) != set(own) or any(weights[k].shape != own[k].shape for k in own):
+        raise ValueError(f"the connector in {storm} does not fit this tower: "
+                         f"{ {k: tuple(v.shape) for k, v in weights.items()} } vs { {k: tuple(v.shape) for k, v in own.items()} }")
     model.model.connector.load_state_dict(weights)
 
 

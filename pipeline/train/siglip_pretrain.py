@@ -247,6 +247,8 @@ def heldout_frames(jsonl: Path, size: int, limit: int = 200) -> tuple[np.ndarray
         truths.append((words[1], words[2]))
         if len(images) == limit:
             break
+    if not images:
+        raise ValueError(f"{jsonl}: no direction clips to take held-out frames from (a vidstorm synth-data JSONL)")
     return np.stack(images), truths
 
 
@@ -284,7 +286,7 @@ def pretrain(out: Path, spec: SiglipTowerConfig, steps: int = 1200, batch: int =
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        if step % 100 == 0 or step == steps:
+        if step == 1 or step % 100 == 0 or step == steps:
             model.eval()
             acc = zero_shot(model, tokenizer, test_images, test_truths)
             model.train()

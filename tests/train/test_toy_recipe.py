@@ -1,4 +1,4 @@
-"""`make toy-model`'s chain at a tiny scale, through the CLI: a SigLIP pretrained with its sigmoid loss, an image-VLM
+"""`make toy-vlm`'s chain (and STORM's training on top) at a tiny scale, through the CLI: a SigLIP pretrained with its sigmoid loss, an image-VLM
 built on its tower and aligned on stills (only its connector moves), STORM's temporal module trained on video on
 top of it (only the temporal module and LoRA move), and the result captions a clip through `describe`."""
 
@@ -30,7 +30,7 @@ def _vidstorm(*args):
 def test_toy_world_recipe_end_to_end(tmp_path, qa_set):
     siglip, stills, init, conn, vlm, storm = (tmp_path / n for n in ("siglip", "stills", "init", "conn", "vlm", "storm"))
     _vidstorm("pretrain-siglip", "--config", "configs/toy-storm.yaml", f"train.out={siglip}", "train.steps=2",
-              "train.batch_size=16", *TINY_SIGLIP)
+              "train.batch_size=16", "train.val_data=''", *TINY_SIGLIP)
     _vidstorm("synth-stills", stills, "--n", 6, "--size", 32)
     _vidstorm("build-vlm", init, "--tower", siglip)
     models = [f"encoder.model={init}", f"summarizer.model={init}"]
