@@ -264,11 +264,12 @@ def pretrain(out: Path, spec: SiglipTowerConfig, steps: int = 1200, batch: int =
                                        compress=spec.compress)
     n_images = len(images)
     log(f"rendered {len(images)} image-caption pairs at {spec.image_size} px in {time.monotonic() - started:.0f} s")
-    test_images, test_captions, test_truths = render_pairs(400, spec.image_size, seed + 10_000)
-    one = [i for i, t in enumerate(test_truths) if len(t) == 1]
-    test_images, test_truths = test_images[one], [test_truths[i][0] for i in one]
     if heldout is not None:
         test_images, test_truths = heldout_frames(heldout, spec.image_size)
+    else:  # one-shape stills of another seed
+        test_images, _, test_truths = render_pairs(400, spec.image_size, seed + 10_000)
+        one = [i for i, t in enumerate(test_truths) if len(t) == 1]
+        test_images, test_truths = test_images[one], [test_truths[i][0] for i in one]
     ids = tokenize(tokenizer, captions)
     model = build_model(spec, len(tokenizer), seed)
     model.train()
