@@ -75,6 +75,11 @@ class TemporalConfig:
     # pixel shuffle before the Linear: each token merges downsample x downsample SigLIP patches
     # (STORM/VILA: 2); the SigLIP grid must divide by it
     downsample: int = 2
+    # On a VLM (the module in the LLM's space): run the Mamba layers at this width, between a Linear
+    # down from the LLM's space and a zero-initialised Linear back up (still the identity when fresh).
+    # 0 = at the LLM's width. The toy world uses 128 (README, "The toy world": 5x faster a step, and
+    # the warm-up learns direction there; at 576 it did not).
+    adapter_dim: int = 0
     scan_impl: str = "auto"  # auto | torch | loop | mamba_ssm
     # Trained STORM parts (downsample+Linear, Mamba layers, projector); empty = random init.
     checkpoint: str = ""
@@ -325,6 +330,8 @@ def validate(cfg: Config, source: str = "config") -> None:
         fail(f"pooling.spatial_p must be a square (1, 4, 9, ...), got {pool.spatial_p}")
     if cfg.temporal.downsample < 1:
         fail(f"temporal.downsample must be >= 1, got {cfg.temporal.downsample}")
+    if cfg.temporal.adapter_dim < 0:
+        fail(f"temporal.adapter_dim must be >= 0 (0 = no adapter), got {cfg.temporal.adapter_dim}")
     group = pool.temporal_k * pool.sample_s
     if dec.chunk_frames < 1 or dec.chunk_frames % group:
         fail(

@@ -45,6 +45,7 @@ class StormSpec:
     downsample: int = 2  # pixel shuffle: each token merges downsample x downsample SigLIP patches
     connector: str = "mlp"  # mlp | vlm (module docstring)
     base: str = ""  # vlm: the VLM (hub id or folder) whose connector and LLM the module sits between
+    adapter_dim: int = 0  # vlm: the Mamba layers' width between Down and Up (0: the LLM's width, no adapter)
 
     GEOMETRY_ONLY = ("base",)  # recorded, not compared: the same VLM may live in another folder
 
@@ -72,6 +73,7 @@ class StormConnector(nn.Module):
             downsample=spec.downsample,
             scan_impl=scan_impl,
             in_llm_space=spec.connector == "vlm",
+            adapter_dim=spec.adapter_dim,
         )
         # vlm: the VLM's connector (frozen unless trained; only the encoder stage and training need it)
         self.base_connector = base_connector
@@ -207,7 +209,8 @@ def build_connector(
     """The configured STORM parts: loaded from temporal.checkpoint, else seeded random init.
 
     `base` (a VLM id) selects the vlm form: the module in the LLM's space (d_model = llm_hidden) after
-    the VLM's connector (`base_connector`, only where frames are projected), the identity when fresh.
+    the VLM's connector (`base_connector`, only where frames are projected), the identity when fresh;
+    `temporal.adapter_dim` runs its Mamba layers narrower, between Down and Up (TemporalEncoder).
     The scan implementation is decided here, once, and said out loud.
     """
     from pipeline.models.scan import resolve_scan_impl
@@ -225,6 +228,7 @@ def build_connector(
         downsample=1 if base else temporal_cfg.downsample,
         connector="vlm" if base else "mlp",
         base=base,
+        adapter_dim=temporal_cfg.adapter_dim if base else 0,
     )
     if temporal_cfg.checkpoint:
         model = load_storm(temporal_cfg.checkpoint, spec, temporal_cfg.mode, scan_impl, base_connector)

@@ -202,13 +202,20 @@ class OfflineScan:
 
     def outputs(self) -> Iterator[torch.Tensor]:
         """Runs every layer over the whole source, then yields each chunk's output (T, h, w, d_model)."""
+        adapter = self.encoder.down is not None
         with torch.inference_mode():
+            if adapter:  # keep each chunk's input for the residual; the layers read it through Down
+                for chunk, (_, h, w) in enumerate(self.shapes):
+                    x = self.store.pop((0, chunk)).to(self.device)
+                    self.store.put((-1, chunk), x)
+                    self.store.put((0, chunk), self.encoder.adapter_in(x, h * w))
             for index, layer in enumerate(self.encoder.layers):
                 self._layer(index, layer)
         top = len(self.encoder.layers)
         for chunk, (t, h, w) in enumerate(self.shapes):
             with torch.inference_mode():
-                out = self.encoder.norm_f(self.store.pop((top, chunk)).to(self.device))
+                residual = self.store.pop((-1, chunk)).to(self.device) if adapter else None
+                out = self.encoder.adapter_out(residual, self.store.pop((top, chunk)).to(self.device))
                 out = out.reshape(t, h, w, -1)
             yield out
 
@@ -219,15 +226,17 @@ class OfflineScan:
         # 1. forward over all chunks, state carried; keep each chunk's forward half
         state = layer.fwd.zero_state(1, self.device)
         for chunk in range(n_chunks):
-            h = layer.norm(self.store.get((index, chunk)).to(self.device))  # (1, L_c, D)
-            out_fwd, state = layer.fwd(h, state, scan)
+            _, rows, cols = self.shapes[chunk]
+            mixed = layer.mixer_input(self.store.get((index, chunk)).to(self.device), rows * cols)  # (1, L_c, D)
+            out_fwd, state = layer.fwd(mixed, state, scan)
             self.store.put((index + 1, chunk), out_fwd)
             self.on_step()
         # 2. backward over all chunks in reverse, state carried; combine as the layer does
         state = layer.bwd.zero_state(1, self.device)
         for chunk in reversed(range(n_chunks)):
             x = self.store.pop((index, chunk)).to(self.device)
-            out_bwd, state = layer.bwd(layer.norm(x).flip(1), state, scan)
+            _, rows, cols = self.shapes[chunk]
+            out_bwd, state = layer.bwd(layer.mixer_input(x, rows * cols).flip(1), state, scan)
             out_fwd = self.store.get((index + 1, chunk)).to(self.device)
             self.store.put((index + 1, chunk), layer.combine(x, out_fwd, out_bwd.flip(1)))
             self.on_step()

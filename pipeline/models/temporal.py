@@ -204,18 +204,39 @@ class MambaMixer(nn.Module):
         return out, MixerState(conv=new_conv, ssm=new_ssm)
 
 
-class TemporalLayer(nn.Module):
-    """Pre-norm residual: x = x + Mixer(LayerNorm(x)), bidirectional if asked."""
+def center_frames(x: torch.Tensor, frame_tokens: int | None) -> torch.Tensor:
+    """x (B, L, D), L whole frames of `frame_tokens` tokens -> each token minus its frame's mean token."""
+    b, length, d = x.shape
+    if not frame_tokens or length % frame_tokens:
+        raise ValueError(f"frame centering needs whole frames: {length} tokens, {frame_tokens} a frame")
+    frames = x.reshape(b, length // frame_tokens, frame_tokens, d)
+    return (frames - frames.mean(dim=2, keepdim=True)).reshape(b, length, d)
 
-    def __init__(self, d_model: int, bidirectional: bool, **mixer_kwargs):
+
+class TemporalLayer(nn.Module):
+    """Pre-norm residual: x = x + Mixer(LayerNorm(x)), bidirectional if asked.
+
+    `center_frames` (the module in a VLM's LLM space): the mixers read each frame's tokens minus that
+    frame's mean token, x + Mixer(LayerNorm(x - mean_frame(x))); the residual stream is untouched. A
+    pretrained tower's tokens share a large per-frame component (what the whole image shows); the motion
+    that direction needs is a small local difference under it. Measured on the toy world (README, "The
+    toy world"): direction from the toy image-VLM's tokens stayed at chance for 250 warm-up steps without
+    centering and reached 0.92 at step 200 with it."""
+
+    def __init__(self, d_model: int, bidirectional: bool, center_frames: bool = False, **mixer_kwargs):
         super().__init__()
         self.norm = nn.LayerNorm(d_model)
+        self.center_frames = center_frames
         self.fwd = MambaMixer(d_model, **mixer_kwargs)
         self.bwd = MambaMixer(d_model, **mixer_kwargs) if bidirectional else None
 
-    def forward(self, x, state: MixerState | None, scan: ScanFn):
+    def mixer_input(self, x: torch.Tensor, frame_tokens: int | None = None) -> torch.Tensor:
+        """x (B, L, D), L whole frames of `frame_tokens` tokens -> what the mixers read."""
+        return self.norm(center_frames(x, frame_tokens) if self.center_frames else x)
+
+    def forward(self, x, state: MixerState | None, scan: ScanFn, frame_tokens: int | None = None):
         """x: (B, L, D). The backward mixer starts fresh: it sees only what is given."""
-        h = self.norm(x)
+        h = self.mixer_input(x, frame_tokens)
         out, new_state = self.fwd(h, state, scan)
         if self.bwd is None:
             return x + out, new_state
@@ -250,7 +271,14 @@ class TemporalEncoder(nn.Module):
     `in_llm_space=True` is the paper's connector on a pretrained VLM (models/vlm.py): the input is
     already in the LLM's embedding space (the VLM's own connector made it), so there is no projection
     and no final norm, and a fresh module is the identity (every mixer's output projection zero):
-    `x + Mixer(Norm(x))` with Mixer = 0 leaves the VLM's tokens as they were.
+    `x + Mixer(Norm(x))` with Mixer = 0 leaves the VLM's tokens as they were. Its mixers read each
+    frame centred (TemporalLayer).
+
+    `adapter_dim=k` (with in_llm_space): the Mamba layers run at width k between a Linear down from the
+    LLM's space and a Linear back up, the whole a residual: x + Up(Norm(Layers(Down(x - mean_frame(x))))),
+    Up zero at init, so a fresh module is still the identity. Measured on the toy world (README): with
+    k=128 the warm-up reads direction at 0.92 by step 200 at 0.34 s a step; at the LLM's width (576),
+    1.8 s a step and still at chance at step 150.
     """
 
     def __init__(
@@ -265,6 +293,7 @@ class TemporalEncoder(nn.Module):
         downsample: int = 2,
         scan_impl: str = "torch",
         in_llm_space: bool = False,
+        adapter_dim: int = 0,
     ):
         super().__init__()
         if mode not in MODES:
@@ -279,11 +308,16 @@ class TemporalEncoder(nn.Module):
         self.register_buffer("input_scale", torch.ones(vision_dim))
         self.in_llm_space = in_llm_space
         self.proj = None if in_llm_space else nn.Linear(downsample * downsample * vision_dim, d_model)
+        self.adapter_dim = adapter_dim if in_llm_space else 0
+        width = self.adapter_dim or d_model  # the Mamba layers' width
+        self.down = nn.Linear(d_model, width) if self.adapter_dim else None
+        self.up = nn.Linear(width, d_model) if self.adapter_dim else None
         self.layers = nn.ModuleList(
-            TemporalLayer(d_model, mode != "stream", d_state=d_state, d_conv=d_conv, expand=expand)
+            TemporalLayer(width, mode != "stream", center_frames=in_llm_space and not self.adapter_dim,
+                          d_state=d_state, d_conv=d_conv, expand=expand)
             for _ in range(n_layers)
         )
-        self.norm_f = nn.Identity() if in_llm_space else nn.LayerNorm(d_model)
+        self.norm_f = nn.Identity() if in_llm_space and not self.adapter_dim else nn.LayerNorm(width)
         if in_llm_space:
             self.zero_outputs()
         self._signature: str | None = None
@@ -299,8 +333,14 @@ class TemporalEncoder(nn.Module):
 
     @torch.no_grad()
     def zero_outputs(self) -> None:
-        """Every mixer's output projection to zero: each residual block, hence the module, is the identity.
-        Gradients still reach the output projections (d out_proj = y^T dL), so training moves off it."""
+        """Every mixer's output projection to zero (with an adapter: its Up projection): each residual block,
+        hence the module, is the identity. Gradients still reach those projections (d W = y^T dL), so
+        training moves off it."""
+        if self.up is not None:
+            self.up.weight.zero_()
+            self.up.bias.zero_()
+            self._signature = None
+            return
         for layer in self.layers:
             for mixer in (layer.fwd, layer.bwd):
                 if mixer is not None:
@@ -372,7 +412,7 @@ class TemporalEncoder(nn.Module):
         scans here, so the two halves equal one `forward`."""
         b, t, h, w, d = x.shape
         # 2. scan row-major within a frame, then frame to frame
-        seq, new_state = self.forward_tokens(x.reshape(b, t * h * w, d), state)
+        seq, new_state = self.forward_tokens(x.reshape(b, t * h * w, d), state, frame_tokens=h * w)
         new_state.frames_seen += t
         return seq.reshape(b, t, h, w, d), new_state
 
@@ -384,7 +424,7 @@ class TemporalEncoder(nn.Module):
         return self.proj(pixel_shuffle_down(x, self.downsample))
 
     def forward_tokens(
-        self, seq: torch.Tensor, state: TemporalState | None = None
+        self, seq: torch.Tensor, state: TemporalState | None = None, frame_tokens: int | None = None
     ) -> tuple[torch.Tensor, TemporalState]:
         """The Mamba stack on an already projected, flattened sequence.
 
@@ -392,6 +432,9 @@ class TemporalEncoder(nn.Module):
         sequence into pieces gives the same result as one pass in `stream` mode.
         """
         b, seq_len, _ = seq.shape
+        residual = seq
+        if self.down is not None:
+            seq = self.adapter_in(seq, frame_tokens)
         if self.mode == "offline" or state is None:
             state = self.initial_state(b)
         else:
@@ -400,8 +443,17 @@ class TemporalEncoder(nn.Module):
         scan = SCAN_IMPLS[self.scan_impl]
         new_layers = []
         for layer, layer_state in zip(self.layers, state.layers):
-            seq, new_layer_state = layer(seq, layer_state, scan)
+            seq, new_layer_state = layer(seq, layer_state, scan, frame_tokens)
             new_layers.append(new_layer_state)
         meta = dict(state.meta, model=self.signature())
         new_state = TemporalState(new_layers, state.frames_seen, state.tokens_seen + seq_len, meta)
-        return self.norm_f(seq), new_state
+        return self.adapter_out(residual, seq), new_state
+
+    def adapter_in(self, x: torch.Tensor, frame_tokens: int | None) -> torch.Tensor:
+        """LLM-space tokens (B, L, D) -> the adapter's Mamba layers' input (B, L, k)."""
+        return self.down(center_frames(x, frame_tokens))
+
+    def adapter_out(self, residual: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+        """The last layer's output -> the module's output (with an adapter: the residual + Up of it)."""
+        out = self.norm_f(top)
+        return out if self.up is None else residual + self.up(out)

@@ -91,7 +91,10 @@ class WarmupObjective:
         self.vlm, self.head = vlm, head  # vlm: connector + training reducer (the LLM is not run)
 
     def _pooled(self, grids: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [p.float() for p in self.vlm.visual(grids, project=False)]
+        pooled = [p.float() for p in self.vlm.visual(grids, project=False)]
+        if self.vlm.connector.is_vlm:  # the head reads a sample's tokens centred, as the module's mixers do
+            pooled = [p - p.mean(dim=0, keepdim=True) for p in pooled]
+        return pooled
 
     def scores(self, grids: list[torch.Tensor], samples) -> list[torch.Tensor]:
         return [self.head(p, s.options) for p, s in zip(self._pooled(grids), samples)]

@@ -109,3 +109,19 @@ def test_training_in_offline_mode_sees_what_offline_ingest_computes():
                 scan.add(piece)
             ingested = torch.cat([reducer(out) for out in scan.outputs()]).flatten(-4, -2)
     torch.testing.assert_close(trained, ingested, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("adapter_dim", [0, 8], ids=["llm-width", "adapter"])
+def test_offline_scan_of_an_llm_space_module_equals_one_pass(adapter_dim):
+    """The module in a VLM's LLM space (mixers read frames centred; or an adapter) chunk by chunk == one pass."""
+    from test_temporal import _llm_space_encoder
+
+    enc = _llm_space_encoder("offline", adapter_dim=adapter_dim)
+    x = torch.randn(sum(SPLITS), 2, 2, 16, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        whole, _ = enc.forward_projected(x[None])
+        with OfflineScan(enc, 1 << 30) as scan:
+            for piece in torch.split(x, SPLITS):
+                scan.add_projected(piece)
+            outs = list(scan.outputs())
+    torch.testing.assert_close(torch.cat(outs), whole[0], atol=1e-5, rtol=1e-5)

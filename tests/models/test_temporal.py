@@ -314,3 +314,58 @@ def test_a_state_from_another_model_is_refused_never_truncated():
     before = enc.signature()
     enc.load_state_dict(retrained.state_dict())
     assert enc.signature() == retrained.signature() != before
+
+
+def _llm_space_encoder(mode, seed=0, adapter_dim=0):
+    """A module in a VLM's LLM space (no projection, identity at init), moved off the identity."""
+    torch.manual_seed(seed)
+    enc = TemporalEncoder(16, d_model=16, n_layers=2, mode=mode, d_state=4, d_conv=5, expand=1,
+                          in_llm_space=True, adapter_dim=adapter_dim).eval()
+    with torch.no_grad():
+        if adapter_dim:
+            enc.up.weight.normal_(0, 0.3)
+        for layer in enc.layers:
+            for mixer in (layer.fwd, layer.bwd):
+                if mixer is not None:
+                    mixer.out_proj.weight.normal_(0, 0.3)
+    return enc
+
+
+@pytest.mark.parametrize("adapter_dim", [0, 8], ids=["llm-width", "adapter"])
+def test_llm_space_module_is_the_identity_at_init_and_its_mixers_read_frames_centred(adapter_dim):
+    """Fresh: the VLM's tokens pass unchanged. Trained: a vector added to every token of a frame (what a
+    pretrained tower's tokens share: the whole image) reaches the output only through the residual, so
+    the mixers see motion under it, not it (README, "The toy world")."""
+    x = torch.randn(1, 3, 2, 2, 16, generator=torch.Generator().manual_seed(3)) * 10
+    fresh = TemporalEncoder(16, d_model=16, n_layers=2, mode="chunk_bidirectional", d_state=4, in_llm_space=True,
+                            adapter_dim=adapter_dim)
+    assert torch.equal(fresh.forward_projected(x)[0], x)
+    enc = _llm_space_encoder("chunk_bidirectional", adapter_dim=adapter_dim)
+    offset = torch.randn(1, 3, 1, 1, 16, generator=torch.Generator().manual_seed(4)) * 10  # one vector a frame
+    with torch.no_grad():
+        out, _ = enc.forward_projected(x)
+        shifted, _ = enc.forward_projected(x + offset)
+        assert not torch.allclose(out, x, atol=1e-3)  # the mixers do write
+        torch.testing.assert_close(shifted - offset, out, atol=1e-4, rtol=1e-4)
+        if not adapter_dim:
+            uncentred = _llm_space_encoder("chunk_bidirectional")  # the same weights, mixers reading x as is
+            for layer in uncentred.layers:
+                layer.center_frames = False
+            a, _ = uncentred.forward_projected(x)
+            b, _ = uncentred.forward_projected(x + offset)
+            assert not torch.allclose(b - offset, a, atol=1e-2)
+
+
+@pytest.mark.parametrize("adapter_dim", [0, 8], ids=["llm-width", "adapter"])
+def test_llm_space_stream_in_frame_chunks_equals_one_pass(adapter_dim):
+    enc = _llm_space_encoder("stream", adapter_dim=adapter_dim)
+    x = torch.randn(1, 7, 2, 2, 16, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        whole, _ = enc.forward_projected(x)
+        state, parts = None, []
+        for piece in torch.split(x, [3, 1, 3], dim=1):
+            out, state = enc.forward_projected(piece, state)
+            parts.append(out)
+    torch.testing.assert_close(torch.cat(parts, dim=1), whole, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="whole frames"):
+        enc.forward_tokens(x.reshape(1, 28, 16)[:, :6], frame_tokens=4)

@@ -338,3 +338,24 @@ def test_an_order_caption_must_name_both_shapes_in_order():
     expected = "a red circle appears, then a blue square"
     assert _caption_right(expected, "a red circle appears, then a blue square")
     assert not _caption_right(expected, "a blue square appears, then a red circle")
+
+
+@pytest.mark.parametrize("is_vlm", [True, False], ids=["vlm", "mlp"])
+def test_warmup_head_reads_a_vlm_modules_tokens_centred(is_vlm):
+    """On a VLM base the head reads a sample's tokens minus their mean (a pretrained tower's tokens share a
+    large per-image part; direction is a small difference under it: README, "The toy world"), so a vector
+    added to every token changes no score; the projected (mlp) form's head reads its tokens as they are."""
+    from types import SimpleNamespace
+
+    from pipeline.train.data import Sample
+    from pipeline.train.warmup import ChoiceHead, WarmupObjective
+
+    torch.manual_seed(0)
+    tokens = torch.randn(8, 12)
+    offset = torch.randn(1, 12) * 10
+    fake = SimpleNamespace(connector=SimpleNamespace(is_vlm=is_vlm), visual=lambda grids, project: list(grids))
+    head = ChoiceHead(12, ["left", "right"], hidden=16)
+    objective = WarmupObjective(fake, head)
+    sample = Sample(id="a", media=None, prompt="Which way?", answer="left", options=["left", "right"], task="direction")
+    plain, shifted = objective.scores([tokens], [sample])[0], objective.scores([tokens + offset], [sample])[0]
+    assert torch.allclose(plain, shifted, atol=1e-5) == is_vlm
