@@ -46,8 +46,11 @@ class StormSpec:
     connector: str = "mlp"  # mlp | vlm (module docstring)
     base: str = ""  # vlm: the VLM (hub id or folder) whose connector and LLM the module sits between
     adapter_dim: int = 0  # vlm: the Mamba layers' width between Down and Up (0: the LLM's width, no adapter)
+    center_frames: bool = False  # vlm: the Mamba layers read each frame centred (TemporalLayer); older: not
 
-    GEOMETRY_ONLY = ("base",)  # recorded, not compared: the same VLM may live in another folder
+    # recorded, not compared: the same VLM may live in another folder; a checkpoint computes as it was
+    # trained (one written before frame centring loads without it)
+    GEOMETRY_ONLY = ("base", "center_frames")
 
 
 class StormConnector(nn.Module):
@@ -74,6 +77,7 @@ class StormConnector(nn.Module):
             scan_impl=scan_impl,
             in_llm_space=spec.connector == "vlm",
             adapter_dim=spec.adapter_dim,
+            center_frames=spec.center_frames,
         )
         # vlm: the VLM's connector (frozen unless trained; only the encoder stage and training need it)
         self.base_connector = base_connector
@@ -229,7 +233,10 @@ def build_connector(
         connector="vlm" if base else "mlp",
         base=base,
         adapter_dim=temporal_cfg.adapter_dim if base else 0,
+        center_frames=bool(base),
     )
+    if temporal_cfg.adapter_dim and not base and log:
+        log(f"temporal.adapter_dim={temporal_cfg.adapter_dim} ignored: it applies to a VLM base only")
     if temporal_cfg.checkpoint:
         model = load_storm(temporal_cfg.checkpoint, spec, temporal_cfg.mode, scan_impl, base_connector)
         origin = temporal_cfg.checkpoint

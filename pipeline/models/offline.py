@@ -16,7 +16,8 @@ scan (the causal conv included): the result equals one pass over the whole conca
 sequence, to float tolerance. Then the next layer, and the final norm per chunk.
 
 Memory: layer l's input for the whole source plus layer l+1's forward halves, i.e. two
-copies of the source's (L, d_model) activations at the peak. `ActivationStore` keeps them
+copies of the source's (L, d_model) activations at the peak (with an adapter, TemporalEncoder: two
+copies at its width plus each chunk's input, kept for the residual). `ActivationStore` keeps them
 in memory up to a configured size and writes the rest to disk (safetensors files in a
 private folder it deletes), so the host holds at most that size plus one chunk's working
 set, whatever the length of the source.
@@ -209,6 +210,7 @@ class OfflineScan:
                     x = self.store.pop((0, chunk)).to(self.device)
                     self.store.put((-1, chunk), x)
                     self.store.put((0, chunk), self.encoder.adapter_in(x, h * w))
+                    self.on_step()
             for index, layer in enumerate(self.encoder.layers):
                 self._layer(index, layer)
         top = len(self.encoder.layers)

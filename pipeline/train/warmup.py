@@ -92,7 +92,7 @@ class WarmupObjective:
 
     def _pooled(self, grids: list[torch.Tensor]) -> list[torch.Tensor]:
         pooled = [p.float() for p in self.vlm.visual(grids, project=False)]
-        if self.vlm.connector.is_vlm:  # the head reads a sample's tokens centred, as the module's mixers do
+        if self.vlm.connector.is_vlm:  # minus the sample's mean token (the mixers centre each frame)
             pooled = [p - p.mean(dim=0, keepdim=True) for p in pooled]
         return pooled
 

@@ -73,3 +73,35 @@ def test_build_connector_from_config_seeded_and_from_checkpoint(tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
     with pytest.raises(CheckpointError, match="llm_hidden=12 \\(config wants 64\\)"):
         build_connector(cfg, vision_dim=8, llm_hidden=64, log=None)
+
+
+def test_vlm_form_round_trip_adapter_and_a_checkpoint_from_before_frame_centring(tmp_path):
+    """The VLM form's adapter width and frame centring travel with the checkpoint; one written before
+    centring existed (no such fields) loads and computes as it was trained, uncentred; a wrong adapter width
+    is named."""
+    vlm = dict(vision_dim=8, llm_hidden=16, d_model=16, n_layers=2, d_state=4, connector="vlm")
+    spec = StormSpec(**vlm, adapter_dim=8, center_frames=True)
+    torch.manual_seed(0)
+    model = StormConnector(spec, "chunk_bidirectional")
+    with torch.no_grad():
+        model.temporal.up.weight.normal_(0, 0.3)
+    save_storm(model, tmp_path / "ckpt")
+    loaded = load_storm(tmp_path / "ckpt", spec, "chunk_bidirectional")
+    x = torch.randn(1, 3, 2, 2, 16)
+    with torch.no_grad():
+        assert torch.equal(model.temporal.forward_projected(x)[0], loaded.temporal.forward_projected(x)[0])
+    with pytest.raises(CheckpointError, match=r"adapter_dim=8 \(config wants 4\)"):
+        load_storm(tmp_path / "ckpt", StormSpec(**vlm, adapter_dim=4, center_frames=True), "chunk_bidirectional")
+
+    old = StormConnector(StormSpec(**vlm), "chunk_bidirectional")  # no adapter, no centring
+    with torch.no_grad():
+        for layer in old.temporal.layers:
+            layer.fwd.out_proj.weight.normal_(0, 0.3)
+    save_storm(old, tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "storm_config.json").read_text())
+    del config["adapter_dim"], config["center_frames"]  # as written before these fields
+    (tmp_path / "old" / "storm_config.json").write_text(json.dumps(config))
+    reloaded = load_storm(tmp_path / "old", StormSpec(**vlm, center_frames=True), "chunk_bidirectional")
+    assert not any(layer.center_frames for layer in reloaded.temporal.layers)
+    with torch.no_grad():
+        assert torch.equal(old.temporal.forward_projected(x)[0], reloaded.temporal.forward_projected(x)[0])

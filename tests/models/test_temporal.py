@@ -320,7 +320,7 @@ def _llm_space_encoder(mode, seed=0, adapter_dim=0):
     """A module in a VLM's LLM space (no projection, identity at init), moved off the identity."""
     torch.manual_seed(seed)
     enc = TemporalEncoder(16, d_model=16, n_layers=2, mode=mode, d_state=4, d_conv=5, expand=1,
-                          in_llm_space=True, adapter_dim=adapter_dim).eval()
+                          in_llm_space=True, adapter_dim=adapter_dim, center_frames=True).eval()
     with torch.no_grad():
         if adapter_dim:
             enc.up.weight.normal_(0, 0.3)
@@ -338,7 +338,7 @@ def test_llm_space_module_is_the_identity_at_init_and_its_mixers_read_frames_cen
     the mixers see motion under it, not it (README, "The toy world")."""
     x = torch.randn(1, 3, 2, 2, 16, generator=torch.Generator().manual_seed(3)) * 10
     fresh = TemporalEncoder(16, d_model=16, n_layers=2, mode="chunk_bidirectional", d_state=4, in_llm_space=True,
-                            adapter_dim=adapter_dim)
+                            adapter_dim=adapter_dim, center_frames=True)
     assert torch.equal(fresh.forward_projected(x)[0], x)
     enc = _llm_space_encoder("chunk_bidirectional", adapter_dim=adapter_dim)
     offset = torch.randn(1, 3, 1, 1, 16, generator=torch.Generator().manual_seed(4)) * 10  # one vector a frame
