@@ -368,7 +368,8 @@ class TemporalEncoder(nn.Module):
         if self._signature is None:
             import hashlib
 
-            digest = hashlib.sha256(f"{self.mode}|{len(self.layers)}|{self.center_frames}".encode())
+            centred = "|centred" if self.center_frames else ""  # uncentred: the signature states saved before had
+            digest = hashlib.sha256(f"{self.mode}|{len(self.layers)}{centred}".encode())
             for name, tensor in sorted(self.state_dict().items()):
                 digest.update(f"{name}{tuple(tensor.shape)}".encode())
                 digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
