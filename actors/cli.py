@@ -456,7 +456,7 @@ def cmd_serve(args) -> int:
     return serve(args)
 
 
-# configs/toy.yaml's frozen encoder: small and seeded, so every machine builds the same one.
+# bench/quality.py's frozen random encoder (the first toy model's): small and seeded, so every machine builds the same one.
 TOY_SIGLIP = dict(hidden_size=128, num_layers=1, num_heads=4, intermediate_size=256, image_size=64, patch_size=8,
                   seed=0)
 
@@ -491,16 +491,13 @@ def cmd_demo_assets(args) -> int:
     model = data / "models" / "siglip-b16-224-random"
     if not (model / "model.safetensors").is_file():
         build_random_siglip(model)
-    toy = Path("models/toy/siglip")
-    if not (toy / "model.safetensors").is_file():  # the frozen encoder of configs/toy.yaml (shipped)
-        build_random_siglip(toy, **TOY_SIGLIP)
     lm = data / "models" / "toy-lm"
     if not (lm / "config.json").is_file():  # the small LM the toy's temporal encoder is pretrained with
         build_small_lm(lm)
     clip = data / "clips" / "generated-1min.mp4"
     if not clip.is_file():
         write_clip(clip, seconds=60, fps=10)
-    print(f"model {model}\ntoy   {toy}\nclip  {clip}")
+    print(f"model {model}\nclip  {clip}")
     return 0
 
 

@@ -10,14 +10,14 @@ Rows (same data, same frozen encoder, same recipe and steps, same seed):
   storm_12      STORM + pooling k=4 + test-time sampling s=2: 12.5% (the storm_25 weights)
   stream_12     STORM `stream` mode (one direction, state carried), 12.5%
 
-Each row is trained with the toy model's recipe (configs/toy.yaml, pipeline/train/warmup.py):
+Each row is trained with the previous toy model's recipe (pipeline/train/warmup.py; README, "The toy model"):
 (1) `warmup` on the direction questions, (2) `warmup` on every question and caption from (1),
 the encoder's pooled tokens read by a choice head with no LLM pass; (3) `sft` of the projector
 and the LM from (2), the warm encoder frozen. Sampling is training-free, as in the paper: the
 12.5% rows are trained with pooling only and sample every second pooled frame at test time.
 To fit 2 CPU cores, (3) uses a small LM trained alongside (a 4-layer Llama with SmolLM2's
-tokenizer), not the frozen SmolLM2 of configs/toy.yaml; the encoder is the same small random
-frozen SigLIP. Every row reads the same SigLIP grids (each clip's frames padded to 8 by
+tokenizer), not the frozen SmolLM2 of configs/toy.yaml; the encoder is the previous toy model's small
+random frozen SigLIP. Every row reads the same SigLIP grids (each clip's frames padded to 8 by
 repeating the last). Train/validation clips and the test split are rendered over the whole
 family (96-480 px, 10-30 fps) with different seeds. The last line is one JSON object.
 """

@@ -77,8 +77,8 @@ class TemporalConfig:
     downsample: int = 2
     # On a VLM (the module in the LLM's space): run the Mamba layers at this width, between a Linear
     # down from the LLM's space and a zero-initialised Linear back up (still the identity when fresh).
-    # 0 = at the LLM's width. The toy world uses 128 (README, "The toy world": 0.51 s a warm-up step
-    # against 1.8 at 576; direction 0.94 after 600 steps). Ignored (said once) without a VLM base.
+    # 0 = at the LLM's width. The toy model uses 128 (measured: ~0.5 s a warm-up step of 32 against 1.8 s
+    # at 576). Ignored (said once) without a VLM base.
     adapter_dim: int = 0
     scan_impl: str = "auto"  # auto | torch | loop | mamba_ssm
     # Trained STORM parts (downsample+Linear, Mamba layers, projector); empty = random init.

@@ -308,7 +308,8 @@ def train(cfg: Config, worker: Worker | None = None, log=print, should_stop=lamb
         torch.manual_seed(t.seed)
         options = sorted({o for x in data.samples for o in x.options})
         words = caption_vocabulary([x.answer for x in data.samples if not x.is_choice])
-        head = ChoiceHead(models.connector.spec.d_model, options, words=words)
+        # on a VLM base the head reads what the LLM can: one Linear on the mean of RMS-normalised tokens
+        head = ChoiceHead(models.connector.spec.d_model, options, words=words, linear=models.connector.is_vlm)
         models.warmup = WarmupObjective(models.vlm, head.to(worker.device))
     # 3. optimizer and schedule; resume where a run stopped
     optimizer = torch.optim.AdamW(parameter_groups(models, t), betas=(0.9, 0.95))

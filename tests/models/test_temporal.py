@@ -335,7 +335,7 @@ def _llm_space_encoder(mode, seed=0, adapter_dim=0):
 def test_llm_space_module_is_the_identity_at_init_and_its_mixers_read_frames_centred(adapter_dim):
     """Fresh: the VLM's tokens pass unchanged. Trained: a vector added to every token of a frame (what a
     pretrained tower's tokens share: the whole image) reaches the output only through the residual, so
-    the mixers see motion under it, not it (README, "The toy world")."""
+    the mixers see motion under it, not it (README, "The toy model, measured")."""
     x = torch.randn(1, 3, 2, 2, 16, generator=torch.Generator().manual_seed(3)) * 10
     fresh = TemporalEncoder(16, d_model=16, n_layers=2, mode="chunk_bidirectional", d_state=4, in_llm_space=True,
                             adapter_dim=adapter_dim, center_frames=True)

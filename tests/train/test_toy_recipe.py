@@ -1,6 +1,7 @@
-"""`make toy-vlm`'s chain (and STORM's training on top) at a tiny scale, through the CLI: a SigLIP pretrained with its sigmoid loss, an image-VLM
-built on its tower and aligned on stills (only its connector moves), STORM's temporal module trained on video on
-top of it (only the temporal module and LoRA move), and the result captions a clip through `describe`."""
+"""`make toy-model`'s chain at a tiny scale, through the CLI: a SigLIP pretrained with its sigmoid loss, an image-VLM
+built on its tower and aligned on stills (only its connector moves), STORM's temporal module warmed up on video on
+top of it (only the module moves), then sft of LoRA adapters from it (only the adapters move), and the result
+captions a clip through `describe`."""
 
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ def _vidstorm(*args):
 
 
 def test_toy_world_recipe_end_to_end(tmp_path, qa_set):
-    siglip, stills, init, conn, vlm, storm = (tmp_path / n for n in ("siglip", "stills", "init", "conn", "vlm", "storm"))
-    _vidstorm("pretrain-siglip", "--config", "configs/toy-storm.yaml", f"train.out={siglip}", "train.steps=2",
+    siglip, stills, init, conn, vlm, warm, storm = (tmp_path / n for n in ("siglip", "stills", "init", "conn", "vlm",
+                                                                           "warm", "storm"))
+    _vidstorm("pretrain-siglip", "--config", "configs/toy.yaml", f"train.out={siglip}", "train.steps=2",
               "train.batch_size=16", "train.val_data=''", *TINY_SIGLIP)
     _vidstorm("synth-stills", stills, "--n", 6, "--size", 32)
     _vidstorm("build-vlm", init, "--tower", siglip)
@@ -48,16 +50,22 @@ def test_toy_world_recipe_end_to_end(tmp_path, qa_set):
     assert not (vlm / "VIDSTORM_RANDOM_WEIGHTS").exists()
 
     models = [f"encoder.model={vlm}", f"summarizer.model={vlm}"]
-    done = _vidstorm("train", "--local", "--config", "configs/toy-storm.yaml", *models,
-                     f"train.data=[{qa_set / 'train.jsonl'}]", "train.val_data=''", f"train.out={storm}", *SHORT)
+    data = [f"train.data=[{qa_set / 'train.jsonl'}]", "train.val_data=''"]
+    _vidstorm("train", "--local", "--config", "configs/toy.yaml", *models, *data, "train.stage=warmup",
+              "train.init_from=''", f"train.out={warm}", *SHORT)
+    warmed = load_file(str(warm / "model.safetensors"))
+    assert all(k.startswith("temporal.") for k in warmed)  # the VLM's connector stayed as it was
+    assert any(v.abs().sum() > 0 for k, v in warmed.items() if k.endswith("out_proj.weight"))  # the module left the identity
+    done = _vidstorm("train", "--local", "--config", "configs/toy.yaml", *models, *data, f"train.init_from={warm}",
+                     f"train.out={storm}", *SHORT)
     assert json.loads(done.stdout.strip().splitlines()[-1])["step"] == 2
     trained = load_file(str(storm / "model.safetensors"))
-    assert all(k.startswith("temporal.") for k in trained)  # the VLM's connector stayed as it was
-    assert any(v.abs().sum() > 0 for k, v in trained.items() if k.endswith("out_proj.weight"))
-    assert (storm / "lora.safetensors").is_file()
+    assert trained.keys() == warmed.keys() and all(torch.equal(trained[k], warmed[k]) for k in trained)  # sft: frozen
+    adapters = load_file(str(storm / "lora.safetensors"))
+    assert any(v.abs().sum() > 0 for k, v in adapters.items() if k.endswith("lora_b"))  # the adapters trained
 
     clip = next((qa_set / "clips").glob("*.mp4"))
-    done = _vidstorm("describe", clip, "--config", "configs/toy-storm.yaml", *models, f"temporal.checkpoint={storm}",
+    done = _vidstorm("describe", clip, "--config", "configs/toy.yaml", *models, f"temporal.checkpoint={storm}",
                      "summarizer.max_new_tokens=4", "--json")
     rows = json.loads(done.stdout)
     assert rows and all(r["caption"] for r in rows)

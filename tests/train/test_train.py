@@ -341,10 +341,11 @@ def test_an_order_caption_must_name_both_shapes_in_order():
 
 
 @pytest.mark.parametrize("is_vlm", [True, False], ids=["vlm", "mlp"])
-def test_warmup_head_reads_a_vlm_modules_tokens_centred(is_vlm):
-    """On a VLM base the head reads a sample's tokens minus their mean (a pretrained tower's tokens share a
-    large per-image part; direction is a small difference under it: README, "The toy world"), so a vector
-    added to every token changes no score; the projected (mlp) form's head reads its tokens as they are."""
+def test_warmup_head_reads_a_vlm_modules_tokens_as_the_llm_can(is_vlm):
+    """On a VLM base the head reads what the LLM can read: each token RMS-normalised (so a token's scale
+    changes no score), not centred (a vector added to every token does), then one Linear on the tokens'
+    mean (README, "The toy model, measured": a centred per-token head taught the module a signal sft could not read).
+    The projected (mlp) form's head reads its tokens as they are, through a per-token MLP."""
     from types import SimpleNamespace
 
     from pipeline.train.data import Sample
@@ -352,10 +353,16 @@ def test_warmup_head_reads_a_vlm_modules_tokens_centred(is_vlm):
 
     torch.manual_seed(0)
     tokens = torch.randn(8, 12)
-    offset = torch.randn(1, 12) * 10
+    offset = torch.randn(1, 12) * 3
+    scale = torch.rand(8, 1) * 5 + 0.5
     fake = SimpleNamespace(connector=SimpleNamespace(is_vlm=is_vlm), visual=lambda grids, project: list(grids))
-    head = ChoiceHead(12, ["left", "right"], hidden=16)
+    head = ChoiceHead(12, ["left", "right"], hidden=16, linear=is_vlm)
     objective = WarmupObjective(fake, head)
     sample = Sample(id="a", media=None, prompt="Which way?", answer="left", options=["left", "right"], task="direction")
-    plain, shifted = objective.scores([tokens], [sample])[0], objective.scores([tokens + offset], [sample])[0]
-    assert torch.allclose(plain, shifted, atol=1e-5) == is_vlm
+    plain, scaled, shifted = (objective.scores([x], [sample])[0] for x in (tokens, tokens * scale, tokens + offset))
+    assert torch.allclose(plain, scaled, atol=1e-5) == is_vlm
+    assert not torch.allclose(plain, shifted, atol=1e-3)
+    if is_vlm:  # the direct formula: <W mean_i(x_i / rms(x_i)) + b, E[option]>
+        normed = tokens / tokens.pow(2).mean(dim=-1, keepdim=True).add(1e-6).sqrt()
+        summary = head.token.weight @ normed.mean(dim=0) + head.token.bias
+        assert torch.allclose(plain, head.table.weight[:2] @ summary, atol=1e-5)
