@@ -87,7 +87,7 @@ toy-vlm-assets: $(STAMP)
 	rm -rf $(TOYVLM)/vlm
 	$(VS) build-vlm $(TOYVLM)/vlm --tower $(TOYVLM)/siglip --connector $(TOYVLM)/connector
 
-$(TOYVLM)/vlm/model.safetensors:
+$(TOYVLM)/vlm/model.safetensors: $(STAMP) $(TOYVLM)/siglip/model.safetensors $(TOYVLM)/connector/model.safetensors
 	$(MAKE) toy-vlm-assets
 
 $(TOY)/storm/model.safetensors:

@@ -491,9 +491,6 @@ def cmd_demo_assets(args) -> int:
     model = data / "models" / "siglip-b16-224-random"
     if not (model / "model.safetensors").is_file():
         build_random_siglip(model)
-    lm = data / "models" / "toy-lm"
-    if not (lm / "config.json").is_file():  # the small LM the toy's temporal encoder is pretrained with
-        build_small_lm(lm)
     clip = data / "clips" / "generated-1min.mp4"
     if not clip.is_file():
         write_clip(clip, seconds=60, fps=10)

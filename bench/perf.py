@@ -262,6 +262,9 @@ def main() -> None:
     if not (ROOT / DEMO_SIGLIP).is_dir():
         subprocess.run([sys.executable, "-m", "actors.cli", "demo-assets", "--data", "vidstorm-data"], cwd=ROOT,
                        check=True)
+    if not args.skip_qa and not (ROOT / "models/toy-vlm/vlm/model.safetensors").is_file():  # configs/toy.yaml's VLM
+        subprocess.run([sys.executable, "-m", "actors.cli", "build-vlm", "models/toy-vlm/vlm", "--tower",
+                        "models/toy-vlm/siglip", "--connector", "models/toy-vlm/connector"], cwd=ROOT, check=True)
     import torch
 
     torch.set_num_threads(max(1, torch.get_num_threads()))

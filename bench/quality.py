@@ -55,7 +55,7 @@ ROWS = {
     "stream_12": (2, "stream", 4, 2),
 }
 SHARES_WEIGHTS = {"storm_12": "storm_25"}  # test-time sampling needs no training of its own
-# configs/toy.yaml's temporal geometry and decoding (d_conv 17: the conv spans one frame)
+# the first toy model's temporal geometry and decoding (d_conv 17: the conv spans one frame)
 TOY_GEOMETRY = ["temporal.d_model=128", "temporal.expand=1", "temporal.d_state=8", "temporal.d_conv=17",
                 "decode.fps=1.0", "decode.chunk_frames=8", "train.max_chunks=1"]
 GRID_TOKENS = 16  # 8x8 SigLIP patches after the 2x2 pixel shuffle, per frame

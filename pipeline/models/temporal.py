@@ -219,8 +219,8 @@ class TemporalLayer(nn.Module):
     `center_frames` (the module in a VLM's LLM space): the mixers read each frame's tokens minus that
     frame's mean token, x + Mixer(LayerNorm(x - mean_frame(x))); the residual stream is untouched. A
     pretrained tower's tokens share a large per-frame component (what the whole image shows); the motion
-    that direction needs is a small local difference under it. Measured on the toy world (README, "The
-    toy world", a probe harness): a warm-up on the toy image-VLM's tokens stayed at chance to step 400
+    that direction needs is a small local difference under it. Measured on the toy image-VLM (README, "The
+    toy model, measured"; a probe harness): a warm-up on the toy image-VLM's tokens stayed at chance to step 400
     without centring and read direction at 0.93 at step 125 with it."""
 
     def __init__(self, d_model: int, bidirectional: bool, center_frames: bool = False, **mixer_kwargs):
@@ -276,9 +276,8 @@ class TemporalEncoder(nn.Module):
 
     `adapter_dim=k` (with in_llm_space): the Mamba layers run at width k between a Linear down from the
     LLM's space and a Linear back up, the whole a residual: x + Up(Norm(Layers(Down(x - mean_frame(x))))),
-    Up zero at init, so a fresh module is still the identity. Measured on the toy world (README, "The toy
-    world"): k=128, 0.51 s a warm-up step in `vidstorm train` (1.8 s at the LLM's width, 576), validation
-    direction 0.94 after 600 steps.
+    Up zero at init, so a fresh module is still the identity. Measured on the toy model (configs/toy.yaml): k=128,
+    ~0.5 s a warm-up step of 32 in `vidstorm train` (1.8 s at the LLM's width, 576).
     """
 
     def __init__(

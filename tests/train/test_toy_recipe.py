@@ -55,7 +55,9 @@ def test_toy_world_recipe_end_to_end(tmp_path, qa_set):
               "train.init_from=''", f"train.out={warm}", *SHORT)
     warmed = load_file(str(warm / "model.safetensors"))
     assert all(k.startswith("temporal.") for k in warmed)  # the VLM's connector stayed as it was
-    assert any(v.abs().sum() > 0 for k, v in warmed.items() if k.endswith("out_proj.weight"))  # the module left the identity
+    assert any(v.abs().sum() > 0 for k, v in warmed.items() if k.endswith("up.weight"))  # the module left the identity
+    head = load_file(str(warm / "choice_head.safetensors"))
+    assert head["token.weight"].shape == (576, 576)  # on a VLM base: one Linear on the tokens' mean (what the LLM reads)
     done = _vidstorm("train", "--local", "--config", "configs/toy.yaml", *models, *data, f"train.init_from={warm}",
                      f"train.out={storm}", *SHORT)
     assert json.loads(done.stdout.strip().splitlines()[-1])["step"] == 2
