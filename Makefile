@@ -96,7 +96,6 @@ $(TOY)/storm/model.safetensors:
 # Held-out clips (another seed, the whole size/fps range), ingested through Ray + Redis with the
 # toy model; then their stored captions next to the truth, and a meaning query.
 demo: $(STAMP) $(TOYVLM)/vlm/model.safetensors $(TOY)/storm/model.safetensors
-	$(VS) demo-assets --data $(DATA)
 	test -f $(DATA)/demo-clips/test.jsonl || $(VS) synth-data $(DATA)/demo-clips --n 8 --seed 2026 --splits 0,0,1
 	$(VS) ingest $(DATA)/demo-clips/clips --config configs/toy.yaml --data $(DATA)
 	@echo "--- stored segments"

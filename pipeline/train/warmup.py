@@ -108,7 +108,7 @@ class WarmupObjective:
     def _pooled(self, grids: list[torch.Tensor]) -> list[torch.Tensor]:
         pooled = [p.float() for p in self.vlm.visual(grids, project=False)]
         if self.vlm.connector.is_vlm:  # in the LLM's space: each token RMS-normalised, as its first norm sees it
-            pooled = [p * torch.rsqrt(p.pow(2).mean(dim=-1, keepdim=True) + 1e-6) for p in pooled]
+            pooled = [F.rms_norm(p, (p.shape[-1],), eps=1e-6) for p in pooled]
         return pooled
 
     def scores(self, grids: list[torch.Tensor], samples) -> list[torch.Tensor]:
