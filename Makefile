@@ -76,7 +76,7 @@ toy-vlm: $(STAMP)
 	rm -rf $(DATA)/toy-data $(DATA)/toy-stills $(DATA)/models/toy-vlm-init $(TOYVLM)/vlm
 	$(VS) synth-data $(DATA)/toy-data --n 4000 --seed 7 --size 96 480 --fps 10 30
 	$(VS) pretrain-siglip --config configs/toy.yaml train.out=$(TOYVLM)/siglip \
-	  train.val_data=$(DATA)/toy-data/test.jsonl train.steps=1200 train.batch_size=96 train.lr=0.001 train.autocast=fp32
+	  train.val_data=$(DATA)/toy-data/test.jsonl train.steps=1500 train.batch_size=96 train.lr=0.001 train.autocast=bf16
 	$(VS) synth-stills $(DATA)/toy-stills --n 3000 --size 128 --seed 1
 	$(VS) build-vlm $(DATA)/models/toy-vlm-init --tower $(TOYVLM)/siglip
 	$(VS) train --local --config configs/toy-vlm.yaml

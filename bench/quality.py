@@ -9,6 +9,8 @@ Rows (same data, same frozen encoder, same recipe and steps, same seed):
   storm_25      STORM + temporal pooling k=4: 25%
   storm_12      STORM + pooling k=4 + test-time sampling s=2: 12.5% (the storm_25 weights)
   stream_12     STORM `stream` mode (one direction, state carried), 12.5%
+  image_vlm_12  configs/toy.yaml's image-VLM (pretrained toy SigLIP + connector + frozen SmolLM2) with the
+                temporal module at identity: 12.5% of its tokens, no video training (what STORM starts from)
 
 Each row is trained with the previous toy model's recipe (pipeline/train/warmup.py; README, "The toy model"):
 (1) `warmup` on the direction questions, (2) `warmup` on every question and caption from (1),
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +57,7 @@ ROWS = {
     "storm_12": (2, "chunk_bidirectional", 4, 2),
     "stream_12": (2, "stream", 4, 2),
 }
+IMAGE_VLM_ROW = "image_vlm_12"  # not trained here: configs/toy.yaml's VLM, the temporal module at identity
 SHARES_WEIGHTS = {"storm_12": "storm_25"}  # test-time sampling needs no training of its own
 # the first toy model's temporal geometry and decoding (d_conv 17: the conv spans one frame)
 TOY_GEOMETRY = ["temporal.d_model=128", "temporal.expand=1", "temporal.d_state=8", "temporal.d_conv=17",
@@ -87,6 +91,28 @@ def stages(name: str, work: Path, args) -> list[list[str]]:
     ]
 
 
+def image_vlm_row(work: Path, test_path: Path, log) -> dict:
+    """configs/toy.yaml's image-VLM as it is before video training: the temporal module at identity (no
+    checkpoint, so no LoRA either), 12.5% of the tokens (pooling k=4, sampling s=2), the same test clips."""
+    vlm = ROOT / "models" / "toy-vlm" / "vlm"
+    if not (vlm / "model.safetensors").is_file():  # assembled from the shipped parts (`make toy-vlm-assets`)
+        subprocess.run([sys.executable, "-m", "actors.cli", "build-vlm", str(vlm), "--tower",
+                        str(ROOT / "models/toy-vlm/siglip"), "--connector", str(ROOT / "models/toy-vlm/connector")],
+                       cwd=ROOT, check=True)
+    cfg = load_config(ROOT / "configs" / "toy.yaml", [
+        "temporal.checkpoint=''", "pooling.temporal_k=4", "pooling.sample_s=2", "train.sample_s=2",
+        f"train.grid_cache={work / 'grids-image-vlm'}", f"train.data=[{work / 'data' / 'train.jsonl'}]"])
+    models = build_models(cfg, torch.device("cpu"), log=None, training=False)
+    test = read_jsonl(test_path, cfg.summarizer.caption_prompt, cfg.train.qa_prompt)
+    models.cache.usable(test)
+    models.connector.eval()
+    with torch.no_grad():
+        result = evaluate(models.eval_vlm, models.cache, test.samples)
+    log(f"{IMAGE_VLM_ROW}: accuracy {result['accuracy']:.3f} {result['per_task']} "
+        f"consistency {result.get('reversed_consistency')}")
+    return {**result, "visual_tokens": GRID_TOKENS, "token_share": GRID_TOKENS / (FRAMES * GRID_TOKENS), "train_s": 0.0}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1500, help="train + val clips")
@@ -98,12 +124,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--out", help="keep the work folder here (default: a temporary one)")
-    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows to run (default: all six)")
+    parser.add_argument("--rows", default=",".join([*ROWS, IMAGE_VLM_ROW]),
+                        help="comma-separated rows to run (default: all seven)")
     args = parser.parse_args()
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
-    unknown = [r for r in rows if r not in ROWS]
+    unknown = [r for r in rows if r not in ROWS and r != IMAGE_VLM_ROW]
     if unknown or not rows:
-        parser.error(f"--rows: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(ROWS)}")
+        parser.error(f"--rows: unknown {', '.join(unknown) or '(none given)'}; "
+                     f"choose from {', '.join([*ROWS, IMAGE_VLM_ROW])}")
     rows += [SHARES_WEIGHTS[r] for r in rows if r in SHARES_WEIGHTS and SHARES_WEIGHTS[r] not in rows]
     torch.set_num_threads(os.cpu_count() or 2)
     work = Path(args.out or tempfile.mkdtemp(prefix="vidstorm-quality-"))
@@ -150,6 +178,9 @@ def main() -> None:
                          "train_s": round(train_s, 1)}
         log(f"{name}: accuracy {result['accuracy']:.3f} {result['per_task']} "
             f"consistency {result.get('reversed_consistency')}")
+
+    if IMAGE_VLM_ROW in rows:
+        results[IMAGE_VLM_ROW] = image_vlm_row(work, test_path=work / "test" / "test.jsonl", log=log)
 
     print(f"\n{'row':<14}{'direction':>10}{'order':>8}{'overall':>9}{'reversed':>10}{'tokens':>8}{'share':>8}"
           f"{'train s':>9}")
