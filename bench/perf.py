@@ -263,8 +263,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "actors.cli", "demo-assets", "--data", "vidstorm-data"], cwd=ROOT,
                        check=True)
     if not args.skip_qa and not (ROOT / "models/toy-vlm/vlm/model.safetensors").is_file():  # configs/toy.yaml's VLM
-        subprocess.run([sys.executable, "-m", "actors.cli", "build-vlm", "models/toy-vlm/vlm", "--tower",
-                        "models/toy-vlm/siglip", "--connector", "models/toy-vlm/connector"], cwd=ROOT, check=True)
+        subprocess.run(["make", "toy-vlm-assets"], cwd=ROOT, check=True)  # assembled from the shipped parts
     import torch
 
     torch.set_num_threads(max(1, torch.get_num_threads()))

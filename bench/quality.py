@@ -95,10 +95,8 @@ def image_vlm_row(work: Path, test_path: Path, log) -> dict:
     """configs/toy.yaml's image-VLM as it is before video training: the temporal module at identity (no
     checkpoint, so no LoRA either), 12.5% of the tokens (pooling k=4, sampling s=2), the same test clips."""
     vlm = ROOT / "models" / "toy-vlm" / "vlm"
-    if not (vlm / "model.safetensors").is_file():  # assembled from the shipped parts (`make toy-vlm-assets`)
-        subprocess.run([sys.executable, "-m", "actors.cli", "build-vlm", str(vlm), "--tower",
-                        str(ROOT / "models/toy-vlm/siglip"), "--connector", str(ROOT / "models/toy-vlm/connector")],
-                       cwd=ROOT, check=True)
+    if not (vlm / "model.safetensors").is_file():
+        subprocess.run(["make", "toy-vlm-assets"], cwd=ROOT, check=True)  # assembled from the shipped parts
     cfg = load_config(ROOT / "configs" / "toy.yaml", [
         "temporal.checkpoint=''", "pooling.temporal_k=4", "pooling.sample_s=2", "train.sample_s=2",
         f"train.grid_cache={work / 'grids-image-vlm'}", f"train.data=[{work / 'data' / 'train.jsonl'}]"])
