@@ -91,24 +91,28 @@ def stages(name: str, work: Path, args) -> list[list[str]]:
     ]
 
 
-def image_vlm_row(work: Path, test_path: Path, log) -> dict:
-    """configs/toy.yaml's image-VLM as it is before video training: the temporal module at identity (no
-    checkpoint, so no LoRA either), 12.5% of the tokens (pooling k=4, sampling s=2), the same test clips."""
-    vlm = ROOT / "models" / "toy-vlm" / "vlm"
-    if not (vlm / "model.safetensors").is_file():
-        subprocess.run(["make", "toy-vlm-assets"], cwd=ROOT, check=True)  # assembled from the shipped parts
-    cfg = load_config(ROOT / "configs" / "toy.yaml", [
-        "temporal.checkpoint=''", "pooling.temporal_k=4", "pooling.sample_s=2", "train.sample_s=2",
-        f"train.grid_cache={work / 'grids-image-vlm'}", f"train.data=[{work / 'data' / 'train.jsonl'}]"])
-    models = build_models(cfg, torch.device("cpu"), log=None, training=False)
-    test = read_jsonl(test_path, cfg.summarizer.caption_prompt, cfg.train.qa_prompt)
-    models.cache.usable(test)
+def score_row(name: str, cfg, test, k: int, s: int, train_s: float, log, grids: dict | None = None) -> dict:
+    """One row's test accuracy: the model `cfg` names (its temporal.checkpoint), the test-time reducer."""
+    models = build_models(cfg, torch.device("cpu"), log=None, training=False, grids=grids)
+    models.cache.usable(test)  # encodes the clips unless `grids` has them
     models.connector.eval()
     with torch.no_grad():
         result = evaluate(models.eval_vlm, models.cache, test.samples)
-    log(f"{IMAGE_VLM_ROW}: accuracy {result['accuracy']:.3f} {result['per_task']} "
+    log(f"{name}: accuracy {result['accuracy']:.3f} {result['per_task']} "
         f"consistency {result.get('reversed_consistency')}")
-    return {**result, "visual_tokens": GRID_TOKENS, "token_share": GRID_TOKENS / (FRAMES * GRID_TOKENS), "train_s": 0.0}
+    tokens = (FRAMES // (k * s)) * GRID_TOKENS
+    return {**result, "visual_tokens": tokens, "token_share": tokens / (FRAMES * GRID_TOKENS),
+            "train_s": round(train_s, 1)}
+
+
+def image_vlm_config(work: Path):
+    """configs/toy.yaml's image-VLM as it is before video training: the temporal module at identity (no
+    checkpoint, so no LoRA either), 12.5% of the tokens (pooling k=4, sampling s=2)."""
+    if not (ROOT / "models" / "toy-vlm" / "vlm" / "model.safetensors").is_file():
+        subprocess.run(["make", "toy-vlm-assets"], cwd=ROOT, check=True)  # assembled from the shipped parts
+    return load_config(ROOT / "configs" / "toy.yaml", [
+        "temporal.checkpoint=''", "pooling.temporal_k=4", "pooling.sample_s=2", "train.sample_s=2",
+        f"train.grid_cache={work / 'grids-image-vlm'}", f"train.data=[{work / 'data' / 'train.jsonl'}]"])
 
 
 def main() -> None:
@@ -167,18 +171,9 @@ def main() -> None:
             train_s = results[SHARES_WEIGHTS[name]]["train_s"]
         ckpt = work / "ckpt" / SHARES_WEIGHTS.get(name, name)
         cfg = load_config(None, [*base, f"temporal.checkpoint={ckpt}", f"summarizer.model={ckpt / 'llm'}"])
-        models = build_models(cfg, torch.device("cpu"), log=None, training=False, grids=grids)
-        models.connector.eval()
-        with torch.no_grad():
-            result = evaluate(models.eval_vlm, models.cache, test.samples)
-        tokens = (FRAMES // (k * s)) * GRID_TOKENS
-        results[name] = {**result, "visual_tokens": tokens, "token_share": tokens / (FRAMES * GRID_TOKENS),
-                         "train_s": round(train_s, 1)}
-        log(f"{name}: accuracy {result['accuracy']:.3f} {result['per_task']} "
-            f"consistency {result.get('reversed_consistency')}")
-
-    if IMAGE_VLM_ROW in rows:
-        results[IMAGE_VLM_ROW] = image_vlm_row(work, test_path=work / "test" / "test.jsonl", log=log)
+        results[name] = score_row(name, cfg, test, k, s, train_s, log, grids)
+    if IMAGE_VLM_ROW in rows:  # the same test clips, read by the image-VLM's own tower
+        results[IMAGE_VLM_ROW] = score_row(IMAGE_VLM_ROW, image_vlm_config(work), test, 4, 2, 0.0, log)
 
     print(f"\n{'row':<14}{'direction':>10}{'order':>8}{'overall':>9}{'reversed':>10}{'tokens':>8}{'share':>8}"
           f"{'train s':>9}")
