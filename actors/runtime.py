@@ -216,6 +216,8 @@ class DistributedIngest:
         self.r = connect(cluster.redis_url)
         self.data_dir = str(cluster.data_dir)
         self.pipeline: Pipeline | None = None
+        self._spread: list[str] = []  # node IDs for workers.scheduling=spread
+        self._spread_next = 0
 
     # --- actors ---
 
@@ -227,8 +229,14 @@ class DistributedIngest:
             options["num_gpus"] = gpus
         if concurrency > 1:
             options["max_concurrency"] = concurrency
-        if self.cfg.workers.scheduling == "spread":
-            options["scheduling_strategy"] = "SPREAD"
+        if self._spread:
+            # the next alive node in turn, soft: a node that dies (or lacks the GPU asked for) leaves
+            # the actor, and its restarts, to Ray's default placement
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            node = self._spread[self._spread_next % len(self._spread)]
+            self._spread_next += 1
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
         options["runtime_env"] = {"env_vars": worker_env(self.cfg)}
         return ray.remote(**options)(cls).remote(self.cfg, self.cluster.redis_url, name, *args)
 
@@ -240,6 +248,11 @@ class DistributedIngest:
         w, prefix = self.cfg.workers, self.cfg.queue.prefix
         image_size, _ = vision_geometry(self.cfg.encoder.model)  # fail here, once, on a bad model path
         gpus = actor_gpus(w, ray.cluster_resources().get("GPU", 0) > 0)
+        # spread = round-robin over the nodes the cluster has now, in a fixed order. (Ray's own SPREAD
+        # reads the driver's raylet's view of the cluster, which learns of a new node seconds after
+        # the cluster does: every actor could land on the head.)
+        self._spread = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"]) if w.scheduling == "spread" else []
+        self._spread_next = 0
         encoder_gpus, summarizer_gpus = gpus["encoder"], gpus["summarizer"]
         pad = self.cfg.pooling.temporal_k * self.cfg.pooling.sample_s
         p = Pipeline()
