@@ -96,6 +96,9 @@ class PoolingConfig:
     temporal_k: int = 4  # temporal average pooling: k frames -> 1
     sample_s: int = 2  # test-time temporal sampling stride
     spatial_p: int = 1  # spatial average pooling: p tokens -> 1 (a square; 4 = 2x2)
+    # which pooled frame of each sample_s the sampling keeps (and train.sample_s while training): 0 = the
+    # first, sample_s - 1 = the last (whose tokens the causal direction has carried the chunk's start into)
+    sample_from: int = 0
 
 
 @dataclass
@@ -213,6 +216,9 @@ class SiglipTowerConfig:
     images: int = 12000  # image-caption pairs rendered from the family (held out: another seed)
     versions: int = 1  # > 1: each scene rendered with the shapes' kinds rotated, kept in one batch
     compress: bool = False  # stills through H.264 at the family's CRF, as its clips are
+    # > 0: weight of a dense loss beside the sigmoid one: a Linear head on the vision tower's last hidden
+    # state names each patch's (colour, kind) or background (SigLIP 2's location-aware losses, in small)
+    dense: float = 0.0
 
 
 @dataclass
@@ -326,6 +332,8 @@ def validate(cfg: Config, source: str = "config") -> None:
     for name, value in (("pooling.temporal_k", pool.temporal_k), ("pooling.sample_s", pool.sample_s)):
         if value < 1:
             fail(f"{name} must be >= 1, got {value}")
+    if not 0 <= pool.sample_from < pool.sample_s:
+        fail(f"pooling.sample_from must be in 0..pooling.sample_s-1 = {pool.sample_s - 1}, got {pool.sample_from}")
     if pool.spatial_p < 1 or math.isqrt(pool.spatial_p) ** 2 != pool.spatial_p:
         fail(f"pooling.spatial_p must be a square (1, 4, 9, ...), got {pool.spatial_p}")
     if cfg.temporal.downsample < 1:

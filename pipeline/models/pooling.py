@@ -25,9 +25,10 @@ def temporal_pool(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.reshape(b, t // k, k, h, w, d).mean(dim=2)
 
 
-def temporal_sample(x: torch.Tensor, s: int) -> torch.Tensor:
-    """(B, T, h, w, D) -> (B, ceil(T/s), h, w, D), keeping frames 0, s, 2s, ..."""
-    return x[:, ::s]
+def temporal_sample(x: torch.Tensor, s: int, offset: int = 0) -> torch.Tensor:
+    """(B, T, h, w, D) -> (B, T/s, h, w, D), keeping frames offset, offset + s, offset + 2s, ... (T a
+    multiple of s)"""
+    return x[:, offset::s]
 
 
 def spatial_pool(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -59,6 +60,7 @@ class TokenReducer:
     temporal_k: int = 4
     sample_s: int = 2
     spatial_p: int = 1
+    sample_from: int = 0  # which pooled frame of each s is kept: 0 = the first, s - 1 = the last
 
     @property
     def frames_per_group(self) -> int:
@@ -75,7 +77,7 @@ class TokenReducer:
                 f"{self.frames_per_group} frames, got {x.shape[1]}"
             )
         x = temporal_pool(x, self.temporal_k)
-        x = temporal_sample(x, self.sample_s)
+        x = temporal_sample(x, self.sample_s, min(self.sample_from, self.sample_s - 1))
         x = spatial_pool(x, self.spatial_p)
         return x[0] if unbatched else x
 

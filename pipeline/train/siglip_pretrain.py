@@ -56,13 +56,39 @@ def where(x: float, y: float, width: int, height: int) -> str:
     return f"at the {row} {column}"
 
 
+def patch_class(colour: str, kind: str) -> int:
+    """The class of a (colour, kind) in the dense head's labels; 0 is the background."""
+    return 1 + list(sq.COLOURS).index(colour) * len(sq.SHAPES) + sq.SHAPES.index(kind)
+
+
+def patch_labels(shapes, width: int, height: int, grid: int, cover: float = 0.3) -> np.ndarray:
+    """(grid, grid) uint8: for each patch of the frame resized to the tower's grid, the `patch_class` of
+    the shape covering at least `cover` of it (the one covering more, where two do), else 0. `shapes`:
+    still ShapeSpecs (`start` = top-left of its box, px)."""
+    rows = np.round(np.arange(grid + 1) * height / grid).astype(int)
+    columns = np.round(np.arange(grid + 1) * width / grid).astype(int)
+    area = np.diff(rows)[:, None] * np.diff(columns)[None, :]
+    best, labels = np.zeros((grid, grid), np.float32), np.zeros((grid, grid), np.uint8)
+    for shape in shapes:
+        canvas = np.zeros((height, width), np.float32)
+        x0 = min(max(int(math.floor(shape.start[0])), 0), width - shape.box)
+        y0 = min(max(int(math.floor(shape.start[1])), 0), height - shape.box)
+        offset = (shape.start[0] % 1.0, shape.start[1] % 1.0)
+        canvas[y0 : y0 + shape.box, x0 : x0 + shape.box] = sq.shape_mask(shape, 2, offset)
+        covered = np.add.reduceat(np.add.reduceat(canvas, rows[:-1], axis=0), columns[:-1], axis=1) / area
+        take = (covered >= cover) & (covered > best)
+        labels[take], best[take] = patch_class(shape.colour, shape.kind), covered[take]
+    return labels
+
+
 def render_group(rng: np.random.Generator, size: int, versions: int = 1, compress: bool = False,
-                 size_range=sq.SIZE_RANGE) -> list[tuple[np.ndarray, str, list]]:
+                 size_range=sq.SIZE_RANGE, grid: int = 0) -> list[tuple[np.ndarray, str, list]]:
     """Stills of the family resized to (size, size, 3) uint8 as decode does, each with its caption and its
     shapes [(colour, kind, x, y)] (centre, fractions of the frame). One shape or two (different colour and
     kind); position words on half the captions. compress: through H.264 at the family's CRF. `versions` > 1: the same scene (colours, sizes, places,
     background, noise) with the shapes' kinds rotated, so a batch holds pairs that differ only in shape:
-    the contrast that teaches shape (colour alone separates most random pairs)."""
+    the contrast that teaches shape (colour alone separates most random pairs). `grid` > 0: each truth
+    ends with the still's `patch_labels` at that grid (the dense head's targets) as its last item."""
     width, height = sq._frame_size(rng, size_range)
     count = 1 + int(rng.random() < 0.5)
     colours = rng.choice(list(sq.COLOURS), count, replace=False)
@@ -96,7 +122,10 @@ def render_group(rng: np.random.Generator, size: int, versions: int = 1, compres
             part = f"a {s.colour} {s.kind}"
             parts.append(f"{part} {where(x + box / 2, y + box / 2, width, height)}" if with_place else part)
         centres = [((x + box / 2) / width, (y + box / 2) / height) for x, y, box in placed]
-        out.append((image, " and ".join(parts), [(s.colour, s.kind, *c) for s, c in zip(turned, centres)]))
+        truth = [(s.colour, s.kind, *c) for s, c in zip(turned, centres)]
+        if grid:
+            truth.append(patch_labels(turned, width, height, grid))
+        out.append((image, " and ".join(parts), truth))
     return out
 
 
@@ -127,24 +156,27 @@ def still_caption(truth: list) -> str:
     return " and ".join(f"a {colour} {kind}" for colour, kind, *_ in sorted(truth, key=lambda t: t[2]))
 
 
-def _render_part(job: tuple[int, int, int, int, bool]) -> tuple[np.ndarray, list[str], list]:
-    n, size, seed, versions, compress = job
+def _render_part(job: tuple[int, int, int, int, bool, int]) -> tuple[np.ndarray, list[str], list, list]:
+    n, size, seed, versions, compress, grid = job
     rng = np.random.default_rng(seed)
-    images, captions, truths = [], [], []
+    images, captions, truths, labels = [], [], [], []
     while len(images) < n:
-        for image, caption, truth in render_group(rng, size, versions, compress)[: n - len(images)]:
+        for image, caption, truth in render_group(rng, size, versions, compress, grid=grid)[: n - len(images)]:
             images.append(image)
             captions.append(caption)
+            if grid:
+                labels.append(truth.pop())
             truths.append(truth)
-    return np.stack(images), captions, truths
+    return np.stack(images), captions, truths, labels
 
 
-def render_pairs(n: int, size: int, seed: int, workers: int = 1, versions: int = 1,
-                 compress: bool = False) -> tuple[np.ndarray, list[str], list]:
-    """n pairs (images (n, size, size, 3) uint8, captions, truths), in groups of `versions` consecutive
-    stills of one scene (`render_group`); the same for any `workers`."""
+def render_pairs(n: int, size: int, seed: int, workers: int = 1, versions: int = 1, compress: bool = False,
+                 grid: int = 0) -> tuple[np.ndarray, list[str], list, np.ndarray | None]:
+    """n pairs (images (n, size, size, 3) uint8, captions, truths, and with `grid` > 0 each still's
+    `patch_labels` (n, grid, grid), else None), in groups of `versions` consecutive stills of one scene
+    (`render_group`); the same for any `workers`."""
     chunks = np.array_split(np.arange(n // versions), max(1, n // 500))
-    parts = [(len(p) * versions, size, seed * 1000 + i, versions, compress) for i, p in enumerate(chunks)]
+    parts = [(len(p) * versions, size, seed * 1000 + i, versions, compress, grid) for i, p in enumerate(chunks)]
     if workers > 1 and len(parts) > 1:
         import multiprocessing as mp
 
@@ -152,7 +184,9 @@ def render_pairs(n: int, size: int, seed: int, workers: int = 1, versions: int =
             done = pool.map(_render_part, parts)
     else:
         done = [_render_part(p) for p in parts]
-    return (np.concatenate([d[0] for d in done]), [c for d in done for c in d[1]], [t for d in done for t in d[2]])
+    labels = np.stack([x for d in done for x in d[3]]) if grid else None
+    return (np.concatenate([d[0] for d in done]), [c for d in done for c in d[1]], [t for d in done for t in d[2]],
+            labels)
 
 
 def word_tokenizer():
@@ -260,39 +294,53 @@ def pretrain(out: Path, spec: SiglipTowerConfig, steps: int = 1200, batch: int =
     started = time.monotonic()
     tokenizer = word_tokenizer()
     versions = spec.versions
-    images, captions, _ = render_pairs(spec.images, spec.image_size, seed, workers=2, versions=versions,
-                                       compress=spec.compress)
+    grid = spec.image_size // spec.patch_size if spec.dense > 0 else 0
+    images, captions, _, labels = render_pairs(spec.images, spec.image_size, seed, workers=2, versions=versions,
+                                               compress=spec.compress, grid=grid)
     n_images = len(images)
     log(f"rendered {len(images)} image-caption pairs at {spec.image_size} px in {time.monotonic() - started:.0f} s")
     if heldout is not None:
         test_images, test_truths = heldout_frames(heldout, spec.image_size)
     else:  # one-shape stills of another seed
-        test_images, _, test_truths = render_pairs(400, spec.image_size, seed + 10_000)
+        test_images, _, test_truths, _ = render_pairs(400, spec.image_size, seed + 10_000)
         one = [i for i, t in enumerate(test_truths) if len(t) == 1]
         test_images, test_truths = test_images[one], [test_truths[i][0] for i in one]
     ids = tokenize(tokenizer, captions)
     model = build_model(spec, len(tokenizer), seed)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    # the dense head (grid > 0): each patch's (colour, kind) class from the vision tower's last hidden state,
+    # the one the VLM reads; trained with the towers, not saved
+    head = torch.nn.Linear(spec.hidden, 1 + len(sq.COLOURS) * len(sq.SHAPES)) if grid else None
+    params = [*model.parameters(), *(head.parameters() if head is not None else [])]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
     rng = np.random.default_rng(seed + 1)
     for step in range(1, steps + 1):
         groups = rng.choice(n_images // versions, max(1, batch // versions), replace=False)
         pick = (groups[:, None] * versions + np.arange(versions)).reshape(-1)  # whole groups: shape contrasts
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            logits = model(input_ids=ids[pick], pixel_values=pixels(images[pick])).logits_per_image
-        loss = sigmoid_loss(logits.float(), same_caption([captions[i] for i in pick]))
+            output = model(input_ids=ids[pick], pixel_values=pixels(images[pick]))
+            patches = head(output.vision_model_output.last_hidden_state) if head is not None else None
+        loss = sigmoid_loss(output.logits_per_image.float(), same_caption([captions[i] for i in pick]))
+        dense = ""
+        if patches is not None:
+            target = torch.from_numpy(labels[pick]).long().reshape(len(pick), -1)
+            dense_loss = F.cross_entropy(patches.float().reshape(-1, patches.shape[-1]), target.reshape(-1))
+            loss = loss + spec.dense * dense_loss
+            shapes = target > 0
+            hit = (patches.argmax(-1) == target)[shapes].float().mean().item()
+            dense = f" dense {dense_loss.item():.3f} (shape patches {hit:.2f})"
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
         if step == 1 or step % 100 == 0 or step == steps:
             model.eval()
             acc = zero_shot(model, tokenizer, test_images, test_truths)
             model.train()
-            log(f"step {step}/{steps} loss {loss.item():.4f} zero-shot colour {acc['colour']} shape {acc['shape']} "
-                f"({time.monotonic() - started:.0f} s)")
+            log(f"step {step}/{steps} loss {loss.item():.4f}{dense} zero-shot colour {acc['colour']} "
+                f"shape {acc['shape']} ({time.monotonic() - started:.0f} s)")
     model.eval()
     result = zero_shot(model, tokenizer, test_images, test_truths)
     save(model, tokenizer, spec, out)

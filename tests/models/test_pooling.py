@@ -24,6 +24,17 @@ def test_pool_then_sample_values():
     assert out.flatten().tolist() == [1.5, 9.5]
     assert temporal_pool(x, 4).flatten().tolist() == [1.5, 5.5, 9.5, 13.5]
     assert temporal_sample(x, 5).flatten().tolist() == [0.0, 5.0, 10.0, 15.0]
+    # sample_from=1 keeps the last pooled frame of each two (groups 1 and 3)
+    assert TokenReducer(temporal_k=4, sample_s=2, sample_from=1)(x).flatten().tolist() == [5.5, 13.5]
+    assert TokenReducer(temporal_k=4, sample_s=1, sample_from=1)(x).flatten().tolist() == [1.5, 5.5, 9.5, 13.5]
+
+
+def test_sample_from_outside_the_stride_is_one_config_line():
+    from pipeline.config import ConfigError, load_config
+
+    assert load_config(None, ["pooling.sample_from=1"]).pooling.sample_from == 1
+    with pytest.raises(ConfigError, match=r"pooling.sample_from must be in 0..pooling.sample_s-1 = 1, got 2"):
+        load_config(None, ["pooling.sample_from=2"])
 
 
 def test_odd_grid_is_pooled_without_dropping_a_row_or_column():

@@ -35,7 +35,7 @@ def test_sigmoid_loss_equals_the_papers_formula():
     """-1/|B| sum_i sum_j log 1/(1 + exp(z_ij (-t x_i.y_j - b))), written out pair by pair."""
     tok = sp.word_tokenizer()
     model = sp.build_model(TINY, len(tok), seed=3)
-    images, captions, _ = sp.render_pairs(6, TINY.image_size, seed=5)
+    images, captions, _, _ = sp.render_pairs(6, TINY.image_size, seed=5)
     captions[4] = captions[1]  # two images with one caption: both pairs positive
     out = model(input_ids=sp.tokenize(tok, captions), pixel_values=sp.pixels(images))
     got = sp.sigmoid_loss(out.logits_per_image, sp.same_caption(captions))
@@ -68,6 +68,48 @@ def test_rendered_stills_show_what_their_captions_say():
     truth = [("red", "circle", 0.8, 0.5), ("blue", "square", 0.2, 0.5)]
     assert sp.still_caption(truth) == "a blue square and a red circle"  # left to right
     assert sp.where(10, 10, 100, 100) == "at the top left" and sp.where(50, 50, 100, 100) == "in the middle"
+
+
+def test_patch_labels_name_the_shape_under_each_patch():
+    """The dense head's targets: a patch labelled with a shape's class shows that shape's colour, a
+    background patch the grey background; every shape of a still is labelled somewhere."""
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        image, caption, truth = sp.render_group(rng, 128, grid=16)[0]
+        labels = truth.pop()
+        assert labels.shape == (16, 16) and labels.dtype == np.uint8
+        assert set(np.unique(labels)) == {0, *(sp.patch_class(c, k) for c, k, *_ in truth)}, caption
+        level = np.median(image.reshape(-1, 3), axis=0)  # the grey background
+        on_shape = (np.abs(image - level).max(axis=2) > 60).reshape(16, 8, 16, 8)  # pixels of some shape
+        covered = on_shape.mean(axis=(1, 3))
+        assert covered[labels == 0].max() < 0.45, caption  # background patches: mostly background
+        for colour, kind, *_ in truth:
+            mine = labels == sp.patch_class(colour, kind)
+            assert covered[mine].min() > 0.15, caption  # at least 0.3 of each is the shape (before resizing)
+            cells = image.reshape(16, 8, 16, 8, 3).transpose(0, 2, 1, 3, 4)[mine]  # (n, 8, 8, 3)
+            shown = cells[on_shape.transpose(0, 2, 1, 3)[mine]]  # their shape pixels
+            assert np.abs(shown.mean(axis=0) - sq.COLOURS[colour]).max() < 60, caption
+    assert len({sp.patch_class(c, k) for c in sq.COLOURS for k in sq.SHAPES}) == len(sq.COLOURS) * len(sq.SHAPES)
+    square = sq.ShapeSpec("square", "red", (255, 0, 0), 16.0, 1.0, 16, (16.0, 0.0), (16.0, 0.0), 0)
+    expected = np.zeros((4, 4), np.uint8)
+    expected[0, 1] = sp.patch_class("red", "square")  # a 16 px square exactly on one 16 px patch
+    np.testing.assert_array_equal(sp.patch_labels([square], 64, 64, 4), expected)
+
+
+def test_pretrain_siglip_with_the_dense_head_learns_patch_classes(tmp_path):
+    """train.siglip.dense > 0 trains a per-patch (colour, kind) head beside the sigmoid loss: its loss falls,
+    and the saved folder is a plain SigLIP (the head is not part of it)."""
+    out = tmp_path / "siglip"
+    done = _vidstorm("pretrain-siglip", f"train.out={out}", "train.steps=40", "train.val_data=''",
+                     "train.batch_size=32", "train.lr=0.003", "train.siglip.images=256", "train.siglip.dense=1.0",
+                     *TINY_ARGS)
+    dense = [float(line.split(" dense ")[1].split()[0]) for line in done.stderr.splitlines() if " dense " in line]
+    assert len(dense) == 2 and dense[-1] < 0.8 * dense[0], done.stderr  # step 1 and step 40
+    from safetensors import safe_open
+
+    plain = sp.build_model(TINY, len(sp.word_tokenizer())).state_dict()
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert set(f.keys()) == set(plain)  # a SiglipModel's weights and nothing else
 
 
 def test_pretrain_siglip_saves_a_siglip_that_encoder_model_loads(tmp_path):
