@@ -229,9 +229,11 @@ class DistributedIngest:
             options["num_gpus"] = gpus
         if concurrency > 1:
             options["max_concurrency"] = concurrency
-        if self._spread:
-            # the next alive node in turn, soft: a node that dies (or lacks the GPU asked for) leaves
-            # the actor, and its restarts, to Ray's default placement
+        if self._spread and gpus:
+            options["scheduling_strategy"] = "SPREAD"  # among the nodes that have the GPU share it asks for
+        elif self._spread:
+            # the next alive node in turn, soft: a node that dies leaves the actor, and its restarts, to
+            # Ray's default placement. (Actors that reserve nothing: the node can always take them.)
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
             node = self._spread[self._spread_next % len(self._spread)]

@@ -197,7 +197,8 @@ class WorkersConfig:
     # CPUs, which would leave SigLIP and the LLM single-threaded; 0 = every core of the node.
     torch_threads: int = 0
     # where Ray places the stage actors: default = Ray's choice (it favours the driver's node; GPU
-    # stages go where the GPUs are) | spread = round-robin over the cluster's nodes
+    # stages go where the GPUs are) | spread = round-robin over the cluster's nodes (GPU stages: Ray's SPREAD
+    # over the nodes with GPUs)
     scheduling: str = "default"
 
 
@@ -334,6 +335,11 @@ def validate(cfg: Config, source: str = "config") -> None:
             fail(f"{name} must be >= 1, got {value}")
     if not 0 <= pool.sample_from < pool.sample_s:
         fail(f"pooling.sample_from must be in 0..pooling.sample_s-1 = {pool.sample_s - 1}, got {pool.sample_from}")
+    if cfg.train.sample_s > 1 and pool.sample_from >= cfg.train.sample_s:
+        fail(f"pooling.sample_from={pool.sample_from} is past train.sample_s={cfg.train.sample_s}: training would "
+             f"keep another pooled frame than the test")
+    if cfg.train.siglip.dense < 0:
+        fail(f"train.siglip.dense must be >= 0 (0 = no dense head), got {cfg.train.siglip.dense}")
     if pool.spatial_p < 1 or math.isqrt(pool.spatial_p) ** 2 != pool.spatial_p:
         fail(f"pooling.spatial_p must be a square (1, 4, 9, ...), got {pool.spatial_p}")
     if cfg.temporal.downsample < 1:
@@ -459,6 +465,8 @@ def fingerprint(cfg: Config) -> str:
     # a checkpoint retrained into the same folder is another model: hash what is in it, not its name
     relevant["temporal"]["weights"] = content_digest(cfg.temporal.checkpoint) if cfg.temporal.checkpoint else ""
     relevant["summarizer"]["weights"] = content_digest(cfg.summarizer.model)
+    if not cfg.pooling.sample_from:  # the default: fingerprints of stores made before the key existed hold
+        relevant["pooling"].pop("sample_from")
     if cfg.encoder.model != cfg.summarizer.model:  # not a VLM base: summarizer.prompt is not asked (and the
         relevant["summarizer"].pop("prompt")       # fingerprints of stores made before it existed hold)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]

@@ -62,6 +62,10 @@ class TokenReducer:
     spatial_p: int = 1
     sample_from: int = 0  # which pooled frame of each s is kept: 0 = the first, s - 1 = the last
 
+    def __post_init__(self):
+        if not 0 <= self.sample_from < self.sample_s:
+            raise ValueError(f"sample_from must be in 0..{self.sample_s - 1}, got {self.sample_from}")
+
     @property
     def frames_per_group(self) -> int:
         """Chunk lengths must be a multiple of this so no pool or sample straddles chunks."""
@@ -77,7 +81,7 @@ class TokenReducer:
                 f"{self.frames_per_group} frames, got {x.shape[1]}"
             )
         x = temporal_pool(x, self.temporal_k)
-        x = temporal_sample(x, self.sample_s, min(self.sample_from, self.sample_s - 1))
+        x = temporal_sample(x, self.sample_s, self.sample_from)
         x = spatial_pool(x, self.spatial_p)
         return x[0] if unbatched else x
 

@@ -328,7 +328,7 @@ def pretrain(out: Path, spec: SiglipTowerConfig, steps: int = 1200, batch: int =
             dense_loss = F.cross_entropy(patches.float().reshape(-1, patches.shape[-1]), target.reshape(-1))
             loss = loss + spec.dense * dense_loss
             shapes = target > 0
-            hit = (patches.argmax(-1) == target)[shapes].float().mean().item()
+            hit = (patches.argmax(-1) == target)[shapes].float().mean().item() if shapes.any() else 0.0
             dense = f" dense {dense_loss.item():.3f} (shape patches {hit:.2f})"
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

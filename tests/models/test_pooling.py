@@ -26,7 +26,9 @@ def test_pool_then_sample_values():
     assert temporal_sample(x, 5).flatten().tolist() == [0.0, 5.0, 10.0, 15.0]
     # sample_from=1 keeps the last pooled frame of each two (groups 1 and 3)
     assert TokenReducer(temporal_k=4, sample_s=2, sample_from=1)(x).flatten().tolist() == [5.5, 13.5]
-    assert TokenReducer(temporal_k=4, sample_s=1, sample_from=1)(x).flatten().tolist() == [1.5, 5.5, 9.5, 13.5]
+    for bad in (-1, 2):
+        with pytest.raises(ValueError, match="sample_from must be in 0..1"):
+            TokenReducer(temporal_k=4, sample_s=2, sample_from=bad)
 
 
 def test_sample_from_outside_the_stride_is_one_config_line():
@@ -35,6 +37,18 @@ def test_sample_from_outside_the_stride_is_one_config_line():
     assert load_config(None, ["pooling.sample_from=1"]).pooling.sample_from == 1
     with pytest.raises(ConfigError, match=r"pooling.sample_from must be in 0..pooling.sample_s-1 = 1, got 2"):
         load_config(None, ["pooling.sample_from=2"])
+    with pytest.raises(ConfigError, match=r"pooling.sample_from=3 is past train.sample_s=2"):
+        load_config(None, ["decode.chunk_frames=16", "pooling.sample_s=4", "pooling.sample_from=3", "train.sample_s=2"])
+    assert load_config(None, ["pooling.sample_from=1", "train.sample_s=1"]).pooling.sample_from == 1  # trains on all
+
+
+def test_the_default_sample_from_leaves_config_fingerprints_as_they_were():
+    """Stores ingested before pooling.sample_from existed are not ingested again: the default is not hashed."""
+    from pipeline.config import fingerprint, load_config
+
+    cfg = load_config(None, [])
+    assert fingerprint(cfg) == fingerprint(load_config(None, ["pooling.sample_from=0"]))
+    assert fingerprint(cfg) != fingerprint(load_config(None, ["pooling.sample_from=1"]))
 
 
 def test_odd_grid_is_pooled_without_dropping_a_row_or_column():
