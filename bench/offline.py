@@ -61,7 +61,7 @@ def child(minutes: float, spill_mb: float) -> dict:
     torch.manual_seed(0)
     encoder = TemporalEncoder(VISION_DIM, t.d_model, t.n_layers, "offline", t.d_state, t.d_conv, t.expand,
                               scan_impl="torch").eval()
-    reducer = TokenReducer(cfg.pooling.temporal_k, cfg.pooling.sample_s, cfg.pooling.spatial_p, cfg.pooling.sample_from)
+    reducer = TokenReducer.from_config(cfg.pooling)
     n_chunks = math.ceil(minutes * 60 * cfg.decode.fps / chunk_frames)
     generator = torch.Generator().manual_seed(1)
 

@@ -54,7 +54,7 @@ def main() -> None:
     temporal = TemporalEncoder(
         siglip.hidden_size, t.d_model, t.n_layers, t.mode, t.d_state, t.d_conv, t.expand, scan_impl="torch"
     ).eval()
-    reducer = TokenReducer(cfg.pooling.temporal_k, cfg.pooling.sample_s, cfg.pooling.spatial_p, cfg.pooling.sample_from)
+    reducer = TokenReducer.from_config(cfg.pooling)
     frames = torch.randint(0, 256, (cfg.decode.chunk_frames, 224, 224, 3), dtype=torch.uint8)
 
     tokens = siglip.encode(frames)  # (16, 14, 14, 768); also warms up

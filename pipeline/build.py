@@ -99,7 +99,7 @@ def build_processor(cfg: Config, log=print, parts: tuple[str, ...] = ALL_PARTS) 
     connector = build_storm(cfg, vision_dim, llm_hidden, device, log=log, with_base="encoder" in parts,
                             encoder_dtype=encoder.dtype if encoder else None)
     release_vlms()  # each part holds its own modules of a VLM base; the rest of the checkpoint is freed
-    reducer = TokenReducer(cfg.pooling.temporal_k, cfg.pooling.sample_s, cfg.pooling.spatial_p, cfg.pooling.sample_from)
+    reducer = TokenReducer.from_config(cfg.pooling)
     r = cfg.summary
     rollup = RollupSettings(r.window_seconds, r.max_items_per_prompt, r.window_prompt, r.stream_prompt)
     return StreamProcessor(

@@ -66,6 +66,13 @@ class TokenReducer:
         if not 0 <= self.sample_from < self.sample_s:
             raise ValueError(f"sample_from must be in 0..{self.sample_s - 1}, got {self.sample_from}")
 
+    @classmethod
+    def from_config(cls, pooling, sample_s: int | None = None) -> "TokenReducer":
+        """The reducer of a `pooling` config section; `sample_s` overrides its test-time sampling (training
+        reads `train.sample_s`): with no sampling (1) the first pooled frame is the only one."""
+        s = pooling.sample_s if sample_s is None else sample_s
+        return cls(pooling.temporal_k, s, pooling.spatial_p, pooling.sample_from if s > 1 else 0)
+
     @property
     def frames_per_group(self) -> int:
         """Chunk lengths must be a multiple of this so no pool or sample straddles chunks."""

@@ -101,8 +101,8 @@ def build_models(cfg: Config, device: torch.device, log=print, training: bool = 
     elif not training:
         llm.load_adapters(cfg.temporal.checkpoint)  # eval reads the model ingest would run
     use_bf16 = t.autocast == "bf16" or (t.autocast == "auto" and dev == "cuda")
-    train_reducer = TokenReducer(p.temporal_k, t.sample_s, p.spatial_p, p.sample_from if t.sample_s > 1 else 0)
-    test_reducer = TokenReducer(p.temporal_k, p.sample_s, p.spatial_p, p.sample_from)
+    train_reducer = TokenReducer.from_config(p, sample_s=t.sample_s)
+    test_reducer = TokenReducer.from_config(p)
     chunk = cfg.decode.chunk_frames
     group = math.lcm(train_reducer.frames_per_group, test_reducer.frames_per_group)
     if chunk % group:

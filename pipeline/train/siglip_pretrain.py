@@ -71,10 +71,8 @@ def patch_labels(shapes, width: int, height: int, grid: int, cover: float = 0.3)
     best, labels = np.zeros((grid, grid), np.float32), np.zeros((grid, grid), np.uint8)
     for shape in shapes:
         canvas = np.zeros((height, width), np.float32)
-        x0 = min(max(int(math.floor(shape.start[0])), 0), width - shape.box)
-        y0 = min(max(int(math.floor(shape.start[1])), 0), height - shape.box)
-        offset = (shape.start[0] % 1.0, shape.start[1] % 1.0)
-        canvas[y0 : y0 + shape.box, x0 : x0 + shape.box] = sq.shape_mask(shape, 2, offset)
+        region, mask = sq._Sprite(shape, 2, 1).place(height, width, 0)  # where render_frames pastes it
+        canvas[region] = mask[..., 0]
         covered = np.add.reduceat(np.add.reduceat(canvas, rows[:-1], axis=0), columns[:-1], axis=1) / area
         take = (covered >= cover) & (covered > best)
         labels[take], best[take] = patch_class(shape.colour, shape.kind), covered[take]
@@ -82,13 +80,13 @@ def patch_labels(shapes, width: int, height: int, grid: int, cover: float = 0.3)
 
 
 def render_group(rng: np.random.Generator, size: int, versions: int = 1, compress: bool = False,
-                 size_range=sq.SIZE_RANGE, grid: int = 0) -> list[tuple[np.ndarray, str, list]]:
+                 size_range=sq.SIZE_RANGE, grid: int = 0) -> list[tuple[np.ndarray, str, list, np.ndarray | None]]:
     """Stills of the family resized to (size, size, 3) uint8 as decode does, each with its caption and its
     shapes [(colour, kind, x, y)] (centre, fractions of the frame). One shape or two (different colour and
     kind); position words on half the captions. compress: through H.264 at the family's CRF. `versions` > 1: the same scene (colours, sizes, places,
     background, noise) with the shapes' kinds rotated, so a batch holds pairs that differ only in shape:
-    the contrast that teaches shape (colour alone separates most random pairs). `grid` > 0: each truth
-    ends with the still's `patch_labels` at that grid (the dense head's targets) as its last item."""
+    the contrast that teaches shape (colour alone separates most random pairs). Each still's last item is its
+    `patch_labels` at `grid` (the dense head's targets) when `grid` > 0, else None."""
     width, height = sq._frame_size(rng, size_range)
     count = 1 + int(rng.random() < 0.5)
     colours = rng.choice(list(sq.COLOURS), count, replace=False)
@@ -123,9 +121,8 @@ def render_group(rng: np.random.Generator, size: int, versions: int = 1, compres
             parts.append(f"{part} {where(x + box / 2, y + box / 2, width, height)}" if with_place else part)
         centres = [((x + box / 2) / width, (y + box / 2) / height) for x, y, box in placed]
         truth = [(s.colour, s.kind, *c) for s, c in zip(turned, centres)]
-        if grid:
-            truth.append(patch_labels(turned, width, height, grid))
-        out.append((image, " and ".join(parts), truth))
+        labels = patch_labels(turned, width, height, grid) if grid else None
+        out.append((image, " and ".join(parts), truth, labels))
     return out
 
 
@@ -147,8 +144,8 @@ def h264(image: np.ndarray, crf: int) -> av.VideoFrame:
 
 
 def render_pair(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str, list]:
-    """One still (`render_group` with one version)."""
-    return render_group(rng, size)[0]
+    """One still (`render_group` with one version): image, caption, truth."""
+    return render_group(rng, size)[0][:3]
 
 
 def still_caption(truth: list) -> str:
@@ -161,12 +158,11 @@ def _render_part(job: tuple[int, int, int, int, bool, int]) -> tuple[np.ndarray,
     rng = np.random.default_rng(seed)
     images, captions, truths, labels = [], [], [], []
     while len(images) < n:
-        for image, caption, truth in render_group(rng, size, versions, compress, grid=grid)[: n - len(images)]:
+        for image, caption, truth, label in render_group(rng, size, versions, compress, grid=grid)[: n - len(images)]:
             images.append(image)
             captions.append(caption)
-            if grid:
-                labels.append(truth.pop())
             truths.append(truth)
+            labels.append(label)
     return np.stack(images), captions, truths, labels
 
 
@@ -322,14 +318,10 @@ def pretrain(out: Path, spec: SiglipTowerConfig, steps: int = 1200, batch: int =
             output = model(input_ids=ids[pick], pixel_values=pixels(images[pick]))
             patches = head(output.vision_model_output.last_hidden_state) if head is not None else None
         loss = sigmoid_loss(output.logits_per_image.float(), same_caption([captions[i] for i in pick]))
-        dense = ""
         if patches is not None:
             target = torch.from_numpy(labels[pick]).long().reshape(len(pick), -1)
             dense_loss = F.cross_entropy(patches.float().reshape(-1, patches.shape[-1]), target.reshape(-1))
             loss = loss + spec.dense * dense_loss
-            shapes = target > 0
-            hit = (patches.argmax(-1) == target)[shapes].float().mean().item() if shapes.any() else 0.0
-            dense = f" dense {dense_loss.item():.3f} (shape patches {hit:.2f})"
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -339,6 +331,11 @@ def pretrain(out: Path, spec: SiglipTowerConfig, steps: int = 1200, batch: int =
             model.eval()
             acc = zero_shot(model, tokenizer, test_images, test_truths)
             model.train()
+            dense = ""
+            if patches is not None:  # how many of the batch's shape patches the head names
+                shapes = target > 0
+                hit = (patches.argmax(-1) == target)[shapes].float().mean().item() if shapes.any() else 0.0
+                dense = f" dense {dense_loss.item():.3f} (shape patches {hit:.2f})"
             log(f"step {step}/{steps} loss {loss.item():.4f}{dense} zero-shot colour {acc['colour']} "
                 f"shape {acc['shape']} ({time.monotonic() - started:.0f} s)")
     model.eval()

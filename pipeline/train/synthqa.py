@@ -504,9 +504,9 @@ class _Sprite:
             self.masks = [shape_mask(spec, supersample, (fx, fy))[..., None]]
         self.phases = phases
 
-    def paste(self, canvas: np.ndarray, index: int) -> tuple[slice, slice] | None:
-        """Blend the shape into `canvas` (uint8, in place) at frame `index`; returns the patch
-        it touched, or None when the shape is not visible yet."""
+    def place(self, height: int, width: int, index: int) -> tuple[tuple[slice, slice], np.ndarray] | None:
+        """Where the shape lies in a (height, width) frame at frame `index` and its mask there (box x box x 1,
+        coverage 0..1), or None when it is not visible yet."""
         spec = self.spec
         if index < spec.appear:
             return None
@@ -522,9 +522,17 @@ class _Sprite:
                 top_left[self.axis] += 1
             mask = self.masks[phase]
         box = spec.box
-        x0 = min(max(top_left[0], 0), canvas.shape[1] - box)
-        y0 = min(max(top_left[1], 0), canvas.shape[0] - box)
-        region = (slice(y0, y0 + box), slice(x0, x0 + box))
+        x0 = min(max(top_left[0], 0), width - box)
+        y0 = min(max(top_left[1], 0), height - box)
+        return (slice(y0, y0 + box), slice(x0, x0 + box)), mask
+
+    def paste(self, canvas: np.ndarray, index: int) -> tuple[slice, slice] | None:
+        """Blend the shape into `canvas` (uint8, in place) at frame `index`; returns the patch
+        it touched, or None when the shape is not visible yet."""
+        placed = self.place(canvas.shape[0], canvas.shape[1], index)
+        if placed is None:
+            return None
+        region, mask = placed
         patch = canvas[region].astype(np.float32)
         patch += mask * (self.rgb - patch)
         patch += 0.5

@@ -42,6 +42,21 @@ def test_sample_from_outside_the_stride_is_one_config_line():
     assert load_config(None, ["pooling.sample_from=1", "train.sample_s=1"]).pooling.sample_from == 1  # trains on all
 
 
+def test_reducer_from_config_keeps_the_configured_frame_and_trains_on_all_without_sampling():
+    """Ingest and eval read the config's reducer; training with train.sample_s=1 keeps every pooled frame,
+    so the kept-frame offset must fall back to 0 there (an offset of 1 with s=1 would be out of range)."""
+    from pipeline.config import load_config
+
+    x = torch.arange(8, dtype=torch.float32).reshape(1, 8, 1, 1, 1)
+    p = load_config(None, ["pooling.sample_from=1", "train.sample_s=1"]).pooling
+    test = TokenReducer.from_config(p)
+    assert (test.temporal_k, test.sample_s, test.spatial_p, test.sample_from) == (4, 2, 1, 1)
+    assert test(x).flatten().tolist() == [5.5]  # the later of the two pooled frames
+    train = TokenReducer.from_config(p, sample_s=1)
+    assert (train.sample_s, train.sample_from) == (1, 0)
+    assert train(x).flatten().tolist() == [1.5, 5.5]
+
+
 def test_the_default_sample_from_leaves_config_fingerprints_as_they_were():
     """Stores ingested before pooling.sample_from existed are not ingested again: the default is not hashed."""
     from pipeline.config import fingerprint, load_config

@@ -75,8 +75,7 @@ def test_patch_labels_name_the_shape_under_each_patch():
     background patch the grey background; every shape of a still is labelled somewhere."""
     rng = np.random.default_rng(4)
     for _ in range(20):
-        image, caption, truth = sp.render_group(rng, 128, grid=16)[0]
-        labels = truth.pop()
+        image, caption, truth, labels = sp.render_group(rng, 128, grid=16)[0]
         assert labels.shape == (16, 16) and labels.dtype == np.uint8
         assert set(np.unique(labels)) == {0, *(sp.patch_class(c, k) for c, k, *_ in truth)}, caption
         level = np.median(image.reshape(-1, 3), axis=0)  # the grey background
