@@ -67,11 +67,31 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(bad)
 
 
-def test_shipped_configs_load():
+def test_shipped_configs_load_and_every_key_they_set_takes_effect():
+    """Each shipped YAML loads, and each value it sets is the value the loaded config holds (a key that
+    were silently dropped or renamed would leave the default there)."""
     from pathlib import Path
 
-    for path in sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml")):
-        load_config(path)
+    from omegaconf import OmegaConf
+
+    def leaves(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    paths = sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml"))
+    assert len(paths) >= 4
+    for path in paths:
+        cfg = load_config(path)
+        for key, value in leaves(OmegaConf.to_container(OmegaConf.load(path), resolve=True)):
+            held = cfg
+            for part in key.split("."):
+                held = getattr(held, part)
+            held = list(held) if isinstance(held, (list, tuple)) else held
+            assert held == value or (isinstance(value, (int, float)) and held == pytest.approx(value)), \
+                (path.name, key, value, held)
 
 
 @pytest.mark.parametrize("override,message", [

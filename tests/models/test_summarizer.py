@@ -14,11 +14,33 @@ def _visual(n, hidden, scale, seed=0):
 
 
 def test_smollm2_offline_writes_text_from_spliced_visual_tokens(smollm2):
+    """caption() is SmolLM2's greedy continuation of the chat with the visual tokens where <video> was:
+    the same tokens a step-by-step argmax over that spliced sequence picks, and other visual tokens give
+    other first logits."""
     assert smollm2.hidden_size == 576
     scale = smollm2.embed.weight.pow(2).mean().sqrt().item()  # the LLM's own embedding scale
-    text = smollm2.caption(_visual(16, 576, scale), PROMPT)
-    assert isinstance(text, str) and len(text.split()) >= 2, text
+    visual = _visual(16, 576, scale)
+    text = smollm2.caption(visual, PROMPT)
     assert PLACEHOLDER not in text
+    before, after = smollm2.prompt_ids(PROMPT)
+    firsts = []
+    for v in (visual, _visual(16, 576, scale, seed=1)):
+        with torch.no_grad():
+            embeds = torch.cat([smollm2.embed(before), v, smollm2.embed(after)])
+            firsts.append(smollm2.model(inputs_embeds=embeds[None]).logits[0, -1])
+    assert (firsts[0] - firsts[1]).abs().max() > 1e-2  # the visual tokens steer the answer
+    stop = smollm2.model.generation_config.eos_token_id
+    stop = {smollm2.tokenizer.eos_token_id, *(stop if isinstance(stop, (list, tuple)) else [stop])}
+    embeds, picked = torch.cat([smollm2.embed(before), visual, smollm2.embed(after)]), []
+    with torch.no_grad():
+        for _ in range(smollm2.max_new_tokens):
+            token = int(smollm2.model(inputs_embeds=embeds[None]).logits[0, -1].argmax())
+            if token in stop:
+                break
+            picked.append(token)
+            embeds = torch.cat([embeds, smollm2.embed(torch.tensor([token]))])
+    assert len(picked) >= 2
+    assert text == smollm2.tokenizer.decode(picked, skip_special_tokens=True).strip()
 
 
 def test_smollm2_summarizes_captions(smollm2):
