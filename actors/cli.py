@@ -456,30 +456,6 @@ def cmd_serve(args) -> int:
     return serve(args)
 
 
-# bench/quality.py's frozen random encoder (the first toy model's): small and seeded, so every machine builds the same one.
-TOY_SIGLIP = dict(hidden_size=128, num_layers=1, num_heads=4, intermediate_size=256, image_size=64, patch_size=8,
-                  seed=0)
-
-
-def build_small_lm(path, hidden: int = 128, layers: int = 4, seed: int = 0):
-    """A small random Llama with SmolLM2's tokenizer, trained alongside the STORM parts when the frozen
-    LLM would make each step too slow (the toy's stage 1, bench/quality.py's rows)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from pipeline.models.summarizer import resolve_llm
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_llm("smollm2"))
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def cmd_demo_assets(args) -> int:
     """Build what the demo needs offline: a random SigLIP-B/16 and a generated 1-minute clip."""
     from pathlib import Path
@@ -498,26 +474,11 @@ def cmd_demo_assets(args) -> int:
     return 0
 
 
-def pretrain_siglip(cfg) -> dict:
-    """train.stage=siglip: the toy SigLIP (pipeline/train/siglip_pretrain.py) into train.out."""
-    from pathlib import Path
-
-    from pipeline.train.siglip_pretrain import pretrain
-
-    t = cfg.train
-    if not t.out:
-        raise VidstormError("train.out is empty: name the folder the SigLIP is saved in")
-    heldout = Path(t.val_data) if t.val_data else None
-    if heldout is not None and not heldout.is_file():
-        raise VidstormError(f"train.val_data={t.val_data}: no such file (a synth-data JSONL of held-out clips)")
-    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
-    return pretrain(Path(t.out), t.siglip, steps=t.steps, batch=t.batch_size, lr=t.lr, seed=t.seed, heldout=heldout,
-                    autocast=t.autocast == "bf16", log=log)
-
-
 def cmd_pretrain_siglip(args) -> int:
     """Pretrain the toy SigLIP with its sigmoid loss; prints the zero-shot check as one JSON line."""
     from pipeline.config import load_config
+
+    from pipeline.train.toy import pretrain_siglip
 
     cfg = load_config(args.config, [*args.overrides, "train.stage=siglip"])
     _emit_json(pretrain_siglip(cfg), one_line=True)
@@ -559,6 +520,8 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config, args.overrides)
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     if cfg.train.stage == "siglip":
+        from pipeline.train.toy import pretrain_siglip
+
         _emit_json(pretrain_siglip(cfg), one_line=True)
         return 0
     if args.resume and not (Path(cfg.train.out) / "train_state.json").is_file():
@@ -634,16 +597,6 @@ def cmd_synth_data(args) -> int:
     return 0
 
 
-def _caption_right(expected: str, stored: str) -> bool:
-    """Does a stored caption name what the expected one does (colour, shape, direction / order)?"""
-    import re
-
-    words = lambda text: re.findall(r"[a-z]+", text.lower())  # noqa: E731
-    key = [w for w in words(expected) if w not in {"a", "moves", "appears", "then", "the"}]
-    found = [w for w in words(stored) if w in set(key)]
-    return found[: len(key)] == key  # every key word, in the expected order
-
-
 def cmd_demo_report(args) -> int:
     """Stored captions of synth-data clips next to the truth, and a meaning query for one of them."""
     import json
@@ -651,6 +604,7 @@ def cmd_demo_report(args) -> int:
 
     from pipeline.models.text_embed import TextEmbedder
     from pipeline.store.query import StoreQuery
+    from pipeline.train.toy import caption_right
 
     jsonl = Path(args.jsonl)
     truth = {str((jsonl.parent / r["video"]).resolve()): r for r in map(json.loads, jsonl.read_text().splitlines())}
@@ -660,7 +614,7 @@ def cmd_demo_report(args) -> int:
     print(f"{'clip':<16}{'ok':<4}{'stored caption':<44}expected")
     for source, row in sorted(truth.items()):
         stored = by_source.get(source, {}).get("caption", "(not stored)")
-        ok = _caption_right(row["caption"], stored)
+        ok = caption_right(row["caption"], stored)
         right[row["task"]][0] += ok
         right[row["task"]][1] += 1
         print(f"{Path(source).stem:<16}{'yes' if ok else 'no':<4}{stored[:42]:<44}{row['caption']}")

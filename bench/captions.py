@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from actors.cli import _caption_right  # noqa: E402
+from pipeline.train.toy import caption_right  # noqa: E402
 
 COLOURS = {"red", "green", "blue", "yellow", "white"}
 SHAPES = {"circle", "square", "triangle"}
@@ -72,7 +72,7 @@ def main() -> int:
         caption = stored.get(Path(row["video"]).name, "")
         words = set(re.findall(r"[a-z]+", caption.lower()))
         truth = set(re.findall(r"[a-z]+", row["caption"].lower()))
-        ok = _caption_right(row["caption"], caption)
+        ok = caption_right(row["caption"], caption)
         counts["all_right"] += ok
         for key, vocab in (("colour", COLOURS), ("shape", SHAPES), ("direction", DIRECTIONS)):
             counts[key] += (words & vocab) == (truth & vocab)  # the right word and no other of its kind

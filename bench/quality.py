@@ -40,7 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from actors.cli import TOY_SIGLIP, build_small_lm  # noqa: E402
+from pipeline.train.toy import TOY_SIGLIP, build_small_lm  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.models.siglip import build_random_siglip  # noqa: E402
 from pipeline.train.data import read_jsonl  # noqa: E402

@@ -327,17 +327,17 @@ def test_trained_checkpoint_loads_into_ingest_and_changes_what_it_stores(overfit
     ("", False),
 ])
 def test_a_caption_is_right_when_it_names_colour_shape_and_direction(stored, right):
-    from actors.cli import _caption_right
+    from pipeline.train.toy import caption_right
 
-    assert _caption_right("a red circle moves left", stored) is right
+    assert caption_right("a red circle moves left", stored) is right
 
 
 def test_an_order_caption_must_name_both_shapes_in_order():
-    from actors.cli import _caption_right
+    from pipeline.train.toy import caption_right
 
     expected = "a red circle appears, then a blue square"
-    assert _caption_right(expected, "a red circle appears, then a blue square")
-    assert not _caption_right(expected, "a blue square appears, then a red circle")
+    assert caption_right(expected, "a red circle appears, then a blue square")
+    assert not caption_right(expected, "a blue square appears, then a red circle")
 
 
 @pytest.mark.parametrize("is_vlm", [True, False], ids=["vlm", "mlp"])
