@@ -33,7 +33,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +42,10 @@ import torch
 from pipeline.config import Config
 from pipeline.errors import VidstormError
 from pipeline.queue import RedisQueue, connect, retrying
-from pipeline.processor import encoded_count, from_wire, to_wire, visual_embedding, window_of
+from pipeline.messages import ChunkInfo, EndMarker, Pooled, RollupRequest, Tokens, encode_record, parse
+from pipeline.processor import encoded_count, to_wire, window_of
 from pipeline.reuse import plan
-from pipeline.types import FrameChunk, Segment, Summary, check_thumbnail, pack, unpack
+from pipeline.types import FrameChunk, Segment, Summary
 
 
 class Keys:
@@ -85,45 +86,6 @@ class Keys:
     def stream_keys(self, stream_id: str) -> list[str]:
         return [self.tokens(stream_id), self.state(stream_id), self.decoded(stream_id), self.offline(stream_id),
                 self.ingest(stream_id)]
-
-
-def end_marker(stream_id: str, last_chunk_seq: int, status: str, error: str, job: dict) -> bytes:
-    return pack({"type": "end", "stream_id": stream_id, "last_chunk_seq": last_chunk_seq,
-                 "status": status, "error": error, "job": job})
-
-
-def encode_record(rec) -> bytes:
-    row = asdict(rec)
-    arrays = {k: np.asarray(row.pop(k), np.float32) for k in ("visual_embedding", "text_embedding") if k in row}
-    thumbnail = row.pop("thumbnail", None)
-    if thumbnail is not None:
-        arrays["thumbnail"] = np.frombuffer(thumbnail, np.uint8)
-    row["type"] = "segment" if isinstance(rec, Segment) else "summary"
-    return pack(row, arrays)
-
-
-def decode_record(meta: dict, arrays: dict):
-    kind = meta.pop("type")
-    cls = Segment if kind == "segment" else Summary
-    thumbnail = arrays.pop("thumbnail", None)
-    if thumbnail is not None:
-        meta["thumbnail"] = check_thumbnail(thumbnail.tobytes())
-    return cls(**meta, **{k: np.array(v) for k, v in arrays.items()})
-
-
-def thumbnail_meta(thumbnail: bytes | None) -> str | None:
-    """A chunk's thumbnail as it rides in the JSON header of the tokens and pooled messages."""
-    return None if thumbnail is None else base64.b64encode(thumbnail).decode()
-
-
-def thumbnail_of(meta: dict) -> bytes | None:
-    """The thumbnail a tokens or pooled message carries (ValueError if it is not one)."""
-    text = meta.get("thumbnail")
-    if text is None:
-        return None
-    if not isinstance(text, str):
-        raise ValueError("thumbnail must be base64 text")
-    return check_thumbnail(base64.b64decode(text, validate=True))
 
 
 class Stage:
@@ -221,7 +183,7 @@ class DecoderStage(Stage):
         except Exception as err:  # one bad source must not stop the others
             status, error = "failed", f"{source.uri}: internal error: {type(err).__name__}: {str(err).splitlines()[0]}"
         info = {**job, "video_seconds": video_seconds, "chunks": next_seq}
-        marker = end_marker(source.stream_id, next_seq - 1, status, error, info)
+        marker = EndMarker(source.stream_id, next_seq - 1, status, error, info).to_bytes()
 
         def finish():
             pipe = self.r.pipeline(transaction=True)
@@ -264,14 +226,6 @@ def gate_reference(text: str | None):
         return None
 
 
-def _parse(msg, expected: tuple[str, ...]):
-    """(meta, arrays) of a message, or ValueError for anything malformed."""
-    meta, arrays = unpack(msg.data)
-    if meta.get("type") not in expected:
-        raise ValueError(f"unexpected message type {meta.get('type')!r}")
-    return meta, arrays
-
-
 class EncoderStage(Stage):
     """SigLIP on frame chunks, batching whole chunks across streams up to encoder.batch_size frames."""
 
@@ -291,11 +245,11 @@ class EncoderStage(Stage):
         chunks, outputs, good = [], [], []
         for msg in msgs:
             try:
-                meta, arrays = _parse(msg, ("frame_chunk", "end"))
-                if meta["type"] == "end":
-                    outputs.append((self.keys.tokens(meta["stream_id"]), msg.data))
+                m = parse(msg.data, FrameChunk, EndMarker)
+                if isinstance(m, EndMarker):
+                    outputs.append((self.keys.tokens(m.stream_id), msg.data))
                 else:
-                    chunks.append(FrameChunk.from_message(meta, arrays))
+                    chunks.append(m)
                 good.append(msg)
             except (ValueError, KeyError, TypeError) as err:
                 print(f"{self.name}: skipping malformed message {msg.id!r} on {msg.stream}: {err}", flush=True)
@@ -304,13 +258,9 @@ class EncoderStage(Stage):
             grids = self.processor.encode_projected(np.concatenate([c.frames for c in chunks]))  # (E, h, w, D)
             start, wire = 0, self.cfg.encoder.output_dtype
             for c in chunks:
-                tokens = to_wire(grids[start : start + len(c.frames)], wire)
+                tokens = Tokens(ChunkInfo.of(c), to_wire(grids[start : start + len(c.frames)], wire), wire, c.mask)
                 start += len(c.frames)
-                meta = {"type": "tokens", "stream_id": c.stream_id, "chunk_seq": c.chunk_seq, "t_start": c.t_start,
-                        "t_end": c.t_end, "n_valid": c.n_valid, "wall_clock": c.wall_clock, "source": c.source,
-                        "gap_before": c.gap_before, "thumbnail": thumbnail_meta(c.thumbnail), "tokens_dtype": wire}
-                arrays = {"tokens": tokens, "encode_mask": c.mask.astype(np.uint8)}
-                outputs.append((self.keys.tokens(c.stream_id), pack(meta, arrays)))
+                outputs.append((self.keys.tokens(c.stream_id), tokens.to_bytes()))
         for stream in {s for s, _ in outputs}:
             self.wait_for_room(stream)
         if good:
@@ -332,8 +282,8 @@ class TemporalStage(Stage):
 
         self.index = index
         self.processor = build_processor(cfg, log=None, parts=("temporal",))
-        self.buffers: dict[str, dict[int, tuple]] = {}  # stream -> chunk_seq -> (msg, meta, arrays)
-        self.ends: dict[str, tuple] = {}
+        self.buffers: dict[str, dict[int, tuple]] = {}  # stream -> chunk_seq -> (msg, ChunkInfo, grids, mask)
+        self.ends: dict[str, tuple] = {}  # stream -> (msg, EndMarker)
         self.states: dict = {}
         self.offline = cfg.temporal.mode == "offline"
         default_spill = Path(data_dir) / "spill" if data_dir else Path(tempfile.gettempdir()) / "vidstorm-spill"
@@ -358,23 +308,23 @@ class TemporalStage(Stage):
             return
         for msg in self.q.consume([self.keys.tokens(s) for s in streams], count=4, block_ms=200):
             try:
-                meta, arrays = _parse(msg, ("tokens", "end"))
+                m = parse(msg.data, Tokens, EndMarker)
             except ValueError as err:
                 print(f"{self.name}: skipping malformed message {msg.id!r} on {msg.stream}: {err}", flush=True)
                 continue
-            stream_id = meta["stream_id"]
+            stream_id = m.stream_id if isinstance(m, EndMarker) else m.info.stream_id
             state = self._state(stream_id)
-            if meta["type"] == "end":
-                self.ends[stream_id] = (msg, meta)
-            elif meta["chunk_seq"] < state.next_chunk_seq:
+            if isinstance(m, EndMarker):
+                self.ends[stream_id] = (msg, m)
+            elif m.info.chunk_seq < state.next_chunk_seq:
                 self.q.ack(msg)  # already applied before a restart: a duplicate
             else:
                 try:
-                    arrays = tokens_of(meta, arrays)
-                except (ValueError, KeyError, TypeError) as err:
+                    grids = m.grids()
+                except ValueError as err:
                     print(f"{self.name}: skipping malformed message {msg.id!r} on {msg.stream}: {err}", flush=True)
                     continue
-                self.buffers.setdefault(stream_id, {})[meta["chunk_seq"]] = (msg, meta, arrays)
+                self.buffers.setdefault(stream_id, {})[m.info.chunk_seq] = (msg, m.info, grids, m.encode_mask)
         for stream_id in list(self.buffers) + list(self.ends):
             self._drain(stream_id)
 
@@ -382,33 +332,33 @@ class TemporalStage(Stage):
         state = self._state(stream_id)
         buffer = self.buffers.get(stream_id, {})
         while state.next_chunk_seq in buffer:
-            msg, meta, (tokens, mask) = buffer[state.next_chunk_seq]
-            meta = dict(meta, frames_encoded=encoded_count(mask, meta["n_valid"]))
+            msg, info, tokens, mask = buffer[state.next_chunk_seq]
+            info = replace(info, frames_encoded=encoded_count(mask, info.n_valid))
             if self.offline:  # on disk before the ack: the whole-file scan at the end reads it
                 from pipeline.models.offline import save_projected
                 from pipeline.reuse import fill
 
                 last = None if state.last_grid is None else torch.from_numpy(state.last_grid)
-                save_projected(self._offline_input(stream_id, meta["chunk_seq"]), fill(tokens, mask, last), meta)
+                save_projected(self._offline_input(stream_id, info.chunk_seq), fill(tokens, mask, last), info.header())
                 outputs, temporal_state = [], None
                 last_grid = tokens[-1].numpy() if len(tokens) else state.last_grid
             else:
                 pooled, temporal_state, last_grid = self.processor.temporal_projected(tokens, mask, state)
-                outputs = [(self.keys.pooled, _pooled_message(meta, pooled))]
+                outputs = [(self.keys.pooled, Pooled.of(info, pooled).to_bytes())]
             # The state moves on only once the handoff has committed: if it raises, the chunk is
             # still pending in Redis and in the buffer, and is applied again from the old state.
             advanced = replace(state, temporal=temporal_state, last_grid=last_grid,
-                               next_chunk_seq=meta["chunk_seq"] + 1)
+                               next_chunk_seq=info.chunk_seq + 1)
             blob = advanced.to_bytes()
             if outputs:
                 self.wait_for_room(self.keys.pooled)
             self.handoff(msg, outputs, extra=lambda pipe, k=self.keys.state(stream_id), b=blob: pipe.set(k, b))
-            buffer.pop(meta["chunk_seq"])
+            buffer.pop(info.chunk_seq)
             self.states[stream_id] = state = advanced
         end = self.ends.get(stream_id)
-        if end and end[1]["last_chunk_seq"] < state.next_chunk_seq:
+        if end and end[1].last_chunk_seq < state.next_chunk_seq:
             marker = self._offline_outputs(stream_id, end) if self.offline else end[0].data
-            msg, meta = self.ends.pop(stream_id)
+            msg, _ = self.ends.pop(stream_id)
 
             def over(pipe):  # the stream is over for this owner: stop listening to it, in the same transaction
                 pipe.srem(self.keys.owner(self.index), stream_id)
@@ -437,16 +387,16 @@ class TemporalStage(Stage):
         with the count handed on (a new owner hands on only the rest). Returns the end marker to pass on."""
         from pipeline.models.offline import read_projected_header
 
-        msg, end_meta = end
+        msg, marker = end
         key = self.keys.offline(stream_id)
         emitted = int(retrying(lambda: self.r.get(key)) or 0)
-        paths = [self._offline_input(stream_id, seq) for seq in range(end_meta["last_chunk_seq"] + 1)]
+        paths = [self._offline_input(stream_id, seq) for seq in range(marker.last_chunk_seq + 1)]
         missing = [p for p in paths if not p.is_file()]
         if missing:
-            error = (f"{end_meta['job'].get('source', stream_id)}: the offline scan's buffered chunks are gone "
+            error = (f"{marker.job.get('source', stream_id)}: the offline scan's buffered chunks are gone "
                      f"({missing[0]} is missing; the temporal owner moved to a machine without them): "
                      "ingest the file again, with temporal.offline_spill_dir on storage every worker shares")
-            return end_marker(stream_id, emitted - 1, "failed", error, end_meta["job"])
+            return marker.failed(emitted - 1, error).to_bytes()
         t = self.cfg.temporal
         handed = emitted
         try:
@@ -456,13 +406,13 @@ class TemporalStage(Stage):
                 for seq, pooled in enumerate(self.processor.offline_pooled(scan)):
                     if seq < emitted:
                         continue  # handed on before a restart
-                    _, meta = read_projected_header(paths[seq])
+                    info = ChunkInfo.from_header(read_projected_header(paths[seq])[1])
                     self.wait_for_room(self.keys.pooled)
-                    self.handoff([], [(self.keys.pooled, _pooled_message(meta, pooled))],
+                    self.handoff([], [(self.keys.pooled, Pooled.of(info, pooled).to_bytes())],
                                  extra=lambda pipe, n=seq + 1: pipe.set(key, n))
                     handed = seq + 1
         except VidstormError as err:  # e.g. a spill folder that cannot be written: the stream fails, in one line
-            return end_marker(stream_id, handed - 1, "failed", str(err), end_meta["job"])
+            return marker.failed(handed - 1, str(err)).to_bytes()
         return msg.data
 
     def _heartbeat(self) -> None:
@@ -471,23 +421,6 @@ class TemporalStage(Stage):
         if now - self._beat > 1.0:
             self._beat = now
             retrying(lambda: self.r.hincrby(self.keys.progress, f"{self.name}:offline-scan", 1))
-
-
-def tokens_of(meta: dict, arrays: dict):
-    """A tokens message's (projected grids (E, h, w, D) fp32 tensor, time-step mask (T,) bool), checked."""
-    from pipeline.types import check_mask
-
-    tokens = from_wire(arrays["tokens"], meta.get("tokens_dtype", "fp32"))
-    if tokens.dim() != 4:
-        raise ValueError(f"tokens must be (frames, h, w, D), got shape {tuple(tokens.shape)}")
-    mask = arrays.get("encode_mask")
-    mask = np.ones(len(tokens), bool) if mask is None else check_mask(mask, len(tokens), int(meta["n_valid"]))
-    return tokens, mask
-
-
-def _pooled_message(meta: dict, pooled) -> bytes:
-    """A chunk's pooled tokens for the summarizers, with the tokens message's fields."""
-    return pack(dict(meta, type="pooled"), {"pooled": pooled.numpy(), "visual_embedding": visual_embedding(pooled)})
 
 
 class SummarizerStage(Stage):
@@ -504,38 +437,32 @@ class SummarizerStage(Stage):
     def tick(self) -> None:
         for msg in self.q.consume([self.keys.pooled, self.keys.rollup], count=1, block_ms=200):
             try:
-                meta, arrays = _parse(msg, ("pooled", "end", "rollup"))
+                m = parse(msg.data, Pooled, EndMarker, RollupRequest)
             except ValueError as err:
                 print(f"{self.name}: skipping malformed message {msg.id!r} on {msg.stream}: {err}", flush=True)
                 continue
-            if meta["type"] == "end":
+            if isinstance(m, EndMarker):
                 out = msg.data
-            elif meta["type"] == "pooled":
-                try:
-                    thumbnail = thumbnail_of(meta)
-                except ValueError as err:  # garbage in one field: the caption still counts, without a picture
-                    print(f"{self.name}: {meta.get('stream_id')!r} chunk {meta.get('chunk_seq')}: dropping its "
-                          f"thumbnail: {err}", flush=True)
-                    thumbnail = None
-                out = encode_record(self._segment(meta, arrays, thumbnail))
+            elif isinstance(m, Pooled):
+                if m.info.thumbnail_error:  # garbage in one field: the caption still counts, without a picture
+                    print(f"{self.name}: {m.info.stream_id!r} chunk {m.info.chunk_seq}: dropping its "
+                          f"thumbnail: {m.info.thumbnail_error}", flush=True)
+                out = encode_record(self._segment(m))
             else:
-                out = encode_record(self._summary(meta))
+                out = encode_record(self._summary(m))
             self.wait_for_room(self.keys.results)
             self.handoff(msg, [(self.keys.results, out)])
 
-    def _segment(self, meta, arrays, thumbnail: bytes | None) -> Segment:
-        import torch
-
+    def _segment(self, m: Pooled) -> Segment:
+        i = m.info
         return self.processor.segment(
-            torch.from_numpy(arrays["pooled"].copy()), stream_id=meta["stream_id"], chunk_seq=meta["chunk_seq"],
-            t_start=meta["t_start"], t_end=meta["t_end"], n_frames=meta["n_valid"], source=meta["source"],
-            wall_clock=meta["wall_clock"], gap_before=float(meta.get("gap_before") or 0.0), thumbnail=thumbnail,
-            frames_encoded=_count(meta.get("frames_encoded"), meta["n_valid"]))
+            torch.from_numpy(m.pooled.copy()), stream_id=i.stream_id, chunk_seq=i.chunk_seq, t_start=i.t_start,
+            t_end=i.t_end, n_frames=i.n_valid, source=i.source, wall_clock=i.wall_clock, gap_before=i.gap_before,
+            thumbnail=i.thumbnail, frames_encoded=i.frames_encoded)
 
-    def _summary(self, meta) -> Summary:
-        return self.processor.summary(stream_id=meta["stream_id"], level=meta["level"], seq=meta["seq"],
-                                      t_start=meta["t_start"], t_end=meta["t_end"], texts=meta["texts"],
-                                      wall_clock=meta["wall_clock"])
+    def _summary(self, r: RollupRequest) -> Summary:
+        return self.processor.summary(stream_id=r.stream_id, level=r.level, seq=r.seq, t_start=r.t_start,
+                                      t_end=r.t_end, texts=list(r.texts), wall_clock=r.wall_clock)
 
 
 class WriterStage(Stage):
@@ -580,12 +507,12 @@ class WriterStage(Stage):
         records, touched, acks, ends = [], set(), [], {}
         for msg in msgs:
             try:
-                meta, arrays = _parse(msg, ("segment", "summary", "end"))
-                if meta["type"] == "end":
-                    ends[meta["stream_id"]] = json.dumps(meta)
+                m = parse(msg.data, Segment, Summary, EndMarker)
+                if isinstance(m, EndMarker):
+                    ends[m.stream_id] = m.to_json()
                 else:
-                    records.append(decode_record(meta, arrays))
-                touched.add(meta["stream_id"])
+                    records.append(m)
+                touched.add(m.stream_id)
                 acks.append(msg)
             except (ValueError, TypeError, KeyError) as err:
                 print(f"{self.name}: skipping malformed message {msg.id!r} on {msg.stream}: {err}", flush=True)
@@ -609,11 +536,11 @@ class WriterStage(Stage):
         view = self._view(stream_id)
         chunks = view["chunks"]
         end_raw = self.r.hget(self.keys.ends, stream_id)
-        end = json.loads(end_raw) if end_raw else None
+        end = EndMarker.from_json(end_raw) if end_raw else None
         prefix = []
         while len(prefix) in chunks:
             prefix.append(chunks[len(prefix)])
-        complete = end is not None and len(prefix) == end["last_chunk_seq"] + 1
+        complete = end is not None and len(prefix) == end.last_chunk_seq + 1
         if prefix and view.get("done_s") != prefix[-1]["t_end"]:  # GET /progress, the CLI's progress bars
             view["done_s"] = prefix[-1]["t_end"]
             retrying(lambda: self.r.hset(self.keys.ingest(stream_id), "done_s", view["done_s"]))
@@ -625,37 +552,33 @@ class WriterStage(Stage):
         last_window = max(windows) if windows else None
         requests = []
         for w, rows in sorted(windows.items()):
-            closed = w < last_window or (complete and end["status"] == "done")
+            closed = w < last_window or (complete and end.status == "done")
             if closed and ("window", w) not in view["summaries"]:
-                requests.append({"type": "rollup", "stream_id": stream_id, "level": "window", "seq": w,
-                                 "t_start": rows[0]["t_start"], "t_end": rows[-1]["t_end"],
-                                 "wall_clock": _unix(rows[0]["wall_clock"]), "texts": [r["caption"] for r in rows]})
+                requests.append(RollupRequest(stream_id, "window", w, rows[0]["t_start"], rows[-1]["t_end"],
+                                              _unix(rows[0]["wall_clock"]), tuple(r["caption"] for r in rows)))
         window_summaries = [view["summaries"].get(("window", w)) for w in sorted(windows)]
-        if complete and end["status"] == "done" and all(window_summaries) and ("stream", 0) not in view["summaries"]:
-            requests.append({"type": "rollup", "stream_id": stream_id, "level": "stream", "seq": 0,
-                             "t_start": prefix[0]["t_start"], "t_end": prefix[-1]["t_end"], "wall_clock": None,
-                             "texts": [s["text"] for s in window_summaries]})
+        if complete and end.status == "done" and all(window_summaries) and ("stream", 0) not in view["summaries"]:
+            requests.append(RollupRequest(stream_id, "stream", 0, prefix[0]["t_start"], prefix[-1]["t_end"], None,
+                                          tuple(s["text"] for s in window_summaries)))
         for req in requests:
-            tag = f"{stream_id}|{req['level']}|{req['seq']}"
-            if not self.r.sismember(self.keys.rolled, tag):  # ask once (one writer); the store dedupes repeats
+            if not self.r.sismember(self.keys.rolled, req.tag):  # ask once (one writer); the store dedupes repeats
                 pipe = self.r.pipeline(transaction=True)
-                pipe.sadd(self.keys.rolled, tag)
-                self.q.publish(self.keys.rollup, pack(req), pipe)
+                pipe.sadd(self.keys.rolled, req.tag)
+                self.q.publish(self.keys.rollup, req.to_bytes(), pipe)
                 pipe.execute()
         if complete and not requests and not self.r.hexists(self.keys.done, stream_id):
             pending_rollups = any(
                 ("window", w) not in view["summaries"] for w in windows if w < last_window
             )
-            finished = end["status"] == "failed" or ("stream", 0) in view["summaries"]
+            finished = end.status == "failed" or ("stream", 0) in view["summaries"]
             if finished and not pending_rollups:
                 self._finish(stream_id, end, view)
 
-    def _finish(self, stream_id: str, end: dict, view: dict) -> None:
+    def _finish(self, stream_id: str, end: EndMarker, view: dict) -> None:
         from pipeline.ingest import JobResult
 
-        job = end["job"]
         row = JobResult.from_job(
-            job, stream_id=stream_id, status=end["status"], error=end["error"], chunks=end["last_chunk_seq"] + 1,
+            end.job, stream_id=stream_id, status=end.status, error=end.error, chunks=end.last_chunk_seq + 1,
             segments=len(view["chunks"]), summaries=len(view["summaries"]), finished_at=time.time(),
         ).row()
         self.store.write_job(row)
@@ -692,13 +615,6 @@ def ingest_progress(r, prefix: str, now: float | None = None, streams=None) -> l
         out.append({"stream_id": stream_id, "source": h.get("source", ""),
                     **figures(position, num("duration"), start, elapsed), "decoded_s": num("decoded_s")})
     return out
-
-
-def _count(value, n_valid: int) -> int | None:
-    """frames_encoded from a pooled message: a whole number 0..n_valid, else unknown (None)."""
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= n_valid:
-        return value
-    return None
 
 
 def _unix(value):

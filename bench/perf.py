@@ -165,8 +165,11 @@ def part_b(log) -> dict:
 
 
 def part_c(clip: Path, log) -> dict:
+    from dataclasses import replace
+
     from actors.stages import EncoderStage, Keys
     from pipeline.decode import Source, VideoDecoder
+    from pipeline.messages import ChunkInfo
     from pipeline.queue.redis_streams import PAYLOAD
     from pipeline.queue.server import EmbeddedRedis
     from pipeline.reuse import plan
@@ -192,10 +195,8 @@ def part_c(clip: Path, log) -> dict:
                     if name == "all":  # what the queue carried before: every frame's fp32 SigLIP grid
                         enc = stage.processor.encoder  # (its size is its shape's: zeros stand in for the values)
                         grid = np.zeros((len(chunk.frames), enc.grid, enc.grid, enc.hidden_size), np.float32)
-                        meta = {"type": "tokens", "stream_id": "cam", "chunk_seq": chunk.chunk_seq,
-                                "t_start": chunk.t_start, "t_end": chunk.t_end, "n_valid": chunk.n_valid,
-                                "wall_clock": None, "source": str(clip), "gap_before": 0.0, "thumbnail": None}
-                        before.append(len(pack(meta, {"tokens": grid})))
+                        info = replace(ChunkInfo.of(chunk), thumbnail=None)
+                        before.append(len(pack({"type": "tokens", **info.header()}, {"tokens": grid})))
                 deadline = time.monotonic() + 300
                 while stage.r.xlen(keys.tokens("cam")) < chunks and time.monotonic() < deadline:
                     stage.tick()

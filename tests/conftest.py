@@ -99,19 +99,17 @@ def publish_tokens(tiny_processor):
     "cam", one second per chunk)."""
     import numpy as np
 
+    from pipeline.messages import ChunkInfo, Tokens
     from pipeline.processor import to_wire
-    from pipeline.types import pack
 
     def publish(stage, keys, chunks: int = 3) -> list:
         size, frames_per_chunk = tiny_processor.encoder.image_size, stage.cfg.decode.chunk_frames
         frames = np.random.default_rng(0).integers(0, 255, (chunks, frames_per_chunk, size, size, 3), np.uint8)
         grids = [tiny_processor.encode_projected(f) for f in frames]
         for seq, grid in enumerate(grids):
-            meta = {"type": "tokens", "stream_id": "cam", "chunk_seq": seq, "t_start": float(seq),
-                    "t_end": seq + 1.0, "n_valid": len(grid), "wall_clock": None, "source": "x.mp4",
-                    "tokens_dtype": "fp16"}
-            arrays = {"tokens": to_wire(grid, "fp16"), "encode_mask": np.ones(len(grid), np.uint8)}
-            stage.q.publish(keys.tokens("cam"), pack(meta, arrays))
+            info = ChunkInfo("cam", seq, float(seq), seq + 1.0, len(grid), source="x.mp4")
+            message = Tokens(info, to_wire(grid, "fp16"), "fp16", np.ones(len(grid), bool))
+            stage.q.publish(keys.tokens("cam"), message.to_bytes())
         return grids
 
     return publish

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from actors.stages import decode_record, encode_record, thumbnail_meta, thumbnail_of
+from pipeline.messages import ChunkInfo, decode_record, encode_record, thumbnail_from_text
 from pipeline.build import build_processor
 from pipeline.config import load_config
 from pipeline.decode import Source, VideoDecoder
@@ -63,9 +63,12 @@ def test_garbage_in_a_thumbnail_field_is_refused_not_stored():
     with pytest.raises(ValueError):
         check_thumbnail(b"\xff\xd8" + bytes(300_000))
     with pytest.raises(ValueError):
-        thumbnail_of({"thumbnail": "%%% not base64 %%%"})
-    assert thumbnail_of({"thumbnail": thumbnail_meta(b"\xff\xd8jpeg")}) == b"\xff\xd8jpeg"
-    assert thumbnail_of({}) is None
+        thumbnail_from_text("%%% not base64 %%%")
+    assert thumbnail_from_text(None) is None
+    info = ChunkInfo("s", 0, 0.0, 1.0, 1, thumbnail=b"\xff\xd8jpeg")
+    assert ChunkInfo.from_header(info.header()).thumbnail == b"\xff\xd8jpeg"  # as the tokens/pooled headers carry it
+    garbled = ChunkInfo.from_header({**info.header(), "thumbnail": "%%% not base64 %%%"})
+    assert garbled.thumbnail is None and garbled.thumbnail_error  # dropped, and why (the caption still counts)
     chunk = FrameChunk("s", 0, np.zeros((4, 8, 8, 3), np.uint8), np.arange(4.0), 4.0, thumbnail=b"\xff\xd8x")
     message = bytearray(chunk.to_bytes())
     message[message.rindex(b"\xff\xd8x")] = 0  # the JPEG marker is gone

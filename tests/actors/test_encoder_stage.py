@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from actors.stages import EncoderStage, Keys, tokens_of
+from actors.stages import EncoderStage, Keys
+from pipeline.messages import Tokens, parse
 from pipeline.config import load_config
 from pipeline.queue.redis_streams import PAYLOAD
 from pipeline.queue.server import EmbeddedRedis
@@ -50,7 +51,8 @@ def test_tokens_messages_are_projected_16_bit_and_4x_smaller(redis_url, tiny_ove
     meta, arrays = unpack(payload)
     assert arrays["tokens"].shape == (8, 2, 2, 32) and arrays["tokens"].itemsize == 2
     assert len(payload) <= siglip_fp32 / 4  # the whole message, header included
-    tokens, mask = tokens_of(meta, arrays)
+    message = parse(payload, Tokens)
+    tokens, mask = message.grids(), message.encode_mask
     assert mask.all()
     with torch.inference_mode():  # exactly the projection --local computes (both round through `wire`)
         want = tiny_processor.connector.project(tiny_processor.encode(frames))
@@ -73,10 +75,11 @@ def test_only_the_frames_a_decoder_kept_are_encoded_and_sent(redis_url, tiny_ove
     stage.q.publish(keys.frames, _chunk("still", frames[:1].repeat(8, 0), np.eye(8, dtype=bool)[0]).to_bytes())
     cam, still = _tokens(stage, keys, "cam"), _tokens(stage, keys, "still")
     assert sum(seen) == 3  # one batch of the kept frames, across both streams' chunks
-    tokens, got_mask = tokens_of(*unpack(cam))
+    message = parse(cam, Tokens)
+    tokens, got_mask = message.grids(), message.encode_mask
     assert tokens.shape[0] == 2 and got_mask.tolist() == mask.tolist()
     torch.testing.assert_close(tokens, tiny_processor.encode_projected(frames[mask]), rtol=0, atol=0)
-    assert tokens_of(*unpack(still))[0].shape[0] == 1
+    assert parse(still, Tokens).grids().shape[0] == 1
 
 
 def test_a_mask_that_does_not_match_its_frames_is_refused(tiny_processor):

@@ -10,7 +10,8 @@ import uuid
 import pytest
 import torch
 
-from actors.stages import DecoderStage, Keys, TemporalStage, end_marker
+from actors.stages import DecoderStage, Keys, TemporalStage
+from pipeline.messages import EndMarker
 from pipeline.config import load_config
 from pipeline.queue.redis_streams import PAYLOAD
 from pipeline.queue.server import EmbeddedRedis
@@ -40,7 +41,7 @@ def test_offline_owner_hands_on_the_whole_file_scan_once_across_a_crash(tmp_path
     first = TemporalStage(cfg, redis_url, "temporal-0", index=0, data_dir=str(tmp_path))
     first.r.sadd(keys.owner(0), "cam")
     grids = publish_tokens(first, keys)
-    first.q.publish(keys.tokens("cam"), end_marker("cam", 2, "done", "", {"source": "x.mp4"}))
+    first.q.publish(keys.tokens("cam"), EndMarker("cam", 2, "done", "", {"source": "x.mp4"}).to_bytes())
 
     real_handoff = first.handoff
 
