@@ -43,8 +43,9 @@ from pipeline.config import Config
 from pipeline.errors import VidstormError
 from pipeline.queue import RedisQueue, connect, retrying
 from pipeline.messages import ChunkInfo, EndMarker, Pooled, RollupRequest, Tokens, encode_record, parse
-from pipeline.processor import encoded_count, to_wire, window_of
+from pipeline.processor import encoded_count, to_wire
 from pipeline.reuse import plan
+from pipeline.rollup import rollups_due
 from pipeline.types import FrameChunk, Segment, Summary
 
 
@@ -544,34 +545,19 @@ class WriterStage(Stage):
         if prefix and view.get("done_s") != prefix[-1]["t_end"]:  # GET /progress, the CLI's progress bars
             view["done_s"] = prefix[-1]["t_end"]
             retrying(lambda: self.r.hset(self.keys.ingest(stream_id), "done_s", view["done_s"]))
-        windows: dict[int, list] = {}
-        if prefix:
-            t0 = prefix[0]["t_start"]
-            for row in prefix:
-                windows.setdefault(window_of(row["t_start"], t0, self.window_seconds), []).append(row)
-        last_window = max(windows) if windows else None
-        requests = []
-        for w, rows in sorted(windows.items()):
-            closed = w < last_window or (complete and end.status == "done")
-            if closed and ("window", w) not in view["summaries"]:
-                requests.append(RollupRequest(stream_id, "window", w, rows[0]["t_start"], rows[-1]["t_end"],
-                                              _unix(rows[0]["wall_clock"]), tuple(r["caption"] for r in rows)))
-        window_summaries = [view["summaries"].get(("window", w)) for w in sorted(windows)]
-        if complete and end.status == "done" and all(window_summaries) and ("stream", 0) not in view["summaries"]:
-            requests.append(RollupRequest(stream_id, "stream", 0, prefix[0]["t_start"], prefix[-1]["t_end"], None,
-                                          tuple(s["text"] for s in window_summaries)))
+        rows = [dict(row, wall_clock=_unix(row["wall_clock"])) for row in prefix]
+        requests = rollups_due(stream_id, rows, {k: v["text"] for k, v in view["summaries"].items()},
+                               t0=rows[0]["t_start"] if rows else None, t_end=rows[-1]["t_end"] if rows else None,
+                               ended=complete and end.status == "done", window_seconds=self.window_seconds)
         for req in requests:
             if not self.r.sismember(self.keys.rolled, req.tag):  # ask once (one writer); the store dedupes repeats
                 pipe = self.r.pipeline(transaction=True)
                 pipe.sadd(self.keys.rolled, req.tag)
                 self.q.publish(self.keys.rollup, req.to_bytes(), pipe)
                 pipe.execute()
+        # nothing due: every window a later chunk closed is summarised (and, if it ended well, the stream)
         if complete and not requests and not self.r.hexists(self.keys.done, stream_id):
-            pending_rollups = any(
-                ("window", w) not in view["summaries"] for w in windows if w < last_window
-            )
-            finished = end.status == "failed" or ("stream", 0) in view["summaries"]
-            if finished and not pending_rollups:
+            if end.status == "failed" or ("stream", 0) in view["summaries"]:
                 self._finish(stream_id, end, view)
 
     def _finish(self, stream_id: str, end: EndMarker, view: dict) -> None:

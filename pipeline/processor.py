@@ -20,7 +20,6 @@ between processes and resume exactly.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 
 from pipeline.models.offline import OfflineScan
 from pipeline.models.temporal import TemporalState
+from pipeline.rollup import rollups_due, window_of
 from pipeline.types import FrameChunk, Segment, Summary, pack, unpack
 
 
@@ -130,14 +130,6 @@ def visual_embedding(pooled: torch.Tensor) -> np.ndarray:
 def encoded_count(mask: np.ndarray, n_valid: int) -> int:
     """How many of a chunk's real frames (not its padding) went through SigLIP."""
     return int(np.asarray(mask, bool)[:n_valid].sum())
-
-
-def window_of(t_start: float, t0: float, window_seconds: float) -> int:
-    """The roll-up window a chunk starting at t_start belongs to (t0: the stream's first chunk).
-
-    --local and the distributed writer both use this, so they close the same windows.
-    """
-    return math.floor((t_start - t0) / window_seconds)
 
 
 @dataclass(frozen=True)
@@ -285,13 +277,10 @@ class StreamProcessor:
         return self.after_caption(segment, state, temporal_state)
 
     def after_caption(self, segment: Segment, state: StreamState, temporal_state=None) -> tuple[list, StreamState]:
-        """Advance the stream's roll-up with one captioned chunk (closing a window if it ended)."""
-        records: list = [segment]
+        """Advance the stream's roll-up with one captioned chunk (the windows it closes are summarised)."""
         if state.t0 is None:
             state.t0 = segment.t_start
         window = window_of(segment.t_start, state.t0, self.rollup.window_seconds)
-        if window > state.window_index and state.window_captions:
-            records.append(self._close_window(state))
         state.window_index = max(window, state.window_index)
         state.window_captions.append(
             {"chunk_seq": segment.chunk_seq, "t_start": segment.t_start, "t_end": segment.t_end,
@@ -301,7 +290,7 @@ class StreamProcessor:
             state.temporal = temporal_state
         state.next_chunk_seq = segment.chunk_seq + 1
         state.t_end = segment.t_end
-        return records, state
+        return [segment, *self._rollups(state, ended=False)], state
 
     def segment(self, pooled: torch.Tensor, *, stream_id: str, chunk_seq: int, t_start: float, t_end: float,
                 n_frames: int, source: str, wall_clock, gap_before: float = 0.0,
@@ -329,26 +318,30 @@ class StreamProcessor:
             wall_clock=wall_clock, created_at=time.time(),
         )
 
-    def _close_window(self, state: StreamState) -> Summary:
-        items = state.window_captions
-        summary = self.summary(stream_id=state.stream_id, level="window", seq=state.window_index,
-                               t_start=items[0]["t_start"], t_end=items[-1]["t_end"],
-                               texts=[c["caption"] for c in items], wall_clock=items[0]["wall"])
-        text = summary.text
-        state.window_summaries.append(
-            {"seq": summary.seq, "t_start": summary.t_start, "t_end": summary.t_end, "text": text}
-        )
-        state.window_captions = []
-        return summary
+    def _rollups(self, state: StreamState, ended: bool) -> list[Summary]:
+        """Write the summaries `rollups_due` says are due (the rule the distributed writer follows too); a
+        window's captions leave the state once its summary is written."""
+        written = []
+        while True:
+            rows = [{**c, "wall_clock": c["wall"]} for c in state.window_captions]
+            done = {("window", w["seq"]): w["text"] for w in state.window_summaries}
+            due = rollups_due(state.stream_id, rows, done, t0=state.t0, t_end=state.t_end, ended=ended,
+                              window_seconds=self.rollup.window_seconds)
+            for req in due:
+                summary = self.summary(stream_id=req.stream_id, level=req.level, seq=req.seq, t_start=req.t_start,
+                                       t_end=req.t_end, texts=list(req.texts), wall_clock=req.wall_clock)
+                written.append(summary)
+                if req.level == "window":
+                    state.window_summaries.append(
+                        {"seq": req.seq, "t_start": req.t_start, "t_end": req.t_end, "text": summary.text})
+                    state.window_captions = [
+                        c for c in state.window_captions
+                        if window_of(c["t_start"], state.t0, self.rollup.window_seconds) != req.seq]
+            if not due or any(req.level == "stream" for req in due):
+                return written
 
     def finish(self, state: StreamState | None) -> tuple[list, StreamState | None]:
         """End of stream: the last window's summary, then the whole-stream summary."""
         if state is None or state.t0 is None:
             return [], state
-        records = []
-        if state.window_captions:
-            records.append(self._close_window(state))
-        windows = state.window_summaries
-        records.append(self.summary(stream_id=state.stream_id, level="stream", seq=0, t_start=state.t0,
-                                    t_end=state.t_end, texts=[w["text"] for w in windows]))
-        return records, state
+        return self._rollups(state, ended=True), state
