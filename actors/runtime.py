@@ -256,7 +256,7 @@ class DistributedIngest:
         self._spread = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"]) if w.scheduling == "spread" else []
         self._spread_next = 0
         encoder_gpus, summarizer_gpus = gpus["encoder"], gpus["summarizer"]
-        pad = self.cfg.pooling.temporal_k * self.cfg.pooling.sample_s
+        pad = self.cfg.pooling.frames_per_group
         p = Pipeline()
         p.actors[f"{prefix}-writer"] = self._actor(WriterActor, f"{prefix}-writer", stages.store_root(self.data_dir))
         for i in range(w.summarizers):

@@ -337,12 +337,11 @@ class TemporalStage(Stage):
             info = replace(info, frames_encoded=encoded_count(mask, info.n_valid))
             if self.offline:  # on disk before the ack: the whole-file scan at the end reads it
                 from pipeline.models.offline import save_projected
-                from pipeline.reuse import fill
+                from pipeline.reuse import advance
 
-                last = None if state.last_grid is None else torch.from_numpy(state.last_grid)
-                save_projected(self._offline_input(stream_id, info.chunk_seq), fill(tokens, mask, last), info.header())
+                steps, last_grid = advance(tokens, mask, state.last_grid)
+                save_projected(self._offline_input(stream_id, info.chunk_seq), steps, info.header())
                 outputs, temporal_state = [], None
-                last_grid = tokens[-1].numpy() if len(tokens) else state.last_grid
             else:
                 pooled, temporal_state, last_grid = self.processor.temporal_projected(tokens, mask, state)
                 outputs = [(self.keys.pooled, Pooled.of(info, pooled).to_bytes())]

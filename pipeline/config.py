@@ -100,6 +100,11 @@ class PoolingConfig:
     # first, sample_s - 1 = the last (whose tokens the causal direction has carried the chunk's start into)
     sample_from: int = 0
 
+    @property
+    def frames_per_group(self) -> int:
+        """Frames one kept pooled frame stands for (k x s): chunks are padded to a multiple of it."""
+        return self.temporal_k * self.sample_s
+
 
 @dataclass
 class SummarizerConfig:
@@ -346,7 +351,7 @@ def validate(cfg: Config, source: str = "config") -> None:
         fail(f"temporal.downsample must be >= 1, got {cfg.temporal.downsample}")
     if cfg.temporal.adapter_dim < 0:
         fail(f"temporal.adapter_dim must be >= 0 (0 = no adapter), got {cfg.temporal.adapter_dim}")
-    group = pool.temporal_k * pool.sample_s
+    group = pool.frames_per_group
     if dec.chunk_frames < 1 or dec.chunk_frames % group:
         fail(
             f"decode.chunk_frames={dec.chunk_frames} must be a positive multiple of "

@@ -25,7 +25,7 @@ from pipeline.decode import Source, SourceError, VideoDecoder, fingerprint as co
 from pipeline.progress import figures as progress_figures, hms, line as progress_line
 from pipeline.errors import VidstormError
 from pipeline.processor import StreamProcessor, StreamState, encoded_count
-from pipeline.reuse import fill
+from pipeline.reuse import advance
 from pipeline.store import Store
 from pipeline.store.query import StoreQuery
 
@@ -242,8 +242,8 @@ class LocalIngest:
                     self._check_cancel()
                     mask, reference = self.processor.plan(chunk.frames, reference)
                     encoded = self.processor.encode_projected(chunk.frames[mask])
-                    scan.add_projected(fill(encoded, mask, last))
-                    last = encoded[-1] if len(encoded) else last
+                    steps, last = advance(encoded, mask, last)
+                    scan.add_projected(steps)
                     encoded_counts.append(encoded_count(mask, chunk.n_valid))
                     chunks.append(replace(chunk, frames=chunk.frames[:0].copy()))  # its times, not its pixels
                     job.chunks += 1

@@ -188,12 +188,10 @@ class StreamProcessor:
         """The temporal owner's half: one projected grid per time step (reused frames get their
         reference's), the Mamba layers with the stream's state carried, pooling.
         -> (pooled (T', h', w', D), new temporal state, the grid a later reused frame gets)."""
-        from pipeline.reuse import fill
+        from pipeline.reuse import advance
 
-        last = None if state.last_grid is None else torch.from_numpy(state.last_grid)
-        steps = fill(encoded, mask, last)
+        steps, last_grid = advance(encoded, mask, state.last_grid)
         pooled, new_state = self.connector.pool_projected(steps.to(self.device), self.reducer, state.temporal)
-        last_grid = encoded[-1].numpy() if len(encoded) else state.last_grid
         return pooled.cpu(), new_state, last_grid
 
     @torch.inference_mode()

@@ -95,3 +95,13 @@ def fill(encoded: torch.Tensor, mask: np.ndarray, last: torch.Tensor | None) -> 
     pool = encoded if last is None else torch.cat([last[None].to(encoded.dtype), encoded])
     index = torch.from_numpy(source + (0 if last is None else 1))
     return pool.index_select(0, index)
+
+
+def advance(encoded: torch.Tensor, mask: np.ndarray,
+            last_grid: np.ndarray | None) -> tuple[torch.Tensor, np.ndarray | None]:
+    """A chunk's grids, one per time step (`fill`), and the grid the stream's next reused frame gets: its
+    last encoded frame's, else `last_grid` still (numpy, as a stream's state keeps it). --local, its
+    offline mode and the distributed temporal owner all step a stream through this."""
+    last = None if last_grid is None else torch.from_numpy(np.asarray(last_grid))
+    steps = fill(encoded, mask, last)
+    return steps, (encoded[-1].numpy() if len(encoded) else last_grid)

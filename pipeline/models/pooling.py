@@ -75,7 +75,8 @@ class TokenReducer:
 
     @property
     def frames_per_group(self) -> int:
-        """Chunk lengths must be a multiple of this so no pool or sample straddles chunks."""
+        """Chunk lengths must be a multiple of this so no pool or sample straddles chunks (the config's
+        `pooling.frames_per_group` for the test-time reducer)."""
         return self.temporal_k * self.sample_s
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
