@@ -143,7 +143,7 @@ class ScheduleList(BaseModel):
     items: list[Schedule]
 
 
-class Progress(BaseModel):
+class StreamProgress(BaseModel):
     stream_id: str
     source: str
     done_s: float  # video seconds stored, from the start of the source
@@ -155,7 +155,7 @@ class Progress(BaseModel):
 
 
 class ProgressList(BaseModel):
-    items: list[Progress]
+    items: list[StreamProgress]
     note: str | None = None  # why the list may be incomplete (e.g. Redis unreachable)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from pipeline import __version__
 from pipeline.errors import VidstormError
@@ -135,9 +134,9 @@ def _ingest_distributed(cfg, sources, data, log) -> int:
     from actors.runtime import Cluster, DistributedIngest
     from pipeline.progress import hms as _hms
 
-    from pipeline.progress import Board
+    from pipeline.progress import ProgressBoard
 
-    board = Board()
+    board = ProgressBoard()
     with Cluster(cfg, data, log=log) as cluster:
         ingest = DistributedIngest(cluster, cfg, log=log)
         try:

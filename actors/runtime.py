@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import Config, fingerprint, mask_secrets
-from pipeline.decode import Source, fingerprint as content_fingerprint
+from pipeline.decode import Source, content_fingerprint
 from pipeline.errors import VidstormError
 from pipeline.queue import connect, retrying
 from pipeline.queue.server import EmbeddedRedis, running_embedded

@@ -56,10 +56,10 @@ def queue_rate(url: str, size: int, count: int) -> float:
 
 def local_run(cfg, clip: Path, data: Path) -> float:
     from pipeline.build import build_processor
-    from pipeline.ingest import LocalIngest, Progress
+    from pipeline.ingest import LocalIngest, LocalProgress
 
     start = time.perf_counter()
-    runner = LocalIngest(cfg, build_processor(cfg, log=None), data, progress=Progress(open(os.devnull, "w")),
+    runner = LocalIngest(cfg, build_processor(cfg, log=None), data, progress=LocalProgress(open(os.devnull, "w")),
                          log=lambda m: None)
     job = runner.run(Source(str(clip), "bench"))
     assert job.status == "done", job.error

@@ -133,7 +133,7 @@ def memory_child(clip: Path) -> None:
     from pipeline.build import build_processor
     from pipeline.config import load_config
     from pipeline.decode import Source
-    from pipeline.ingest import LocalIngest, Progress
+    from pipeline.ingest import LocalIngest, LocalProgress
     from pipeline.models.siglip import build_random_siglip
     from pipeline.models.summarizer import resolve_llm
 
@@ -148,7 +148,7 @@ def memory_child(clip: Path) -> None:
         cfg = load_config(None, [f"encoder.model={siglip}", f"summarizer.model={Path(tmp) / 'llm'}",
                                  "summarizer.max_new_tokens=4", "temporal.mode=stream", "temporal.d_model=32",
                                  "temporal.n_layers=2", "temporal.d_state=8", "decode.chunk_frames=16"])
-        runner = LocalIngest(cfg, build_processor(cfg, log=None), Path(tmp) / "data", progress=Progress(open("/dev/null", "w")),
+        runner = LocalIngest(cfg, build_processor(cfg, log=None), Path(tmp) / "data", progress=LocalProgress(open("/dev/null", "w")),
                              log=lambda m: None)
         # Sample RSS only while ingesting: the lifetime peak (ru_maxrss) is set by model
         # loading and would hide any growth with video length.

@@ -111,7 +111,7 @@ def _unique_ids(sources: list[Source]) -> list[Source]:
     return out
 
 
-def fingerprint(path: str, block: int = 1 << 20) -> str:
+def content_fingerprint(path: str, block: int = 1 << 20) -> str:
     """Content fingerprint of a file: size + first and last MiB (fast on hours of video)."""
     size = os.path.getsize(path)
     digest = hashlib.sha256(str(size).encode())

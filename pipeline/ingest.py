@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from pipeline.config import Config, fingerprint
-from pipeline.decode import Source, SourceError, VideoDecoder, fingerprint as content_fingerprint
+from pipeline.decode import Source, SourceError, VideoDecoder, content_fingerprint
 from pipeline.progress import figures as progress_figures, hms, line as progress_line
 from pipeline.errors import VidstormError
 from pipeline.processor import StreamProcessor, StreamState, encoded_count
@@ -95,7 +95,7 @@ class Ingested:
         return bool(ids) and (source.stream_id in ids or os.path.realpath(source.uri) in ids)
 
 
-class Progress:
+class LocalProgress:
     """One live line per source on a terminal; a closing line per source otherwise."""
 
     def __init__(self, stream=sys.stderr):
@@ -136,7 +136,7 @@ class LocalIngest:
         self.data_dir = Path(data_dir)
         self.store = Store(self.data_dir / "store")
         self.state_dir = self.data_dir / "state"
-        self.progress = progress or Progress()
+        self.progress = progress or LocalProgress()
         self.log = log
         self.config_fp = fingerprint(cfg)
 

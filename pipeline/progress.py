@@ -41,7 +41,7 @@ def line(stream_id: str, f: dict, width: int = 20) -> str:
     return text
 
 
-class Board:
+class ProgressBoard:
     """Live progress of a distributed ingest: on a terminal one bar per stream, redrawn in place;
     otherwise (a log, CI) one line per stream every `every_s` seconds."""
 

@@ -7,7 +7,7 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.decode import Source, SourceError, VideoDecoder, expand_sources, fingerprint
+from pipeline.decode import Source, SourceError, VideoDecoder, content_fingerprint, expand_sources
 from pipeline.synth import write_clip
 from pipeline.types import FrameChunk, unpack
 
@@ -103,9 +103,9 @@ def test_fingerprint_follows_content(tmp_path):
     a = write_clip(tmp_path / "a.mp4", seconds=2)
     b = tmp_path / "b.mp4"
     b.write_bytes(a.read_bytes())
-    assert fingerprint(str(a)) == fingerprint(str(b))
+    assert content_fingerprint(str(a)) == content_fingerprint(str(b))
     b.write_bytes(a.read_bytes() + b"\0")
-    assert fingerprint(str(a)) != fingerprint(str(b))
+    assert content_fingerprint(str(a)) != content_fingerprint(str(b))
 
 
 def _audio_only(path):

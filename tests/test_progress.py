@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from pipeline.ingest import JobResult, Progress
-from pipeline.progress import Board, figures
+from pipeline.ingest import JobResult, LocalProgress
+from pipeline.progress import ProgressBoard, figures
 
 
 class Tty(io.StringIO):
@@ -29,7 +29,7 @@ def test_local_progress_line_after_a_resume_shows_the_eta_of_what_is_left(tmp_pa
     out = Tty()
     job = JobResult("j", "/x.mp4", "cam", started_at=time.time() - 50)
     job.video_seconds = 100.0  # this run: 500 s -> 600 s of a 1000 s file
-    Progress(out).update(job, 100, 1000.0, 600.0, 500.0)
+    LocalProgress(out).update(job, 100, 1000.0, 600.0, 500.0)
     text = out.getvalue()
     assert "0:10:00/0:16:40" in text and "ETA 0:03:" in text, text  # ~200 s left at 2x real time
 
@@ -38,7 +38,7 @@ def test_the_distributed_board_redraws_bars_on_a_terminal_and_logs_lines_otherwi
     rows = [{"stream_id": "cam-a", **figures(40.0, 80.0, 0.0, 10.0)},
             {"stream_id": "cam-b", **figures(5.0, None, 0.0, 10.0)}]
     tty = Tty()
-    board = Board(tty)
+    board = ProgressBoard(tty)
     board(rows)
     board(rows)
     text = tty.getvalue()
@@ -46,7 +46,7 @@ def test_the_distributed_board_redraws_bars_on_a_terminal_and_logs_lines_otherwi
     assert "0:00:40/0:01:20 [##########" in text and "4.00x real time" in text and "ETA 0:00:10" in text
     board.clear()
     log = io.StringIO()
-    quiet = Board(log, every_s=3600)
+    quiet = ProgressBoard(log, every_s=3600)
     quiet(rows)
     quiet(rows)  # within every_s: nothing more
     lines = log.getvalue().splitlines()

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.store.schema import KEYS, SCHEMAS
+from pipeline.store.schema import SCHEMAS, STREAM_KEYS
 from pipeline.types import Segment, Summary
 
 
@@ -59,7 +59,7 @@ class Store:
     def stored_keys(self, table: str, stream_id: str) -> set:
         cache_key = (table, stream_id)
         if cache_key not in self._keys:
-            cols = list(KEYS[table])
+            cols = list(STREAM_KEYS[table])
             rows = self.stream_rows(table, stream_id, cols)
             self._keys[cache_key] = {tuple(row[c] for c in cols) for row in rows}
         return self._keys[cache_key]
@@ -92,7 +92,7 @@ class Store:
         rows, keys = [], set()
         for rec in recs:
             row = asdict(rec)
-            key = tuple(row[k] for k in KEYS[table])
+            key = tuple(row[k] for k in STREAM_KEYS[table])
             if key in stored or key in keys:
                 continue
             keys.add(key)
@@ -138,8 +138,8 @@ class Store:
                     after += len(parts)
                     continue
                 merged = pa.concat_tables([pq.read_table(p, schema=SCHEMAS[table]) for p in parts])
-                if table in KEYS:
-                    merged = _drop_duplicate_keys(merged, ("stream_id", *KEYS[table]))
+                if table in STREAM_KEYS:
+                    merged = _drop_duplicate_keys(merged, ("stream_id", *STREAM_KEYS[table]))
                 name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
                 pq.write_table(merged, folder / f".{name}.tmp")
                 os.replace(folder / f".{name}.tmp", folder / name)

@@ -31,11 +31,11 @@ import pyarrow.dataset as ds
 
 from pipeline.store import index as vector_index
 from pipeline.store.index import VectorIndex
-from pipeline.store.schema import LISTED, SCHEMAS, TEXT_DIM
+from pipeline.store.schema import LISTED, SCHEMAS, STREAM_KEYS, TEXT_DIM
 
 INDEX_DIR = "_index"
 TABLES = ("segments", "summaries", "jobs")
-KEYS = {"segments": ("stream_id", "chunk_seq", "level"), "summaries": ("stream_id", "seq", "level")}
+ROW_KEYS = {table: ("stream_id", *key) for table, key in STREAM_KEYS.items()}  # a row's key across streams
 EMBEDDINGS = ("text_embedding", "visual_embedding")
 # Thumbnails stay in the Parquet files: in memory each segment has only whether it has one and where
 # it is (file, row), so GET .../thumbnail.jpg reads one row group of one file.
@@ -127,7 +127,7 @@ class StoreQuery:
         self._stream_ids: set[str] = set()
         for table in TABLES:
             fields = (_columns(table) + (THUMBNAIL_PLACE if table == "segments" else [])
-                      + ([pa.field("vid", pa.int64())] if table in KEYS else []))
+                      + ([pa.field("vid", pa.int64())] if table in ROW_KEYS else []))
             with self._registered(_empty=pa.schema(fields).empty_table()):
                 self.db.execute(f"CREATE TABLE {table} AS SELECT * FROM _empty")
         self.refresh()
@@ -164,7 +164,7 @@ class StoreQuery:
                 self._merge_jobs(data.drop_columns(["_file", "_row"]))
                 self._files[table].update(files)
             return data.num_rows
-        key = list(KEYS[table])
+        key = list(ROW_KEYS[table])
         kept = self._first_per_key(table, data.select([*key, "created_at"]), loaded=False)
         rows = data.take(kept)
         if table == "segments":
@@ -239,7 +239,7 @@ class StoreQuery:
     def _first_per_key(self, table: str, keys: pa.Table, loaded: bool, known: pa.Table | None = None) -> np.ndarray:
         """Positions in `keys` (key columns + created_at) of the rows whose key is loaded already
         (loaded=False: is not) and is not in `known`; of each key the first by created_at, in order."""
-        key = KEYS[table]
+        key = ROW_KEYS[table]
         match = lambda other: " AND ".join(f"{other}.{c} = b.{c}" for c in key)  # noqa: E731
         conditions = [f"{'' if loaded else 'NOT '}EXISTS (SELECT 1 FROM {table} t WHERE {match('t')})"]
         tables = {"_keys": keys.append_column("_pos", pa.array(np.arange(keys.num_rows, dtype=np.int64)))}
@@ -282,14 +282,14 @@ class StoreQuery:
         with self._refresh_lock:
             if self._indexes is not None:
                 return
-            opened = {table: self._open_vectors(table) for table in KEYS}
+            opened = {table: self._open_vectors(table) for table in ROW_KEYS}
             with self._lock:
                 self._indexes = {table: index for table, (index, _) in opened.items()}
                 self._keys = {table: [keys] for table, (_, keys) in opened.items()}
             self._grow_indexes()
 
     def _open_vectors(self, table: str) -> tuple[VectorIndex, pa.Table]:
-        key = list(KEYS[table])
+        key = list(ROW_KEYS[table])
         params = self.index_params if table == "segments" else {**self.index_params, "min_vectors": None}
         saved = vector_index.load(self.root / INDEX_DIR / table, TEXT_DIM, **params)
         if saved is None:
@@ -329,7 +329,7 @@ class StoreQuery:
 
     def _grow_indexes(self) -> None:
         """Retrain an index that outgrew its training (while queries use the old one), save when much changed."""
-        for table in KEYS:
+        for table in ROW_KEYS:
             index = self._indexes[table]
             rebuild = index.needs_rebuild()
             if rebuild:
@@ -502,7 +502,7 @@ class StoreQuery:
             self.open_index()
         hits = []
         with self._lock:
-            for table in KEYS:
+            for table in ROW_KEYS:
                 ids = None
                 if clauses:  # the filter's rows, searched exactly when few, through the IVF when many
                     ids = self.db.execute(f"SELECT vid FROM {table}{_where(clauses + ['vid IS NOT NULL'])}",

@@ -5,7 +5,7 @@ import pyarrow as pa
 
 from pipeline.types import TEXT_DIM, UTC_US, Segment, Summary, arrow_schema
 
-__all__ = ["TEXT_DIM", "SEGMENTS", "SUMMARIES", "JOBS", "KEYS", "LISTED", "SCHEMAS"]
+__all__ = ["TEXT_DIM", "SEGMENTS", "SUMMARIES", "JOBS", "STREAM_KEYS", "LISTED", "SCHEMAS"]
 
 # segments and summaries: the columns are the record dataclasses' fields (pipeline/types.py)
 SEGMENTS = arrow_schema(Segment)
@@ -40,7 +40,7 @@ JOBS = pa.schema(
     ]
 )
 
-KEYS = {"segments": ("chunk_seq", "level"), "summaries": ("seq", "level")}
+STREAM_KEYS = {"segments": ("chunk_seq", "level"), "summaries": ("seq", "level")}  # a row's key within its stream
 # what listings (`vidstorm segments`/`summaries`, the API's /segments and /summaries) return of each table
 LISTED = {
     "segments": tuple(n for n in SEGMENTS.names

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.decode import Source, SourceError, VideoDecoder, fingerprint
+from pipeline.decode import Source, SourceError, VideoDecoder, content_fingerprint
 
 PLACEHOLDER = "<video>"
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}  # also `vidstorm describe`
@@ -193,7 +193,7 @@ class FeatureCache:
         if self.disk is None:
             return None
         try:
-            content = fingerprint(str(media))
+            content = content_fingerprint(str(media))
         except OSError:
             return None
         name = hashlib.sha256(f"{self.key}|{content}".encode()).hexdigest()[:40]

@@ -27,7 +27,8 @@ import torch
 
 from pipeline.config import Config
 from pipeline.errors import VidstormError
-from pipeline.models.checkpoint import BASE_PREFIX, StormConnector, save_storm
+from pipeline.models.checkpoint import BASE_PREFIX, save_storm
+from pipeline.models.storm import StormConnector
 from pipeline.models.lora import LORA_NAME, lora_layers, lora_parameters, save_lora
 from pipeline.models.pooling import TokenReducer
 from pipeline.train.data import Dataset, FeatureCache, Sample, read_jsonl

@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pipeline.errors import CheckpointError
-from pipeline.models.checkpoint import StormConnector, StormSpec, load_storm, save_storm
+from pipeline.models.checkpoint import load_storm, save_storm
+from pipeline.models.storm import StormConnector, StormSpec
 
 SPEC = StormSpec(vision_dim=8, llm_hidden=12, d_model=16, n_layers=2, d_state=4)
 

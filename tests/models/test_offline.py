@@ -95,7 +95,7 @@ def test_an_unwritable_spill_folder_is_one_clear_error(tmp_path):
 
 def test_training_in_offline_mode_sees_what_offline_ingest_computes():
     """train/serve parity: a training clip's pooled tokens are the whole-source scan's, not per-chunk ones."""
-    from pipeline.models.checkpoint import StormConnector, StormSpec
+    from pipeline.models.storm import StormConnector, StormSpec
     from pipeline.models.pooling import TokenReducer
 
     torch.manual_seed(0)
