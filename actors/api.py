@@ -600,10 +600,10 @@ def _progress_reader(cfg, data_dir: str | Path) -> Callable[[], tuple[list[dict]
 
     from actors.stages import ingest_progress
     from pipeline.config import mask_secrets
-    from pipeline.queue.server import running_embedded
+    from pipeline.queue.server import redis_url_for
 
     def read() -> tuple[list[dict], str | None]:
-        url = cfg.redis.url or running_embedded(Path(data_dir) / "redis")
+        url = redis_url_for(cfg, data_dir)
         if not url:
             return [], None
         try:

@@ -25,7 +25,7 @@ from pipeline.config import Config, fingerprint, mask_secrets
 from pipeline.decode import Source, content_fingerprint
 from pipeline.errors import VidstormError
 from pipeline.queue import connect, retrying
-from pipeline.queue.server import EmbeddedRedis, running_embedded
+from pipeline.queue.server import EmbeddedRedis, redis_url_for
 
 from actors import stages
 
@@ -148,7 +148,7 @@ class Cluster:
         import ray
 
         if not self.redis_url and self.join:
-            self.redis_url = running_embedded(self.data_dir / "redis")
+            self.redis_url = redis_url_for(self.cfg, self.data_dir)
         if not self.redis_url:
             self.redis_server = EmbeddedRedis(self.data_dir / "redis", appendfsync=self.cfg.redis.appendfsync).start()
             self.redis_url = self.redis_server.url

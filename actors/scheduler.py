@@ -76,13 +76,13 @@ class Scheduler:
         # A window is on time if it fell due within a poll or two; older ones were missed.
         self.on_time_s = max(2 * settings.poll_s, 60.0)
 
-    def plan(self) -> None:
+    def plan_runs(self) -> None:
         """Put every job's windows that fell due on the board (once, whoever looks first)."""
         if self.reload_specs is not None:
             self._reload()
         now = self.clock()
         for spec in self.specs.values():
-            _, skipped = self.board.plan(spec, now, self.on_time_s)
+            _, skipped = self.board.plan_runs(spec, now, self.on_time_s)
             for window in skipped:
                 self._record_skipped(spec, window)
 
@@ -113,12 +113,12 @@ class Scheduler:
         return finished
 
     def tick(self) -> list[dict]:
-        self.plan()
+        self.plan_runs()
         return self.run_due()
 
     def serve(self, stop: threading.Event) -> None:
         """Plan on a thread of its own, so a long run never makes other jobs' windows late."""
-        planner = threading.Thread(target=self._every_poll, args=(self.plan, stop), daemon=True, name="planner")
+        planner = threading.Thread(target=self._every_poll, args=(self.plan_runs, stop), daemon=True, name="planner")
         planner.start()
         self._every_poll(self.run_due, stop)
         planner.join()
@@ -319,9 +319,9 @@ def digest_task(cfg: Config, store_root: str, start: dt.datetime, end: dt.dateti
 def board_for(cfg: Config, data_dir: str | Path) -> JobBoard | None:
     """The job board of the scheduler(s) of this data directory / cluster, or None if none runs."""
     from pipeline.queue import connect
-    from pipeline.queue.server import running_embedded
+    from pipeline.queue.server import redis_url_for
 
-    url = cfg.redis.url or running_embedded(Path(data_dir) / "redis")
+    url = redis_url_for(cfg, data_dir)
     return JobBoard(connect(url), cfg.queue.prefix) if url else None
 
 

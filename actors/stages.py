@@ -44,7 +44,7 @@ from pipeline.errors import VidstormError
 from pipeline.queue import RedisQueue, connect, retrying
 from pipeline.messages import ChunkInfo, EndMarker, Pooled, RollupRequest, Tokens, encode_record, parse
 from pipeline.processor import encoded_count, to_wire
-from pipeline.reuse import plan
+from pipeline.reuse import gate
 from pipeline.rollup import rollups_due
 from pipeline.types import FrameChunk, Segment, Summary
 
@@ -176,7 +176,7 @@ class DecoderStage(Stage):
                 video_seconds += chunk.t_end - chunk.t_start
                 # static-frame reuse: only the frames that changed travel on to SigLIP; the reference
                 # is saved with the position, so a restarted decoder decides as this one would have
-                mask, reference = plan(chunk.frames, reference, self.cfg.encoder.static_threshold)
+                mask, reference = gate(chunk.frames, reference, self.cfg.encoder.static_threshold)
                 self._publish(chunk.gated(mask), key, video_seconds, decoder.duration, reference)
                 next_seq = chunk.chunk_seq + 1
         except SourceError as err:
@@ -502,7 +502,7 @@ class WriterStage(Stage):
             done = {k.decode() for k in self.r.hkeys(self.keys.done)}
             for stream_id in sorted(m.decode() for m in self.r.smembers(self.keys.active)):
                 if stream_id not in done:
-                    self._plan(stream_id)
+                    self._roll_up(stream_id)
             return
         records, touched, acks, ends = [], set(), [], {}
         for msg in msgs:
@@ -530,9 +530,9 @@ class WriterStage(Stage):
                 view["summaries"][(rec.level, rec.seq)] = {"text": rec.text}
         self.handoff(acks, [], extra=(lambda pipe: pipe.hset(self.keys.ends, mapping=ends)) if ends else None)
         for stream_id in touched:
-            self._plan(stream_id)
+            self._roll_up(stream_id)
 
-    def _plan(self, stream_id: str) -> None:
+    def _roll_up(self, stream_id: str) -> None:
         view = self._view(stream_id)
         chunks = view["chunks"]
         end_raw = self.r.hget(self.keys.ends, stream_id)

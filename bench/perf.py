@@ -172,7 +172,7 @@ def part_c(clip: Path, log) -> dict:
     from pipeline.messages import ChunkInfo
     from pipeline.queue.redis_streams import PAYLOAD
     from pipeline.queue.server import EmbeddedRedis
-    from pipeline.reuse import plan
+    from pipeline.reuse import gate
     from pipeline.types import pack
 
     with tempfile.TemporaryDirectory(prefix="vidstorm-perf-redis-") as tmp:
@@ -189,7 +189,7 @@ def part_c(clip: Path, log) -> dict:
                 for chunk in decoder.chunks():
                     if chunks == 12:
                         break
-                    mask, reference = plan(chunk.frames, reference, cfg.encoder.static_threshold)
+                    mask, reference = gate(chunk.frames, reference, cfg.encoder.static_threshold)
                     stage.q.publish(keys.frames, chunk.gated(mask).to_bytes())
                     chunks += 1
                     if name == "all":  # what the queue carried before: every frame's fp32 SigLIP grid

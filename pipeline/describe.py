@@ -55,7 +55,7 @@ def describe_video(processor: StreamProcessor, path: str | Path, decode_cfg, mod
         with processor.offline_scan(spill_mb, spill_dir) as scan:
             chunks, reference, last = [], None, None
             for chunk in decoder.chunks():
-                mask, reference = processor.plan(chunk.frames, reference)
+                mask, reference = processor.gate(chunk.frames, reference)
                 encoded = processor.encode_projected(chunk.frames[mask])
                 scan.add_projected(fill(encoded, mask, last))
                 last = encoded[-1] if len(encoded) else last

@@ -240,7 +240,7 @@ class LocalIngest:
             try:
                 for chunk in decoder.chunks():
                     self._check_cancel()
-                    mask, reference = self.processor.plan(chunk.frames, reference)
+                    mask, reference = self.processor.gate(chunk.frames, reference)
                     encoded = self.processor.encode_projected(chunk.frames[mask])
                     steps, last = advance(encoded, mask, last)
                     scan.add_projected(steps)

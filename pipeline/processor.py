@@ -168,11 +168,11 @@ class StreamProcessor:
         """uint8 (T, S, S, 3) -> SigLIP patch grid (T, g, g, C)."""
         return self.encoder.encode(frames)
 
-    def plan(self, frames: np.ndarray, reference: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    def gate(self, frames: np.ndarray, reference: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         """Static-frame reuse: which frames of a chunk SigLIP must see (pipeline/reuse.py)."""
-        from pipeline.reuse import plan
+        from pipeline.reuse import gate
 
-        return plan(frames, reference, self.static_threshold)
+        return gate(frames, reference, self.static_threshold)
 
     @torch.inference_mode()
     def encode_projected(self, frames: np.ndarray) -> torch.Tensor:
@@ -257,7 +257,7 @@ class StreamProcessor:
         """A chunk's frames -> (pooled (T', h', w', D), the temporal state after it, frames encoded). Advances
         the state's static-frame reference and last grid; the caller keeps the temporal state."""
         # 1. static-frame reuse: SigLIP (+ projection) only on the frames that changed
-        mask, state.gate_ref = self.plan(chunk.frames, state.gate_ref)
+        mask, state.gate_ref = self.gate(chunk.frames, state.gate_ref)
         encoded = self.encode_projected(chunk.frames[mask])
         # 2-3. temporal, pool
         pooled, temporal_state, state.last_grid = self.temporal_projected(encoded, mask, state)

@@ -61,7 +61,7 @@ def check_reference(reference) -> np.ndarray | None:
     return ref
 
 
-def plan(frames: np.ndarray, reference: np.ndarray | None, threshold: float) -> tuple[np.ndarray, np.ndarray | None]:
+def gate(frames: np.ndarray, reference: np.ndarray | None, threshold: float) -> tuple[np.ndarray, np.ndarray | None]:
     """Which of a chunk's frames to encode: (mask (T,) bool, the reference after the chunk).
 
     `reference` is the thumb of the stream's last encoded frame (None: nothing encoded yet).

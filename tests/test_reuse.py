@@ -104,7 +104,7 @@ def test_reuse_off_encodes_every_frame(tiny_processor, still):
 def test_a_scene_change_is_encoded_and_the_scene_after_it_once(tiny_processor, walkers):
     chunks = _chunks(walkers, tiny_processor)
     frames = np.concatenate([c.frames[: c.n_valid] for c in chunks])
-    mask, _ = reuse.plan(frames, None, tiny_processor.static_threshold)
+    mask, _ = reuse.gate(frames, None, tiny_processor.static_threshold)
     # frame 0; every second of the walk (11..19: the figures move further each time); the empty
     # scene again at 20, then nothing
     assert np.flatnonzero(mask).tolist() == [0, *range(11, 21)]
@@ -160,5 +160,5 @@ def test_fill_and_its_refusals():
     with pytest.raises(ValueError, match="32x32"):
         reuse.check_reference(np.zeros((4, 4)))
     frames = np.zeros((3, 8, 8, 3), np.uint8)
-    assert reuse.plan(frames, None, 0.0)[0].tolist() == [True, True, True]  # 0 = off
-    assert reuse.plan(frames, None, 2.0)[0].tolist() == [True, False, False]
+    assert reuse.gate(frames, None, 0.0)[0].tolist() == [True, True, True]  # 0 = off
+    assert reuse.gate(frames, None, 2.0)[0].tolist() == [True, False, False]

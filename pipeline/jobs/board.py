@@ -92,7 +92,7 @@ class JobBoard:
 
     # --- planning ---
 
-    def plan(self, spec: JobSpec, now: dt.datetime, on_time_s: float) -> tuple[list[dict], list[dt.datetime]]:
+    def plan_runs(self, spec: JobSpec, now: dt.datetime, on_time_s: float) -> tuple[list[dict], list[dt.datetime]]:
         """Add the job's windows that fell due since the last look. Returns (new runs, skipped windows).
 
         A job seen for the first time starts from `now`: history is not backfilled.

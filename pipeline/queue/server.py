@@ -98,6 +98,12 @@ class EmbeddedRedis:
         self.stop()
 
 
+def redis_url_for(cfg, data_dir: str | Path) -> str | None:
+    """The Redis of a data directory: `redis.url` if set, else the embedded server another command of
+    that directory keeps up (None: none runs). Every command that joins a running one asks here."""
+    return cfg.redis.url or running_embedded(Path(data_dir) / "redis")
+
+
 def running_embedded(data_dir: str | Path) -> str | None:
     """The URL of an embedded server another command started in `data_dir`, if it still answers.
 

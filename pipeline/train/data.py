@@ -220,9 +220,9 @@ class FeatureCache:
 
     def encode(self, frames: np.ndarray) -> torch.Tensor:
         """A clip's grids (T, g, g, C), SigLIP run only on the frames static-frame reuse keeps."""
-        from pipeline.reuse import fill, plan
+        from pipeline.reuse import fill, gate
 
-        mask, _ = plan(frames, None, self.static_threshold)
+        mask, _ = gate(frames, None, self.static_threshold)
         return fill(self.encoder.encode(frames[mask]), mask, None)
 
     def get(self, media: Path) -> torch.Tensor | None:

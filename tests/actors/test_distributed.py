@@ -149,7 +149,7 @@ def test_three_concurrent_streams_store_exactly_what_local_stores(cluster, clips
 
     gate = load_config(None, tiny_overrides).encoder
     decoder = VideoDecoder(Source(str(clips["cam-a"]), "cam-a"), size=56, fps=1.0, chunk_frames=8, pad_multiple=8)
-    mask, _ = reuse.plan(np.concatenate([c.frames[: c.n_valid] for c in decoder.chunks()]), None,
+    mask, _ = reuse.gate(np.concatenate([c.frames[: c.n_valid] for c in decoder.chunks()]), None,
                          gate.static_threshold)
     walking = [t for t in range(80) if 12.5 < t < 28 or 50.5 < t < 58]
     assert mask[walking].all() and encoded["cam-a"] == [int(mask.sum()), 80 - int(mask.sum())]
