@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import Config, fingerprint, mask_secrets
-from pipeline.decode import Source, content_fingerprint
+from pipeline.decode import Source
 from pipeline.errors import VidstormError
 from pipeline.queue import connect, retrying
 from pipeline.queue.server import EmbeddedRedis, redis_url_for
@@ -285,15 +285,10 @@ class DistributedIngest:
 
         from pipeline.ingest import Ingested, JobResult
 
-        done_before = Ingested(Path(self.data_dir) / "store")
         config_fp, jobs = fingerprint(self.cfg), []
-        for source in sources:
-            content_fp = "" if source.live else content_fingerprint(source.uri)
-            if done_before.holds(source, content_fp, config_fp):
-                self.log(f"{source.stream_id}: already ingested with this config; nothing to do")
-                continue
-            job = JobResult(uuid.uuid4().hex[:12], source.uri, source.stream_id, content_fingerprint=content_fp,
-                            config_fingerprint=config_fp)
+        for source in Ingested(Path(self.data_dir) / "store").pending(sources, config_fp, self.log):
+            job = JobResult(uuid.uuid4().hex[:12], source.uri, source.stream_id,
+                            content_fingerprint=source.content_fp, config_fingerprint=config_fp)
             jobs.append({**asdict(job), "live": source.live})  # the message decoders and the writer carry
         return jobs
 

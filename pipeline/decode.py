@@ -13,7 +13,7 @@ import hashlib
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
@@ -42,6 +42,9 @@ class Source:
     uri: str  # a file path or a URL
     stream_id: str
     live: bool = False
+    # the file's content_fingerprint once something computed it (pipeline.ingest.Ingested.pending), so
+    # a job run reads each file's head and tail once; None: not computed yet
+    content_fp: str | None = field(default=None, compare=False)
 
 
 def is_url(text: str) -> bool:

@@ -94,6 +94,29 @@ class Ingested:
         ids = None if source.live else self._known.get((content_fp, config_fp))
         return bool(ids) and (source.stream_id in ids or os.path.realpath(source.uri) in ids)
 
+    def pending(self, sources: list[Source], config_fp: str, log=None) -> list[Source]:
+        """The sources not ingested yet with this config, each with its content fingerprint: the one
+        "skip if already ingested" rule of --local, the distributed runtime and job runs (a skipped
+        source is one log line)."""
+        out = []
+        for source in sources:
+            source = fingerprinted(source)
+            if self.holds(source, source.content_fp, config_fp):
+                if log:
+                    log(f"{source.stream_id}: already ingested with this config; nothing to do")
+                continue
+            out.append(source)
+        return out
+
+
+def fingerprinted(source: Source) -> Source:
+    """`source` with its content fingerprint ("" for a live source or one that is not a local file),
+    computed once."""
+    if source.content_fp is not None:
+        return source
+    fp = content_fingerprint(source.uri) if not source.live and os.path.isfile(source.uri) else ""
+    return replace(source, content_fp=fp)
+
 
 class LocalProgress:
     """One live line per source on a terminal; a closing line per source otherwise."""
@@ -168,12 +191,11 @@ class LocalIngest:
         job = JobResult(uuid.uuid4().hex[:12], source.uri, source.stream_id, config_fingerprint=self.config_fp,
                         **(tags or {}))
         try:
-            if not source.live and os.path.isfile(source.uri):
-                job.content_fingerprint = content_fingerprint(source.uri)
-                if Ingested(self.store.root).holds(source, job.content_fingerprint, self.config_fp):
-                    self.log(f"{source.stream_id}: already ingested with this config; nothing to do")
-                    job.status = "skipped"
-                    return job
+            source = fingerprinted(source)
+            job.content_fingerprint = source.content_fp
+            if source.content_fp and not Ingested(self.store.root).pending([source], self.config_fp, self.log):
+                job.status = "skipped"
+                return job
             self.store.write_job(job.row())
             self._ingest(source, job)
             job.status = "done"

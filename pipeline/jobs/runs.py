@@ -7,7 +7,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.decode import Source, SourceError, _unique_ids, content_fingerprint, expand_sources, folder_sources, is_url
+from pipeline.decode import Source, SourceError, _unique_ids, expand_sources, folder_sources, is_url
 from pipeline.jobs.spec import JobSpec
 
 
@@ -66,8 +66,9 @@ def job_sources(spec: JobSpec) -> tuple[list[Source], list[SourceError]]:
 
 
 def split_new(sources: list[Source], done_before, config_fp: str) -> tuple[list[Source], int]:
-    """(sources not ingested yet with this config, how many were); done_before: pipeline.ingest.Ingested."""
-    new = [s for s in sources if not done_before.holds(s, "" if s.live else content_fingerprint(s.uri), config_fp)]
+    """(sources not ingested yet with this config, each with its content fingerprint, how many were);
+    done_before: pipeline.ingest.Ingested."""
+    new = done_before.pending(sources, config_fp)
     return new, len(sources) - len(new)
 
 
