@@ -27,7 +27,6 @@ needs the same folder, else the stream fails with one line.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -44,7 +43,7 @@ from pipeline.errors import VidstormError
 from pipeline.queue import RedisQueue, connect, retrying
 from pipeline.messages import ChunkInfo, EndMarker, Pooled, RollupRequest, Tokens, encode_record, parse
 from pipeline.processor import encoded_count, to_wire
-from pipeline.reuse import gate
+from pipeline.reuse import gate, reference_from_text, reference_to_text
 from pipeline.rollup import rollups_due
 from pipeline.types import FrameChunk, Segment, Summary
 
@@ -168,7 +167,7 @@ class DecoderStage(Stage):
         status, error = "done", ""
         try:
             check_offline_source(source, self.cfg.temporal.mode)
-            reference = gate_reference(progress.get("gate_ref"))
+            reference = reference_from_text(progress.get("gate_ref"))
             for chunk in decoder.chunks():
                 self.wait_for_room(self.keys.frames)
                 if self.stopping():  # shut down mid-stream: the position stays, no end marker
@@ -200,7 +199,7 @@ class DecoderStage(Stage):
         payload = chunk.to_bytes()
         position = {"next_chunk_seq": chunk.chunk_seq + 1, "t_end": chunk.t_end, "video_seconds": video_seconds}
         if reference is not None:
-            position["gate_ref"] = base64.b64encode(np.asarray(reference, "<f4").tobytes()).decode()
+            position["gate_ref"] = reference_to_text(reference)
 
         def run():
             pipe = self.r.pipeline(transaction=True)
@@ -211,20 +210,6 @@ class DecoderStage(Stage):
             pipe.execute()
 
         retrying(run)
-
-
-def gate_reference(text: str | None):
-    """A decoder's saved static-frame reference (base64 float32 thumb) -> array, or None when there is
-    none or it is not one (the next frame is then simply encoded)."""
-    from pipeline.reuse import GRID, check_reference
-
-    if not text:
-        return None
-    try:
-        raw = base64.b64decode(text, validate=True)
-        return check_reference(np.frombuffer(raw, "<f4").reshape(GRID, GRID))
-    except ValueError:
-        return None
 
 
 class EncoderStage(Stage):

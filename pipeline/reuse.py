@@ -23,6 +23,8 @@ the same reference. 0 turns reuse off: every frame is encoded.
 
 from __future__ import annotations
 
+import base64
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -59,6 +61,23 @@ def check_reference(reference) -> np.ndarray | None:
     if ref.shape != (GRID, GRID) or not np.isfinite(ref).all():
         raise ValueError(f"static-frame reference must be {GRID}x{GRID} finite values, got shape {ref.shape}")
     return ref
+
+
+def reference_to_text(reference: np.ndarray) -> str:
+    """A reference thumb as text (base64 float32), for a hash field: the distributed decoders keep theirs
+    in Redis with their position; --local keeps its reference in the StreamState's arrays."""
+    return base64.b64encode(np.asarray(reference, "<f4").tobytes()).decode()
+
+
+def reference_from_text(text: str | None) -> np.ndarray | None:
+    """`reference_to_text` back, or None when there is none or it is not one (the next frame is then simply
+    encoded)."""
+    if not text:
+        return None
+    try:
+        return check_reference(np.frombuffer(base64.b64decode(text, validate=True), "<f4").reshape(GRID, GRID))
+    except ValueError:
+        return None
 
 
 def gate(frames: np.ndarray, reference: np.ndarray | None, threshold: float) -> tuple[np.ndarray, np.ndarray | None]:

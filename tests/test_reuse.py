@@ -162,3 +162,13 @@ def test_fill_and_its_refusals():
     frames = np.zeros((3, 8, 8, 3), np.uint8)
     assert reuse.gate(frames, None, 0.0)[0].tolist() == [True, True, True]  # 0 = off
     assert reuse.gate(frames, None, 2.0)[0].tolist() == [True, False, False]
+
+
+def test_a_reference_survives_its_text_form_and_garbage_reads_as_none():
+    """The decoders keep their reference in Redis as text; a garbled one means 'encode the next frame'."""
+    ref = np.random.default_rng(0).random((reuse.GRID, reuse.GRID), np.float32)
+    np.testing.assert_array_equal(reuse.reference_from_text(reuse.reference_to_text(ref)), ref)
+    assert reuse.reference_from_text(None) is None and reuse.reference_from_text("") is None
+    assert reuse.reference_from_text("%%% not base64") is None
+    assert reuse.reference_from_text(reuse.reference_to_text(ref[:4])) is None  # wrong shape
+    assert reuse.reference_from_text(reuse.reference_to_text(np.full_like(ref, np.nan))) is None
