@@ -44,7 +44,7 @@ from pipeline.queue import RedisQueue, connect, retrying
 from pipeline.messages import ChunkInfo, EndMarker, Pooled, RollupRequest, Tokens, encode_record, parse
 from pipeline.processor import encoded_count, to_wire
 from pipeline.reuse import gate, reference_from_text, reference_to_text
-from pipeline.rollup import rollups_due
+from pipeline.rollup import rollups_due, window_of
 from pipeline.types import FrameChunk, Segment, Summary
 
 
@@ -299,6 +299,9 @@ class TemporalStage(Stage):
                 print(f"{self.name}: skipping malformed message {msg.id!r} on {msg.stream}: {err}", flush=True)
                 continue
             stream_id = m.stream_id if isinstance(m, EndMarker) else m.info.stream_id
+            if isinstance(m, Tokens) and m.info.thumbnail_error:  # garbage in one field: the chunk still counts
+                print(f"{self.name}: {stream_id!r} chunk {m.info.chunk_seq}: dropping its thumbnail: "
+                      f"{m.info.thumbnail_error}", flush=True)
             state = self._state(stream_id)
             if isinstance(m, EndMarker):
                 self.ends[stream_id] = (msg, m)
@@ -530,7 +533,10 @@ class WriterStage(Stage):
             view["done_s"] = prefix[-1]["t_end"]
             retrying(lambda: self.r.hset(self.keys.ingest(stream_id), "done_s", view["done_s"]))
         rows = [dict(row, wall_clock=_unix(row["wall_clock"])) for row in prefix]
-        requests = rollups_due(stream_id, rows, {k: v["text"] for k, v in view["summaries"].items()},
+        # only this run's windows: a store may hold summaries of another window length for the same stream
+        windows = {window_of(r["t_start"], rows[0]["t_start"], self.window_seconds) for r in rows}
+        written = {k: v["text"] for k, v in view["summaries"].items() if k[0] != "window" or k[1] in windows}
+        requests = rollups_due(stream_id, rows, written,
                                t0=rows[0]["t_start"] if rows else None, t_end=rows[-1]["t_end"] if rows else None,
                                ended=complete and end.status == "done", window_seconds=self.window_seconds)
         for req in requests:
