@@ -4,7 +4,8 @@
    and Redis Streams vs in one process (both include loading the models; the
    embedded Redis + Ray start is reported apart as cluster_start_s). Target: at
    most 1.15. The same ratio on a 96 s clip (ray_over_local_96s) shows the fixed
-   cost of starting the actors, which long footage amortises.
+   cost of starting the actors, which long footage amortises. short_clips_ray_over_local:
+   10 clips of 5-8 s in one command (one actor start, one model load; target <= 1.5).
 2. queue adapter: messages/s (publish, consume, ack) for 1 KB and 1 MB payloads on
    the embedded redis-server with its durable default (AOF, fsync always) and with
    appendfsync everysec for comparison.
@@ -54,15 +55,18 @@ def queue_rate(url: str, size: int, count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def local_run(cfg, clip: Path, data: Path) -> float:
+def local_run(cfg, clips: Path | list[Path], data: Path) -> float:
+    """`vidstorm ingest --local` of these clips: one processor (models loaded once), a stream each."""
     from pipeline.build import build_processor
     from pipeline.ingest import LocalIngest, LocalProgress
 
+    clips = clips if isinstance(clips, list) else [clips]
     start = time.perf_counter()
     runner = LocalIngest(cfg, build_processor(cfg, log=None), data, progress=LocalProgress(open(os.devnull, "w")),
                          log=lambda m: None)
-    job = runner.run(Source(str(clip), "bench"))
-    assert job.status == "done", job.error
+    for i, clip in enumerate(clips):
+        job = runner.run(Source(str(clip), "bench" if len(clips) == 1 else f"short-{i}"))
+        assert job.status == "done", job.error
     return time.perf_counter() - start
 
 
@@ -88,13 +92,16 @@ def main() -> None:
     model = build_random_siglip(tmp / "siglip")
     clip = write_clip(tmp / "clip-240s.mp4", seconds=240, fps=10)
     short = write_clip(tmp / "clip-96s.mp4", seconds=96, fps=10)
+    shorts = [write_clip(tmp / f"short-{i}.mp4", seconds=5 + i % 4, fps=10, start=i) for i in range(10)]
     pair = [write_clip(tmp / f"pair-{i}.mp4", seconds=64, fps=10, start=i) for i in range(2)]
     cfg = load_config(ROOT / "configs" / "demo.yaml", [f"encoder.model={model}", "workers.decoders=2",
                                                        f"queue.prefix=b{uuid.uuid4().hex[:4]}"])
 
     local_s = local_run(cfg, clip, tmp / "local")
     local_short_s = local_run(cfg, short, tmp / "local-short")
-    print(f"local        240 s clip, demo models: {local_s:.1f}s   96 s clip: {local_short_s:.1f}s")
+    local_shorts_s = local_run(cfg, shorts, tmp / "local-shorts")
+    print(f"local        240 s clip, demo models: {local_s:.1f}s   96 s clip: {local_short_s:.1f}s   "
+          f"10 clips of 5-8 s: {local_shorts_s:.1f}s")
 
     t = time.perf_counter()
     with Cluster(cfg, tmp / "cluster", log=lambda m: None) as cluster:
@@ -104,6 +111,10 @@ def main() -> None:
         print(f"ray+redis    240 s clip: {ray_s:.1f}s (+ {cluster_start:.1f}s to start Redis and Ray)   "
               f"ratio {ray_s / local_s:.3f} (target <= 1.15)   96 s clip: {ray_short_s:.1f}s, "
               f"ratio {ray_short_s / local_short_s:.3f}")
+        ray_shorts_s = distributed_run(cluster, cfg, [Source(str(c), f"short-{i}") for i, c in enumerate(shorts)],
+                                       tmp / "ray-shorts")
+        print(f"ray+redis    10 clips of 5-8 s in one command: {ray_shorts_s:.1f}s, "
+              f"ratio {ray_shorts_s / local_shorts_s:.3f} (target <= 1.5)")
         one_s = distributed_run(cluster, cfg, [Source(str(pair[0]), "one")], tmp / "one")
         two_s = distributed_run(cluster, cfg, [Source(str(p), f"two-{i}") for i, p in enumerate(pair)], tmp / "two")
         speedup = (2 * 64 / two_s) / (64 / one_s)
@@ -118,7 +129,12 @@ def main() -> None:
     print(json.dumps({
         "ray_over_local": round(ray_s / local_s, 4),
         "ray_over_local_96s": round(ray_short_s / local_short_s, 4),
+        "short_clips_ray_over_local": round(ray_shorts_s / local_shorts_s, 4),
         "local_s": round(local_s, 2),
+        "local_96s_s": round(local_short_s, 2),
+        "ray_96s_s": round(ray_short_s, 2),
+        "local_short_clips_s": round(local_shorts_s, 2),
+        "ray_short_clips_s": round(ray_shorts_s, 2),
         "ray_s": round(ray_s, 2),
         "cluster_start_s": round(cluster_start, 2),
         "msgs_per_s_1kb": round(rates["always"][0], 1),

@@ -167,7 +167,8 @@ def part_b(log) -> dict:
 def part_c(clip: Path, log) -> dict:
     from dataclasses import replace
 
-    from actors.stages import EncoderStage, Keys
+    from pipeline.queue.keys import Keys
+    from actors.runtime import EncoderStage
     from pipeline.decode import Source, VideoDecoder
     from pipeline.messages import ChunkInfo
     from pipeline.queue.redis_streams import PAYLOAD

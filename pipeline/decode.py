@@ -396,3 +396,11 @@ class VideoDecoder:
             raise SourceError(
                 self.source.uri, f"truncated: video data ends at {last_t:.1f}s of {expected_end:.1f}s"
             )
+
+
+def check_offline_source(source: Source, mode: str) -> None:
+    """temporal.mode=offline scans a whole file: a live source (no end) is refused, never quietly run in
+    another mode. --local and the distributed decoders both ask here."""
+    if mode == "offline" and source.live:
+        raise SourceError(source.uri, "temporal.mode=offline scans whole files and cannot run on a live source; "
+                          "ingest it with temporal.mode=chunk_bidirectional (same weights)")

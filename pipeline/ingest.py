@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from pipeline.config import Config, fingerprint
-from pipeline.decode import Source, SourceError, VideoDecoder, content_fingerprint
+from pipeline.decode import Source, SourceError, VideoDecoder, check_offline_source, content_fingerprint
 from pipeline.progress import figures as progress_figures, hms, line as progress_line
 from pipeline.errors import VidstormError
 from pipeline.processor import StreamProcessor, StreamState, encoded_count
@@ -32,14 +32,6 @@ from pipeline.store.query import StoreQuery
 
 class Cancelled(Exception):
     """The run this ingest belongs to was cancelled."""
-
-
-def check_offline_source(source: Source, mode: str) -> None:
-    """temporal.mode=offline scans a whole file: a live source (no end) is refused, never quietly run in
-    another mode. --local and the distributed decoders both ask here."""
-    if mode == "offline" and source.live:
-        raise SourceError(source.uri, "temporal.mode=offline scans whole files and cannot run on a live source; "
-                          "ingest it with temporal.mode=chunk_bidirectional (same weights)")
 
 
 @dataclass

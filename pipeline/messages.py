@@ -16,9 +16,12 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch only in annotations: a decoder or writer process never imports it
+    import torch
 
 from pipeline.types import FrameChunk, Segment, Summary, check_mask, check_thumbnail, pack, unpack
 

@@ -24,10 +24,12 @@ the same reference. 0 turns reuse off: every frame is encoded.
 from __future__ import annotations
 
 import base64
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:  # torch is imported where grids are filled (the temporal side), not by the gate
+    import torch
 
 GRID = 32  # the thumb is GRID x GRID grey values
 BLOCK = 2  # blocks of BLOCK x BLOCK thumb cells: 16 x 16 blocks, each 1/256 of the frame
@@ -39,11 +41,24 @@ def version() -> str:
     return f"grid{GRID}-block{BLOCK}-median"
 
 
+def _bins(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """adaptive average pooling's bins of n cells into GRID: [floor(i n / G), ceil((i + 1) n / G))."""
+    i = np.arange(GRID)
+    return (i * n) // GRID, -((-(i + 1) * n) // GRID)
+
+
 def thumbs(frames: np.ndarray) -> np.ndarray:
-    """uint8 frames (T, H, W, 3) -> float32 grey thumbs (T, GRID, GRID), values 0-255."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).float()  # (T, H, W, 3)
-    grey = x @ torch.tensor(LUMA)  # (T, H, W)
-    return F.adaptive_avg_pool2d(grey[:, None], GRID)[:, 0].numpy()
+    """uint8 frames (T, H, W, 3) -> float32 grey thumbs (T, GRID, GRID), values 0-255.
+
+    Adaptive average pooling (torch's adaptive_avg_pool2d bins) in numpy: the decoders gate
+    frames without importing torch."""
+    grey = np.asarray(frames, np.float32) @ np.asarray(LUMA, np.float32)  # (T, H, W)
+    t, h, w = grey.shape
+    table = np.zeros((t, h + 1, w + 1), np.float64)  # summed-area table
+    table[:, 1:, 1:] = grey.cumsum(1, dtype=np.float64).cumsum(2)
+    (r0, r1), (c0, c1) = _bins(h), _bins(w)
+    sums = (table[:, r1][:, :, c1] - table[:, r0][:, :, c1] - table[:, r1][:, :, c0] + table[:, r0][:, :, c0])
+    return (sums / ((r1 - r0)[:, None] * (c1 - c0)[None, :])).astype(np.float32)
 
 
 def change(thumb: np.ndarray, reference: np.ndarray) -> float:
@@ -101,6 +116,8 @@ def fill(encoded: torch.Tensor, mask: np.ndarray, last: torch.Tensor | None) -> 
 
     encoded: (E, ...) grids of the frames mask marks, in order; last: the grid of the stream's
     last encoded frame before this chunk (for leading reused frames). -> (T, ...)."""
+    import torch
+
     mask = np.asarray(mask, bool)
     if mask.ndim != 1 or int(mask.sum()) != encoded.shape[0]:
         raise ValueError(f"static-frame mask marks {int(np.sum(mask))} frames to encode but "
@@ -121,6 +138,8 @@ def advance(encoded: torch.Tensor, mask: np.ndarray,
     """A chunk's grids, one per time step (`fill`), and the grid the stream's next reused frame gets: its
     last encoded frame's, else `last_grid` still (numpy, as a stream's state keeps it). --local, its
     offline mode and the distributed temporal owner all step a stream through this."""
+    import torch
+
     last = None if last_grid is None else torch.from_numpy(np.asarray(last_grid))
     steps = fill(encoded, mask, last)
     return steps, (encoded[-1].numpy() if len(encoded) else last_grid)

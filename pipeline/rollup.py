@@ -1,5 +1,5 @@
 """When a stream's summaries are due: the one roll-up rule of `--local` (pipeline/processor.py) and of the
-distributed writer (actors/stages.py), a pure function of what is captioned and summarised so far.
+distributed writer (actors/runtime/writer.py), a pure function of what is captioned and summarised so far.
 
 A stream's chunks fall into windows of `summary.window_seconds` from its first chunk. Window w is due once
 a chunk of a later window is captioned, or the stream ended well (its last chunk captioned, status done);

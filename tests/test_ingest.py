@@ -264,7 +264,7 @@ def test_live_source_that_drops_reconnects_and_records_the_gap(tmp_path, tiny_ov
 
     from fastapi.testclient import TestClient
 
-    from actors.api import create_app
+    from actors.server.app import create_app
 
     port, data = _free_port(), tmp_path / "data"
     first = _live_server(port, 60)

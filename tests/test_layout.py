@@ -55,7 +55,7 @@ def test_columns_are_written_once():
     import pyarrow as pa
     import pytest
 
-    from actors import api
+    from actors.server import schemas as api
     from pipeline.ingest import JobResult
     from pipeline.store.schema import JOBS, LISTED, SEGMENTS, SUMMARIES
     from pipeline.types import Segment, Summary, arrow_schema, column
@@ -89,7 +89,8 @@ def test_columns_are_written_once():
     with pytest.raises(TypeError, match="note"):
         arrow_schema(Forgotten)
     # no second column list left in the API or the store
-    for rel in ("actors/api.py", "pipeline/store/schema.py", "pipeline/store/query.py"):
+    for rel in ("actors/server/app.py", "actors/server/schemas.py", "pipeline/store/schema.py",
+                "pipeline/store/query.py"):
         source = (ROOT / rel).read_text()
         assert "caption: str" not in source and '("caption", pa.string())' not in source, rel
         assert "n_frames, source" not in source, rel
@@ -105,3 +106,17 @@ def test_architecture_names_only_files_that_exist():
     assert len(paths) >= 20
     missing = sorted(p for p in paths if not (ROOT / p).exists())
     assert not missing, f"ARCHITECTURE.md names missing files: {missing}"
+
+
+def test_decoder_and_writer_processes_never_import_torch():
+    """A decoder or writer actor imports its stage module (and the runtime that makes it an actor) but
+    not torch: six processes importing torch at once on two cores is most of the Ray path's start."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import actors.runtime, actors.runtime.ingest, actors.runtime.decoder, actors.runtime.writer, "
+            "pipeline.store, pipeline.rollup, pipeline.reuse, pipeline.messages; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout

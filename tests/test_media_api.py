@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from actors.api import create_app
-from actors.media import ClipCache, MediaSigner
+from actors.server.app import create_app
+from actors.server.media import ClipCache, MediaSigner
 from pipeline.store import Store
 from pipeline.types import Segment
 

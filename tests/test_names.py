@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from actors.api import create_app
+from actors.server.app import create_app
 from pipeline.decode import expand_sources, slug
 from pipeline.jobs.spec import parse_spec
 from pipeline.names import BadName, check_name

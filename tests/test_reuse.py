@@ -172,3 +172,21 @@ def test_a_reference_survives_its_text_form_and_garbage_reads_as_none():
     assert reuse.reference_from_text("%%% not base64") is None
     assert reuse.reference_from_text(reuse.reference_to_text(ref[:4])) is None  # wrong shape
     assert reuse.reference_from_text(reuse.reference_to_text(np.full_like(ref, np.nan))) is None
+
+
+def test_thumbs_pool_like_torch_adaptive_average_pooling():
+    """The gate's thumbs are computed in numpy (decoders never import torch): the same bins and values as
+    torch's adaptive_avg_pool2d over the grey frames, for sizes GRID divides and sizes it does not."""
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline.reuse import GRID, LUMA, thumbs
+
+    rng = np.random.default_rng(3)
+    for shape in [(3, 240, 320, 3), (2, 97, 131, 3), (1, 31, 45, 3), (1, GRID, GRID, 3)]:
+        frames = rng.integers(0, 256, shape, dtype=np.uint8)
+        grey = torch.from_numpy(frames).float() @ torch.tensor(LUMA)
+        expected = F.adaptive_avg_pool2d(grey[:, None], GRID)[:, 0].numpy()
+        got = thumbs(frames)
+        assert got.dtype == np.float32 and got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=0, atol=2e-4)

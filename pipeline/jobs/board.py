@@ -1,9 +1,6 @@
 """The job board in Redis: which windows are due, and which scheduler runs each one.
 
-    {p}:sched:cursor:<job>   the time up to which the job's cron windows have been planned
-    {p}:sched:pending        zset of run ids waiting to run (score: window time)
-    {p}:sched:run:<run_id>   hash: job, window, trigger, status, attempts, owner, error, cancel
-    {p}:sched:lease:<run_id> the owner's id, with a TTL the owner keeps renewing while it runs
+Its keys ({p}:sched:cursor|pending|run|lease) are in pipeline/queue/keys.py (SchedKeys).
 
 Planning moves the cursor in a WATCH/MULTI transaction, so of two schedulers looking at
 the same moment exactly one adds each window. Taking a run is one Lua script (lease SET NX
@@ -18,6 +15,7 @@ import datetime as dt
 import redis
 
 from pipeline.jobs.spec import JobSpec
+from pipeline.queue.keys import SchedKeys
 from pipeline.jobs.windows import UTC, fire_times, run_id, select_windows
 
 FINAL = ("done", "failed", "cancelled")
@@ -77,18 +75,18 @@ def _iso(t: dt.datetime) -> str:
 class JobBoard:
     def __init__(self, client: redis.Redis, prefix: str = "vs"):
         self.r = client
-        self.p = f"{prefix}:sched"
-        self.pending_key = f"{self.p}:pending"
+        self.keys = SchedKeys(prefix)
+        self.pending_key = self.keys.pending
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._finish = client.register_script(_FINISH)
         self._cancel = client.register_script(_CANCEL)
 
     def _run_key(self, rid: str) -> str:
-        return f"{self.p}:run:{rid}"
+        return self.keys.run(rid)
 
     def _lease_key(self, rid: str) -> str:
-        return f"{self.p}:lease:{rid}"
+        return self.keys.lease(rid)
 
     # --- planning ---
 
@@ -97,7 +95,7 @@ class JobBoard:
 
         A job seen for the first time starts from `now`: history is not backfilled.
         """
-        key = f"{self.p}:cursor:{spec.name}"
+        key = self.keys.cursor(spec.name)
         while True:
             with self.r.pipeline() as pipe:
                 try:

@@ -1,5 +1,5 @@
 """What one run of a named job does, without Ray: the sources an ingest run takes, and the
-outcome record both kinds of run report. The executors in actors/scheduler.py do the work."""
+outcome record both kinds of run report. The executors in actors/runtime/scheduler.py do the work."""
 
 from __future__ import annotations
 

@@ -22,6 +22,8 @@ from typing import Callable
 
 import redis
 
+from pipeline.queue.keys import Keys
+
 PAYLOAD = b"data"
 RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
@@ -71,7 +73,7 @@ class RedisQueue:
 
     @property
     def dead_stream(self) -> str:
-        return f"{self.prefix}:dead"
+        return Keys(self.prefix).dead
 
     # --- producing ---
 

@@ -4,7 +4,7 @@
       -> projector -> LLM (frozen unless sft trains it); loss on answer tokens only
 
 The loop knows nothing of Ray: a `Worker` tells it its rank, how to average gradients
-across workers, where to resume from and how to report a checkpoint. `actors/train.py`
+across workers, where to resume from and how to report a checkpoint. `actors/runtime/train.py`
 fills that in from Ray Train; `--local` uses the defaults (one process).
 
 A checkpoint folder is what ingest loads (`temporal.checkpoint`: model.safetensors +

@@ -21,7 +21,7 @@ from schemathesis import GenerationMode
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 
-from actors.api import create_app
+from actors.server.app import create_app
 from pipeline.errors import VidstormError
 from pipeline.store import Store
 from pipeline.store.schema import SCHEMAS

@@ -11,7 +11,7 @@ import pytest
 import ray
 
 from actors.runtime import Cluster, DistributedIngest
-from actors.stages import Keys
+from pipeline.queue.keys import Keys
 from pipeline.config import load_config
 from pipeline.decode import Source
 from pipeline.ingest import LocalIngest

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from actors.stages import EncoderStage, Keys
+from pipeline.queue.keys import Keys
+from actors.runtime import EncoderStage
 from pipeline.messages import Tokens, parse
 from pipeline.config import load_config
 from pipeline.queue.redis_streams import PAYLOAD

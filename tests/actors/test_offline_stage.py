@@ -10,7 +10,8 @@ import uuid
 import pytest
 import torch
 
-from actors.stages import DecoderStage, Keys, TemporalStage
+from pipeline.queue.keys import Keys
+from actors.runtime import DecoderStage, TemporalStage
 from pipeline.messages import EndMarker
 from pipeline.config import load_config
 from pipeline.queue.redis_streams import PAYLOAD

@@ -9,7 +9,8 @@ import uuid
 import redis
 import torch
 
-from actors.stages import Keys, TemporalStage
+from pipeline.queue.keys import Keys
+from actors.runtime import TemporalStage
 from pipeline.config import load_config
 from pipeline.processor import StreamState
 from pipeline.queue.redis_streams import PAYLOAD

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from actors.scheduler import JobExecutor, Scheduler
+from actors.runtime.scheduler import JobExecutor, Scheduler
 from pipeline.config import SchedulerConfig
 from pipeline.jobs.board import JobBoard
 from pipeline.jobs.runs import Run

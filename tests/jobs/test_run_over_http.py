@@ -5,8 +5,9 @@ import time
 
 from fastapi.testclient import TestClient
 
-from actors.api import _run_requester, create_app
-from actors.scheduler import JobExecutor, Scheduler
+from actors.server.app import create_app
+from actors.server.serve import _run_requester
+from actors.runtime.scheduler import JobExecutor, Scheduler
 from pipeline.config import load_config
 from pipeline.jobs.board import JobBoard
 from pipeline.jobs.spec import load_specs, spec_folders

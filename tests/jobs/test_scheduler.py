@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from actors.scheduler import Scheduler
+from actors.runtime.scheduler import Scheduler
 from pipeline.config import SchedulerConfig
 from pipeline.jobs.board import JobBoard
 from pipeline.jobs.runs import RunOutcome

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.train import storage_dir
+from actors.runtime.train import storage_dir
 from test_train import ROOT, _overrides
 from pipeline.train.synthqa import write_dataset
 

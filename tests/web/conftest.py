@@ -1,4 +1,4 @@
-"""Browser tests of the web page (actors/web): headless Chromium (Playwright) against a real `vidstorm serve`
+"""Browser tests of the web page (actors/server/web): headless Chromium (Playwright) against a real `vidstorm serve`
 over a store made by a real `vidstorm ingest --local` of a generated clip."""
 
 from __future__ import annotations

@@ -1,8 +1,4 @@
-"""The distributed runtime: Ray actors around the stages, Redis between them, a supervisor.
-
-Embedded default: with no `redis.url` a real redis-server starts in the data
-directory, and with no `ray.address` a local Ray starts; both stop on exit, on
-error and on Ctrl-C. A cluster is a config change (ray.address, redis.url).
+"""`vidstorm ingest` through Ray: the stage actors, the jobs, and the supervisor that keeps them going.
 
 Actors restart when they die (max_restarts=-1); the supervisor sees the failed
 call and calls it again on the restarted actor. What the dead actor held is
@@ -12,175 +8,24 @@ reclaimed from Redis, and the temporal owner resumes from its checkpoint.
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 import uuid
 import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config import Config, fingerprint, mask_secrets
+from pipeline.config import Config, fingerprint
 from pipeline.decode import Source
-from pipeline.errors import VidstormError
 from pipeline.queue import connect, retrying
-from pipeline.queue.server import EmbeddedRedis, redis_url_for
+from pipeline.queue.keys import Keys
 
-from actors import stages
-
-ACTOR_OPTIONS = {"max_restarts": -1, "max_task_retries": 0, "num_cpus": 0}
-
-
-def worker_env(cfg: Config) -> dict:
-    """Environment of every Ray worker we start (actors, digest tasks)."""
-    # Workers share cores: threads that spin while waiting would steal them from the others.
-    env = {"OMP_WAIT_POLICY": "PASSIVE"}
-    if cfg.workers.torch_threads > 0:
-        env["OMP_NUM_THREADS"] = str(cfg.workers.torch_threads)
-    for var in ("VIDSTORM_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_VERBOSITY"):
-        if var in os.environ:
-            env[var] = os.environ[var]
-    return env
-
-
-def init_ray(cfg: Config, **options) -> None:
-    """ray.init for one command: a local Ray, or the cluster at `ray.address`. Failures are one line."""
-    import ray
-
-    address = cfg.ray.address
-    if address and address != "auto" and "://" not in address:
-        check_ray_cluster(address)
-    try:
-        ray.init(address=address or None, namespace=cfg.ray.namespace, include_dashboard=False,
-                 configure_logging=False, **options)
-    except Exception as err:
-        first = str(err).splitlines()[0]
-        raise VidstormError(f"cannot start or reach Ray ({address or 'local'}): {first}") from None
-
-
-def check_ray_cluster(address: str, timeout: float = 5.0) -> None:
-    """Fail in one line, at once, where ray.init would retry for 20-40 s, print a warning a second
-    and then say only "Failed to connect": the head unreachable, or its token missing or wrong.
-
-    A Ray started with token authentication (`ray start --head` does so by default) serves only
-    clients with RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
-    ~/.ray/auth_token), and Ray reads these for an explicit address from the environment alone.
-    """
-    import socket
-
-    import ray
-
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        return  # not host:port; ray.init says what is wrong with it
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-    except OSError as err:
-        raise VidstormError(f"cannot reach Ray at {address} ({err.strerror or err}): is its "
-                            f"head running (`ray start --head`), and is ray.address its host:port?") from None
-    try:
-        from ray._raylet import (AuthenticationMode, AuthenticationTokenLoader, GcsClient,
-                                 get_authentication_mode)
-    except ImportError:  # a Ray without token authentication
-        return
-    use_token = get_authentication_mode() == AuthenticationMode.TOKEN
-    set_token = "set RAY_AUTH_TOKEN to the token the cluster was started with"
-    if use_token and not _has_ray_token(AuthenticationTokenLoader.instance()):
-        # (Ray's own client aborts the process here, from C++, with a stack trace)
-        path = os.environ.get("RAY_AUTH_TOKEN_PATH")
-        where = f" ({path}, in RAY_AUTH_TOKEN_PATH, is missing or empty)" if path else ""
-        raise VidstormError(f"RAY_AUTH_MODE=token but no Ray token is set{where}: {set_token}")
-    try:
-        with _quiet_stderr():  # Ray's C++ client logs each refused attempt to fd 2 itself
-            GcsClient(address=address)
-    except ray.exceptions.AuthenticationError:
-        if not use_token:
-            raise VidstormError(f"the Ray cluster at {address} requires a token: set RAY_AUTH_MODE=token and "
-                                f"RAY_AUTH_TOKEN to the token the cluster was started with") from None
-        held = ("RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN")
-                else os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token")
-        raise VidstormError(f"the Ray cluster at {address} refused the token in {held}: "
-                            f"{set_token}") from None
-    except ray.exceptions.RpcError as err:  # something listens there, not a Ray head (after ~40 s)
-        raise VidstormError(f"no Ray head answers at {address} ({str(err).splitlines()[0].rstrip('.')}): "
-                            f"is ray.address the head's host:port (`ray start --head --port`)?") from None
-    except Exception:  # anything else: ray.init says what it is
-        return
-
-
-def _has_ray_token(loader) -> bool:
-    import ray
-
-    try:
-        return loader.has_token(ignore_auth_mode=True)
-    except ray.exceptions.AuthenticationError:  # RAY_AUTH_TOKEN_PATH names no readable token
-        return False
-
-
-@contextmanager
-def _quiet_stderr():
-    """File descriptor 2 to /dev/null for a moment (C++ writes there directly, past sys.stderr)."""
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-class Cluster:
-    """Redis + Ray for one command. `with Cluster(cfg, data) as cluster: ...`"""
-
-    def __init__(self, cfg: Config, data_dir: str | Path, log=print, with_ray: bool = True, join: bool = False):
-        """with_ray=False: Redis only. join=True: use the embedded Redis a scheduler runs in this
-        data directory, if there is one (its jobs board lives there)."""
-        self.cfg, self.data_dir, self.log = cfg, Path(data_dir), log
-        self.with_ray, self.join = with_ray, join
-        self.redis_server: EmbeddedRedis | None = None
-        self.started_ray = False
-        self.redis_url = cfg.redis.url
-
-    def start(self) -> "Cluster":
-        import ray
-
-        if not self.redis_url and self.join:
-            self.redis_url = redis_url_for(self.cfg, self.data_dir)
-        if not self.redis_url:
-            self.redis_server = EmbeddedRedis(self.data_dir / "redis", appendfsync=self.cfg.redis.appendfsync).start()
-            self.redis_url = self.redis_server.url
-        try:
-            retrying(lambda: connect(self.redis_url).ping(), give_up_after=10)
-        except Exception as err:
-            self.stop()
-            raise VidstormError(f"cannot reach Redis at {mask_secrets(self.redis_url)}: {err}") from None
-        if self.with_ray and not ray.is_initialized():
-            try:
-                init_ray(self.cfg, log_to_driver=False)
-            except VidstormError:
-                self.stop()
-                raise
-            self.started_ray = True
-        return self
-
-    def stop(self) -> None:
-        import ray
-
-        if self.started_ray and ray.is_initialized():
-            ray.shutdown()
-            self.started_ray = False
-        if self.redis_server is not None:
-            self.redis_server.stop()
-            self.redis_server = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
+from actors.runtime.decoder import DecoderStage
+from actors.runtime.encoder import EncoderStage
+from actors.runtime.stage import configure_threads, ingest_progress, store_root
+from actors.runtime.summarizer import SummarizerStage
+from actors.runtime.temporal import TemporalStage
+from actors.runtime.writer import WriterStage
+from actors.runtime.cluster import ACTOR_OPTIONS, Cluster, worker_env
 
 
 @dataclass
@@ -252,7 +97,7 @@ class DistributedIngest:
 
     def __init__(self, cluster: Cluster, cfg: Config, log=print):
         self.cluster, self.cfg, self.log = cluster, cfg, log
-        self.keys = stages.Keys(cfg.queue.prefix)
+        self.keys = Keys(cfg.queue.prefix)
         self.r = connect(cluster.redis_url)
         self.data_dir = str(cluster.data_dir)
         self.pipeline: Pipeline | None = None
@@ -339,7 +184,7 @@ class DistributedIngest:
         encoder_gpus, summarizer_gpus = gpus["encoder"], gpus["summarizer"]
         pad = self.cfg.pooling.frames_per_group
         p = Pipeline()
-        p.actors[f"{prefix}-writer"] = self._actor(WriterActor, f"{prefix}-writer", stages.store_root(self.data_dir))
+        p.actors[f"{prefix}-writer"] = self._actor(WriterActor, f"{prefix}-writer", store_root(self.data_dir))
         for i in range(w.summarizers):
             p.actors[f"{prefix}-summarizer-{i}"] = self._actor(SummarizerActor, f"{prefix}-summarizer-{i}",
                                                                gpus=summarizer_gpus)
@@ -419,7 +264,7 @@ class DistributedIngest:
         `tags` (job_name, run_id) mark the jobs as part of a job run; `should_stop()` true ends
         the run early with the unfinished streams recorded as cancelled; `resume` continues
         streams an interrupted run (same queue prefix) left half done; `on_progress(rows)` gets
-        stages.ingest_progress's rows about once a second.
+        ingest_progress's rows about once a second.
         """
         from pipeline.ingest import JobResult
         from pipeline.store import Store
@@ -455,7 +300,7 @@ class DistributedIngest:
             if on_progress and time.monotonic() - shown >= 1.0:
                 shown = time.monotonic()
                 try:
-                    rows = stages.ingest_progress(self.r, self.cfg.queue.prefix)
+                    rows = ingest_progress(self.r, self.cfg.queue.prefix)
                 except redis.RedisError:  # progress is a display: the checks below retry what matters
                     rows = None
                 if rows is not None:
@@ -492,7 +337,7 @@ class DistributedIngest:
             if streams <= set(rows):
                 if on_progress:  # the finished streams once more, where they ended (no longer active)
                     try:
-                        on_progress(stages.ingest_progress(self.r, self.cfg.queue.prefix, streams=streams))
+                        on_progress(ingest_progress(self.r, self.cfg.queue.prefix, streams=streams))
                     except redis.RedisError:
                         pass
                 return [rows[j["stream_id"]] for j in jobs]
@@ -506,9 +351,9 @@ class DistributedIngest:
 
     def _fail_stalled(self, jobs: list[dict], rows: dict) -> list[dict]:
         """Nothing moved for queue.stall_timeout_s (e.g. a chunk was dead-lettered): say so, don't hang."""
-        dead = self.r.xlen(f"{self.cfg.queue.prefix}:dead")
+        dead = self.r.xlen(self.keys.dead)
         reason = (f"stalled for {self.cfg.queue.stall_timeout_s:.0f}s with no progress "
-                  f"({dead} message(s) in {self.cfg.queue.prefix}:dead)")
+                  f"({dead} message(s) in {self.keys.dead})")
         return self._end_unfinished(jobs, rows, "failed", reason)
 
     def _end_unfinished(self, jobs: list[dict], rows: dict, status: str, reason: str) -> list[dict]:
@@ -547,15 +392,15 @@ class _ActorMixin:
 
     def __init__(self, cfg, *args, **kwargs):
         if self.runs_models:
-            stages.configure_threads(cfg.workers.torch_threads)
+            configure_threads(cfg.workers.torch_threads)
         super().__init__(cfg, *args, **kwargs)
 
 
-class DecoderActor(_ActorMixin, stages.DecoderStage):
+class DecoderActor(_ActorMixin, DecoderStage):
     runs_models = False
 
 
-class EncoderActor(_ActorMixin, stages.EncoderStage):
+class EncoderActor(_ActorMixin, EncoderStage):
     pass
 
 
@@ -569,13 +414,13 @@ def actor_gpus(workers, has_gpus: bool) -> dict[str, float]:
     return {k: (v if v >= 0 else auto[k] * has_gpus) for k, v in chosen.items()}
 
 
-class TemporalActor(_ActorMixin, stages.TemporalStage):
+class TemporalActor(_ActorMixin, TemporalStage):
     pass
 
 
-class SummarizerActor(_ActorMixin, stages.SummarizerStage):
+class SummarizerActor(_ActorMixin, SummarizerStage):
     pass
 
 
-class WriterActor(_ActorMixin, stages.WriterStage):
+class WriterActor(_ActorMixin, WriterStage):
     runs_models = False

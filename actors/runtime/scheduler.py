@@ -26,6 +26,7 @@ from pipeline.jobs.board import JobBoard
 from pipeline.jobs.runs import Run, RunOutcome, ingest_outcome, job_sources, run_row, split_new
 from pipeline.jobs.spec import JobSpec
 from pipeline.jobs.windows import UTC, period_of
+from pipeline.queue.keys import Keys
 from pipeline.store import Store
 
 
@@ -262,7 +263,7 @@ class JobExecutor:
             return ingest.run(sources, tags=tags, should_stop=should_stop, resume=run.attempts > 1)
         finally:  # only a process that died leaves its run's keys behind, for the next attempt
             ingest.shutdown()
-            for key in ingest.r.scan_iter(match=f"{cfg.queue.prefix}:*", count=1000):
+            for key in ingest.r.scan_iter(match=Keys(cfg.queue.prefix).everything, count=1000):
                 ingest.r.delete(key)
 
     # --- digest: one period summary per stream ---
@@ -305,7 +306,7 @@ def digest_task(cfg: Config, store_root: str, start: dt.datetime, end: dt.dateti
     from pipeline.models.summarizer import Summarizer
     from pipeline.models.text_embed import TextEmbedder
 
-    from actors.stages import configure_threads
+    from actors.runtime import configure_threads
 
     configure_threads(cfg.workers.torch_threads)  # Ray leaves tasks that reserve no CPUs one thread
     s = cfg.summarizer

@@ -1,7 +1,7 @@
 """The HTTP query service (`vidstorm serve`): FastAPI over StoreQuery, run by uvicorn.
 
     create_app(...)  the logic: routes, auth, errors; explicit arguments, tests call it directly
-    serve(args)      the composition root: config -> token, embedder, store -> a bound socket -> uvicorn
+    serve(args)      the composition root (serve.py): config -> token, embedder, store -> socket -> uvicorn
 
 Every error is JSON {"error": "<one line saying what is wrong>"}; bad parameters are 4xx, never 5xx.
 """
@@ -17,8 +17,6 @@ import json
 import logging
 import math
 import os
-import socket
-import sys
 import threading
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -26,138 +24,22 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pyarrow as pa
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from actors.media import ClipCache, MediaSigner, NoClip, clip_source, thumbnail_path
+from actors.server.media import ClipCache, MediaSigner, NoClip, clip_source, thumbnail_path
 from pipeline.errors import VidstormError
 from pipeline.store.query import QueryError, StoreQuery
-from pipeline.store.schema import JOBS, LISTED, SEGMENTS, SUMMARIES
+
+from actors.server.schemas import (COMPARISONS, ErrorBody, HitList, JobList, NO_SCHEDULER, ProgressList,
+                                    RunRequested, ScheduleList, SegmentPage, StreamList, SummaryList,
+                                    TIME_HELP)
 
 log = logging.getLogger("vidstorm.api")
-
-NO_SCHEDULER = "no scheduler is reachable: start `vidstorm scheduler`"
-COMPARISONS = {"less_than_equal": "<=", "greater_than_equal": ">=", "less_than": "<", "greater_than": ">"}
-TIME_HELP = "video seconds (90), H:MM:SS (0:01:30), or an ISO date-time (2026-01-02T03:04:05Z)"
-
-
-# --- response bodies (they are the OpenAPI schema the fuzz test checks answers against) ---
-
-
-class ErrorBody(BaseModel):
-    error: str
-
-
-class Stream(BaseModel):
-    stream_id: str
-    segments: int
-    t_start: float | None
-    t_end: float | None
-    last_update: dt.datetime | None
-    thumbnail_url: str | None = None  # its latest segment's thumbnail (signed when a token is set)
-    summary: str | None = None  # its stream summary, once written
-
-
-def _columns_model(name: str, schema: pa.Schema, keys: tuple[str, ...], listed: tuple[str, ...] | None = None,
-                   defaults: bool = False, base: type[BaseModel] | None = None) -> type[BaseModel]:
-    """A response model whose fields are a stored table's columns (store/schema.py; `listed`: those
-    a listing returns): keys required, the rest nullable (default None when `defaults`)."""
-    python = {pa.types.is_string: str, pa.types.is_integer: int, pa.types.is_floating: float,
-              pa.types.is_timestamp: dt.datetime}
-    found = {}
-    for column in schema:
-        if listed is not None and column.name not in listed:
-            continue
-        kind = next(t for test, t in python.items() if test(column.type))
-        if column.name in keys:
-            found[column.name] = (kind, ...)
-        else:
-            found[column.name] = (kind | None, None if defaults else ...)
-    return create_model(name, __base__=base, **found) if base else create_model(name, **found)
-
-
-class MediaUrls(BaseModel):
-    thumbnail_url: str | None = None  # GET it as it is: signed when a token is set (short-lived)
-    clip_url: str | None = None  # an MP4 of the span (file sources only)
-
-
-Segment = _columns_model("Segment", SEGMENTS, keys=("stream_id", "chunk_seq"), listed=LISTED["segments"],
-                         base=MediaUrls)
-Summary = _columns_model("Summary", SUMMARIES, keys=("stream_id", "level", "seq"), listed=LISTED["summaries"])
-Job = _columns_model("Job", JOBS, keys=("job_id",), defaults=True)
-
-
-class Hit(MediaUrls):
-    stream_id: str
-    level: str  # chunk | window | stream | period
-    seq: int
-    t_start: float | None
-    t_end: float | None
-    text: str | None
-    score: float | None  # cosine similarity; null only if a stored vector was not finite
-
-
-class StreamList(BaseModel):
-    items: list[Stream]
-
-
-class SegmentPage(BaseModel):
-    items: list[Segment]
-    next_cursor: str | None  # pass back as `cursor` for the next page; null on the last page
-
-
-class HitList(BaseModel):
-    items: list[Hit]
-
-
-class SummaryList(BaseModel):
-    items: list[Summary]
-
-
-class JobList(BaseModel):
-    items: list[Job]
-
-
-class RunRequested(BaseModel):
-    run_id: str
-
-
-class Schedule(BaseModel):
-    name: str
-    kind: str
-    schedule: str  # cron
-    timezone: str
-    next_run: dt.datetime | None
-    last_status: str | None
-    last_started_at: dt.datetime | None
-    last_finished_at: dt.datetime | None
-
-
-class ScheduleList(BaseModel):
-    items: list[Schedule]
-
-
-class StreamProgress(BaseModel):
-    stream_id: str
-    source: str
-    done_s: float  # video seconds stored, from the start of the source
-    total_s: float | None  # the source's length (None: live, or not known yet)
-    fraction: float | None
-    x_realtime: float | None  # video seconds per wall second of this run
-    eta_s: float | None
-    decoded_s: float | None
-
-
-class ProgressList(BaseModel):
-    items: list[StreamProgress]
-    note: str | None = None  # why the list may be incomplete (e.g. Redis unreachable)
-
 
 POST_HEADER = "X-Vidstorm-Request"  # state-changing requests need it: a cross-site form cannot send it
 WEB = Path(__file__).parent / "web"
@@ -532,112 +414,3 @@ def _version() -> str:
 
 
 # --- the composition root ---
-
-
-def serve(args) -> int:
-    """`vidstorm serve`: config -> app -> uvicorn on a bound socket. Returns 0 on Ctrl-C."""
-    import uvicorn
-
-    from pipeline.config import load_config
-    from pipeline.models.text_embed import TextEmbedder
-
-    cfg = load_config(args.config, args.overrides)
-    token = (cfg.api.token or os.environ.get("VIDSTORM_API_TOKEN", "")).strip() or None
-    host = args.host or cfg.api.host
-    port = cfg.api.port if args.port is None else args.port
-    if not token:
-        host = "127.0.0.1"
-        print("vidstorm serve: no API token set (api.token or VIDSTORM_API_TOKEN): "
-              "listening on 127.0.0.1 only", file=sys.stderr, flush=True)
-    store = Path(args.data) / "store"
-    sock = _listen(host, port)  # first: a taken port fails before the models load
-    try:
-        app = create_app(store, token, TextEmbedder(cfg.store.text_model),
-                         _run_requester(cfg, args.jobs, args.data), refresh_s=cfg.api.refresh_s,
-                         max_limit=cfg.api.max_limit, index_min_vectors=cfg.store.index_min_vectors,
-                         index_nprobe=cfg.store.index_nprobe, media_ttl_s=cfg.api.media_url_ttl_s,
-                         clip_max_seconds=cfg.api.clip_max_seconds,
-                         clip_cache=ClipCache(Path(args.data) / "clip-cache", cfg.api.clip_cache_mb << 20),
-                         progress=_progress_reader(cfg, args.data), schedules=_schedules_reader(cfg, args.jobs, args.data))
-        bound_host, bound_port = sock.getsockname()[:2]
-        url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-        print(f"vidstorm serve: http://{url_host}:{bound_port} (store {store}; "
-              "schema at /openapi.json, docs at /docs)", file=sys.stderr, flush=True)
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
-        server.run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn shuts down gracefully, then re-raises the SIGINT it caught
-        pass
-    finally:
-        sock.close()
-    return 0
-
-
-def _run_requester(cfg, jobs_dir: str | None, data_dir: str | Path) -> Callable[[str], str]:
-    """POST /jobs/{name}/run -> a manual run on the job board that the scheduler(s) of `data_dir` read.
-    Specs come from `jobs_dir` (default scheduler.jobs_dir) and DATA/jobs, as for `vidstorm jobs`."""
-    import redis
-
-    from actors.scheduler import request_run
-    from pipeline.config import mask_secrets
-    from pipeline.jobs.spec import load_specs, spec_folders
-
-    def request(name: str) -> str:
-        # read per request: a job added with `vidstorm jobs add` needs no restart
-        specs = load_specs(spec_folders(jobs_dir or cfg.scheduler.jobs_dir, data_dir))
-        try:
-            return request_run(cfg, data_dir, specs, name)
-        except redis.RedisError as err:
-            message = f"cannot reach the scheduler's job board in Redis: {err}"
-            raise VidstormError(mask_secrets(message)) from None
-
-    return request
-
-
-def _progress_reader(cfg, data_dir: str | Path) -> Callable[[], tuple[list[dict], str | None]]:
-    """GET /progress: what the stages of distributed ingests on this data directory (or cfg.redis.url)
-    write to Redis. No Redis running: no ingest is running either."""
-    import redis
-
-    from actors.stages import ingest_progress
-    from pipeline.config import mask_secrets
-    from pipeline.queue.server import redis_url_for
-
-    def read() -> tuple[list[dict], str | None]:
-        url = redis_url_for(cfg, data_dir)
-        if not url:
-            return [], None
-        try:
-            client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
-            return ingest_progress(client, cfg.queue.prefix), None
-        except (redis.RedisError, VidstormError) as err:
-            return [], mask_secrets(f"cannot read ingest progress from Redis: {err}")
-
-    return read
-
-
-def _schedules_reader(cfg, jobs_dir: str | None, data_dir: str | Path) -> Callable[[], list[dict]]:
-    from pipeline.jobs.spec import load_specs, spec_folders
-
-    def read() -> list[dict]:  # per request, like POST .../run: `vidstorm jobs add` needs no restart
-        specs = load_specs(spec_folders(jobs_dir or cfg.scheduler.jobs_dir, data_dir))
-        return [{"name": s.name, "kind": s.kind, "schedule": s.schedule, "timezone": s.timezone}
-                for s in sorted(specs.values(), key=lambda s: s.name)]
-
-    return read
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """A listening socket, or one VidstormError line (port taken, unknown host, ...)."""
-    sock = None
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(2048)  # bound and listening before the startup line: early clients wait in the backlog
-    except (OSError, OverflowError) as err:
-        if sock is not None:
-            sock.close()
-        reason = getattr(err, "strerror", None) or str(err)
-        raise VidstormError(f"cannot listen on {host}:{port}: {reason}; pick another --host/--port") from None
-    return sock
