@@ -46,7 +46,7 @@ from pipeline.models.siglip import build_random_siglip  # noqa: E402
 from pipeline.train.data import read_jsonl  # noqa: E402
 from pipeline.train.evaluate import evaluate  # noqa: E402
 from pipeline.train.loop import build_models, train  # noqa: E402
-from pipeline.train.synthqa import write_dataset  # noqa: E402
+from pipeline.train.synthrender import write_dataset  # noqa: E402
 
 # name: (mamba layers, temporal mode, pooling k, test-time sampling s)
 ROWS = {

@@ -8,7 +8,6 @@ from. Modules take explicit arguments; the composition root unpacks this tree.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.errors import ConfigError
+from pipeline.secrets import mask_secrets
 
 TEMPORAL_MODES = ("stream", "chunk_bidirectional", "offline")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
@@ -324,129 +324,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         cfg = _merge(cfg, OmegaConf.from_dotlist(list(overrides)), "command line")
     config = OmegaConf.to_object(cfg)
     sources = [str(path) if path else "", "command line" if overrides else ""]
+    from pipeline.config_rules import validate  # (its rules import this schema)
+
     validate(config, source=" + ".join(s for s in sources if s) or "defaults")
     return config
-
-
-def validate(cfg: Config, source: str = "config") -> None:
-    """Cross-field rules; each failure is one line naming the keys."""
-    pool, dec = cfg.pooling, cfg.decode
-
-    def fail(msg):
-        raise ConfigError(f"{source}: {msg}")
-
-    for name, value in (("pooling.temporal_k", pool.temporal_k), ("pooling.sample_s", pool.sample_s)):
-        if value < 1:
-            fail(f"{name} must be >= 1, got {value}")
-    if not 0 <= pool.sample_from < pool.sample_s:
-        fail(f"pooling.sample_from must be in 0..pooling.sample_s-1 = {pool.sample_s - 1}, got {pool.sample_from}")
-    if cfg.train.sample_s > 1 and pool.sample_from >= cfg.train.sample_s:
-        fail(f"pooling.sample_from={pool.sample_from} is past train.sample_s={cfg.train.sample_s}: training would "
-             f"keep another pooled frame than the test")
-    if cfg.train.siglip.dense < 0:
-        fail(f"train.siglip.dense must be >= 0 (0 = no dense head), got {cfg.train.siglip.dense}")
-    if pool.spatial_p < 1 or math.isqrt(pool.spatial_p) ** 2 != pool.spatial_p:
-        fail(f"pooling.spatial_p must be a square (1, 4, 9, ...), got {pool.spatial_p}")
-    if cfg.temporal.downsample < 1:
-        fail(f"temporal.downsample must be >= 1, got {cfg.temporal.downsample}")
-    if cfg.temporal.adapter_dim < 0:
-        fail(f"temporal.adapter_dim must be >= 0 (0 = no adapter), got {cfg.temporal.adapter_dim}")
-    group = pool.frames_per_group
-    if dec.chunk_frames < 1 or dec.chunk_frames % group:
-        fail(
-            f"decode.chunk_frames={dec.chunk_frames} must be a positive multiple of "
-            f"pooling.temporal_k*pooling.sample_s = {group}"
-        )
-    if dec.fps <= 0:
-        fail(f"decode.fps must be > 0, got {dec.fps}")
-    if dec.open_timeout <= 0 or dec.read_timeout <= 0:
-        fail(f"decode.open_timeout and decode.read_timeout must be > 0, got {dec.open_timeout}, {dec.read_timeout}")
-    if dec.thumbnail_width != 0 and not 16 <= dec.thumbnail_width <= 1024:
-        fail(f"decode.thumbnail_width must be 0 (no thumbnails) or 16..1024 px, got {dec.thumbnail_width}")
-    if dec.reconnect_outage < 0 or dec.reconnect_backoff_max <= 0:
-        fail(f"decode.reconnect_outage must be >= 0 and decode.reconnect_backoff_max > 0, got "
-             f"{dec.reconnect_outage}, {dec.reconnect_backoff_max}")
-    if cfg.temporal.mode not in TEMPORAL_MODES:
-        fail(f"temporal.mode must be one of {', '.join(TEMPORAL_MODES)}, got {cfg.temporal.mode!r}")
-    if cfg.temporal.scan_impl not in SCAN_IMPLS:
-        fail(f"temporal.scan_impl must be one of {', '.join(SCAN_IMPLS)}, got {cfg.temporal.scan_impl!r}")
-    validate_spill(cfg.temporal, fail)
-    for section in ("encoder", "summarizer"):
-        part = getattr(cfg, section)
-        if part.dtype not in DTYPES:
-            fail(f"{section}.dtype must be one of {', '.join(DTYPES)}, got {part.dtype!r}")
-        if part.device not in DEVICES and not part.device.startswith("cuda:"):
-            fail(f"{section}.device must be one of {', '.join(DEVICES)} or cuda:N, got {part.device!r}")
-    if cfg.summary.window_seconds <= 0:
-        fail(f"summary.window_seconds must be > 0, got {cfg.summary.window_seconds}")
-    if cfg.summary.max_items_per_prompt < 2:
-        fail(f"summary.max_items_per_prompt must be >= 2, got {cfg.summary.max_items_per_prompt}")
-    for name in ("decoders", "encoders", "temporal", "summarizers", "streams_per_decoder"):
-        if getattr(cfg.workers, name) < 1:
-            fail(f"workers.{name} must be >= 1, got {getattr(cfg.workers, name)}")
-    for name in ("gpus_per_encoder", "gpus_per_summarizer", "gpus_per_temporal"):
-        value = getattr(cfg.workers, name)
-        if value < 0 and value != -1:
-            fail(f"workers.{name} must be -1 (auto) or >= 0, got {value}")
-    if cfg.workers.scheduling not in ("default", "spread"):
-        fail(f"workers.scheduling must be default or spread, got {cfg.workers.scheduling!r}")
-    if cfg.queue.max_in_flight < 1 or cfg.queue.max_deliveries < 1 or cfg.queue.reclaim_idle_s <= 0:
-        fail("queue.max_in_flight and queue.max_deliveries must be >= 1 and queue.reclaim_idle_s > 0")
-    if cfg.redis.url and not cfg.redis.url.startswith(("redis://", "rediss://", "unix://")):
-        fail(f"redis.url must start with redis://, rediss:// or unix://, got {cfg.redis.url!r}")
-    if cfg.scheduler.poll_s <= 0 or cfg.scheduler.lease_s <= 0 or cfg.scheduler.max_attempts < 1:
-        fail("scheduler.poll_s and scheduler.lease_s must be > 0 and scheduler.max_attempts >= 1")
-    if not 1 <= cfg.api.port <= 65535 or cfg.api.max_limit < 1 or cfg.api.refresh_s <= 0:
-        fail("api.port must be 1-65535, api.max_limit >= 1 and api.refresh_s > 0")
-    if cfg.api.media_url_ttl_s <= 0 or cfg.api.clip_max_seconds <= 0 or cfg.api.clip_cache_mb < 0:
-        fail("api.media_url_ttl_s and api.clip_max_seconds must be > 0, api.clip_cache_mb >= 0")
-    if cfg.encoder.batch_size < 1:
-        fail(f"encoder.batch_size must be >= 1, got {cfg.encoder.batch_size}")
-    if not math.isfinite(cfg.encoder.static_threshold) or cfg.encoder.static_threshold < 0:
-        fail(f"encoder.static_threshold must be a number of grey levels >= 0 (0 = encode every frame), "
-             f"got {cfg.encoder.static_threshold}")
-    if cfg.encoder.output_dtype not in WIRE_DTYPES:
-        fail(f"encoder.output_dtype must be one of {', '.join(WIRE_DTYPES)}, got {cfg.encoder.output_dtype!r}")
-    validate_train(cfg.train, fail)
-
-
-def validate_spill(t: TemporalConfig, fail) -> None:
-    if not math.isfinite(t.offline_spill_mb) or t.offline_spill_mb < 0:
-        fail(f"temporal.offline_spill_mb must be a number of megabytes >= 0 (0 = keep nothing in memory), "
-             f"got {t.offline_spill_mb}")
-    folder = t.offline_spill_dir
-    if folder and (not Path(folder).is_absolute() or any(c in folder for c in "\0\n\r")):
-        fail(f"temporal.offline_spill_dir must be an absolute folder path (or empty for <data dir>/spill), "
-             f"got {folder!r}")
-
-
-def validate_train(t: TrainConfig, fail) -> None:
-    if t.stage not in TRAIN_STAGES:
-        fail(f"train.stage must be one of {', '.join(TRAIN_STAGES)}, got {t.stage!r}")
-    bad = [p for p in t.trainable if p not in TRAINABLE_PARTS]
-    if bad or not t.trainable:
-        fail(f"train.trainable must list some of {', '.join(TRAINABLE_PARTS)}, got {list(t.trainable)}")
-    if t.autocast not in AUTOCAST:
-        fail(f"train.autocast must be one of {', '.join(AUTOCAST)}, got {t.autocast!r}")
-    for name in ("steps", "batch_size", "eval_every", "save_every", "sample_s", "max_chunks", "num_workers"):
-        if getattr(t, name) < 1:
-            fail(f"train.{name} must be >= 1, got {getattr(t, name)}")
-    if "lora" in t.trainable and "llm" in t.trainable:
-        fail("train.trainable: choose lora (adapters) or llm (every weight), not both")
-    if t.lora_rank < 1 or t.lora_alpha <= 0 or t.lr_lora <= 0:
-        fail("train.lora_rank must be >= 1, train.lora_alpha and train.lr_lora > 0")
-    if t.lr <= 0 or t.lr_llm < 0 or not 0 <= t.min_lr_ratio <= 1 or t.warmup_steps < 0 or t.grad_clip < 0:
-        fail("train.lr must be > 0, train.lr_llm >= 0, train.min_lr_ratio in [0, 1], warmup_steps and grad_clip >= 0")
-    if "<video>" not in t.qa_prompt or "{question}" not in t.qa_prompt:
-        fail("train.qa_prompt must contain <video> and {question}")
-    g = t.siglip
-    if min(g.image_size, g.patch_size, g.hidden, g.layers, g.heads, g.intermediate, g.text_hidden, g.text_layers,
-           g.images, g.versions) < 1 or g.image_size % g.patch_size or g.hidden % g.heads or g.text_hidden % 4:
-        fail("train.siglip: sizes must be >= 1, image_size a multiple of patch_size, hidden of heads, "
-             "text_hidden of 4")
-    if t.stage == "siglip" and not g.versions <= t.batch_size <= g.images:
-        fail(f"train.stage=siglip: need train.siglip.versions <= train.batch_size <= train.siglip.images, got "
-             f"{g.versions}, {t.batch_size}, {g.images}")
 
 
 def fingerprint(cfg: Config) -> str:
@@ -502,31 +383,6 @@ def content_digest(name: str) -> str:
                     digest.update(block)
         _DIGESTS[key] = digest.hexdigest()[:16]
     return _DIGESTS[key]
-
-
-SECRET_KEYS = ("token", "password", "secret")
-
-
-def mask_secrets(text: str) -> str:
-    """Hide secrets in any text a person or a log will see: the password of every URL
-    (redis://:secret@host -> redis://:***@host), `api.token=...` / `password=...` overrides,
-    and `token:` lines of printed configs."""
-    import re
-
-    text = re.sub(r"(://[^:/@\s]*:)[^@\s]+@", r"\1***@", text)
-    keys = "|".join(SECRET_KEYS)
-    text = re.sub(rf"(?i)((?:^|[\s'\"\[,(])[\w.]*(?:{keys})=)(?!\*\*\*)[^\s'\",\])]+", r"\1***", text)
-    return re.sub(rf"(?im)^(\s*[\w.-]*(?:{keys}):\s*)(?!''\s*$)(?!\"\"\s*$)\S.*$", r"\1'***'", text)
-
-
-def mask_data(value):
-    """mask_secrets over every string of a JSON-like value; a key named like a secret is hidden whole."""
-    if isinstance(value, dict):
-        return {k: ("***" if isinstance(k, str) and any(w in k.lower() for w in SECRET_KEYS) and v
-                    else mask_data(v)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [mask_data(v) for v in value]
-    return mask_secrets(value) if isinstance(value, str) else value
 
 
 def to_yaml(cfg: Config) -> str:

@@ -137,3 +137,24 @@ def vlm_smollm2(tmp_path_factory):
 
     return build_random_vlm(tmp_path_factory.mktemp("vlm-smollm2") / "vlm", "smolvlm-tiny-smollm2",
                             text_from="smollm2")
+
+
+# --- one real Redis, and one config helper, for every test that needs them ---
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    """A redis-server of this test's own (real, embedded, in tmp_path); stopped after it."""
+    from pipeline.queue.server import EmbeddedRedis
+
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def module_redis(tmp_path_factory):
+    """A redis-server the tests of one module share (each uses its own key prefix)."""
+    from pipeline.queue.server import EmbeddedRedis
+
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
+        yield server

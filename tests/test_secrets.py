@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipeline.config import mask_data, mask_secrets
+from pipeline.secrets import mask_data, mask_secrets
 from pipeline.synth import write_clip
 
 ROOT = Path(__file__).resolve().parents[1]

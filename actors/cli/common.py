@@ -20,7 +20,7 @@ def _emit_json(rows, one_line: bool = False) -> None:
     """Rows for scripts (indented), or one JSON line (`one_line`: a result a script reads last)."""
     import json
 
-    from pipeline.config import mask_data
+    from pipeline.secrets import mask_data
 
     rows = mask_data(json.loads(json.dumps(rows, default=_json_default)))  # no secret leaves in JSON either
     if one_line:

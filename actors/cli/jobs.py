@@ -34,7 +34,7 @@ def cmd_scheduler(args) -> int:
     import threading
 
     from actors.runtime import Cluster
-    from pipeline.config import mask_secrets
+    from pipeline.secrets import mask_secrets
     from pipeline.jobs.windows import next_fire
 
     cfg, specs, folders = _jobs_context(args)
@@ -107,7 +107,7 @@ def _jobs_show(args) -> int:
     if args.json:
         _emit_json({"spec": spec.__dict__, "runs": runs})
         return 0
-    from pipeline.config import mask_secrets
+    from pipeline.secrets import mask_secrets
 
     print(f"# {spec.path}\n{mask_secrets(spec.to_yaml())}", end="")
     print(f"runs ({len(runs)} newest):" if runs else "no runs yet")

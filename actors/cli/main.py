@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         getattr(args, target).extend(extra)
-    from pipeline.config import mask_secrets
+    from pipeline.secrets import mask_secrets
 
     try:
         return args.func(args)

@@ -142,7 +142,8 @@ def cmd_eval(args) -> int:
 
 def cmd_synth_data(args) -> int:
     """Render the synthetic temporal-QA family (MP4 + JSONL, train/val/test)."""
-    from pipeline.train.synthqa import FPS_RANGE, SIZE_RANGE, write_dataset
+    from pipeline.train.synthqa import FPS_RANGE, SIZE_RANGE
+    from pipeline.train.synthrender import write_dataset
 
     splits = tuple(float(x) for x in args.splits.split(",")) if args.splits else (0.8, 0.1, 0.1)
     summary = write_dataset(args.out, args.n, args.seed, splits=splits, size_range=tuple(args.size or SIZE_RANGE),

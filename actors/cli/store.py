@@ -72,7 +72,8 @@ def cmd_clip(args) -> int:
     from pipeline.clip import cut_clip
     from pipeline.config import load_config
     from pipeline.errors import VidstormError
-    from pipeline.store.query import StoreQuery, parse_time
+    from pipeline.store.query import StoreQuery
+    from pipeline.store.sql import parse_time
 
     cfg = load_config(args.config, args.overrides)
     times = []

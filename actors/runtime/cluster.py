@@ -12,7 +12,8 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.config import Config, mask_secrets
+from pipeline.config import Config
+from pipeline.secrets import mask_secrets
 from pipeline.errors import VidstormError
 from pipeline.queue import connect, retrying
 from pipeline.queue.server import EmbeddedRedis, redis_url_for

@@ -33,7 +33,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.server.media import ClipCache, MediaSigner, NoClip, clip_source, thumbnail_path
 from pipeline.errors import VidstormError
-from pipeline.store.query import QueryError, StoreQuery
+from pipeline.store.query import StoreQuery
+from pipeline.store.sql import QueryError
 
 from actors.server.schemas import (COMPARISONS, ErrorBody, HitList, JobList, NO_SCHEDULER, ProgressList,
                                     RunRequested, ScheduleList, SegmentPage, StreamList, SummaryList,

@@ -67,7 +67,7 @@ class NoClip(Exception):
 def clip_source(query, stream_id: str) -> Path:
     """The file a stream's segments came from, for GET /clip and `vidstorm clip`. The path comes from
     the store (what ingest recorded), never from the request; NoClip if it cannot be cut."""
-    from pipeline.config import mask_secrets
+    from pipeline.secrets import mask_secrets
 
     if not query.has_stream(stream_id):
         raise NoClip(404, f"unknown stream {stream_id!r}")

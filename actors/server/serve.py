@@ -63,7 +63,7 @@ def _run_requester(cfg, jobs_dir: str | None, data_dir: str | Path) -> Callable[
     import redis
 
     from actors.runtime.scheduler import request_run
-    from pipeline.config import mask_secrets
+    from pipeline.secrets import mask_secrets
     from pipeline.jobs.spec import load_specs, spec_folders
 
     def request(name: str) -> str:
@@ -84,7 +84,7 @@ def _progress_reader(cfg, data_dir: str | Path) -> Callable[[], tuple[list[dict]
     import redis
 
     from actors.runtime import ingest_progress
-    from pipeline.config import mask_secrets
+    from pipeline.secrets import mask_secrets
     from pipeline.queue.server import redis_url_for
 
     def read() -> tuple[list[dict], str | None]:

@@ -16,8 +16,6 @@ with the keys and files it covers, so a restart reads only the embeddings of new
 
 from __future__ import annotations
 
-import datetime as dt
-import re
 import sys
 import threading
 from contextlib import contextmanager
@@ -32,6 +30,7 @@ import pyarrow.dataset as ds
 from pipeline.store import index as vector_index
 from pipeline.store.index import VectorIndex
 from pipeline.store.schema import LISTED, SCHEMAS, STREAM_KEYS, TEXT_DIM
+from pipeline.store.sql import limit_clause, query_words, segment_filters, where_clause
 
 INDEX_DIR = "_index"
 TABLES = ("segments", "summaries", "jobs")
@@ -42,37 +41,6 @@ EMBEDDINGS = ("text_embedding", "visual_embedding")
 THUMBNAIL_PLACE = [pa.field("has_thumbnail", pa.bool_()), pa.field("_file_name", pa.string()),
                    pa.field("_file_row", pa.int64())]
 SAVE_EVERY = 10000  # vectors added since the last save; and at least a tenth of the index
-
-
-class QueryError(ValueError):
-    """A query that cannot be answered as asked (a time that does not parse, a reversed range)."""
-
-
-def _parse_time(name: str, text):
-    try:
-        return parse_time(text)
-    except ValueError as err:
-        raise QueryError(f"{name}: {err}") from None
-
-
-def parse_time(text: str | float | None) -> tuple[str, float | dt.datetime] | None:
-    """'90', '1:30', '01:02:03.5' -> ('video', seconds); an ISO date/time -> ('wall', datetime)."""
-    if text is None or text == "":
-        return None
-    if isinstance(text, (int, float)):
-        return "video", float(text)
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return "video", float(text)
-    if re.fullmatch(r"(\d+:){1,2}\d+(\.\d+)?", text):
-        seconds = 0.0
-        for part in text.split(":"):
-            seconds = seconds * 60 + float(part)
-        return "video", seconds
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"cannot read time {text!r}: use seconds, H:MM:SS, or an ISO date-time") from None
-    return "wall", when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
 
 
 def _columns(table: str) -> list[pa.Field]:
@@ -360,32 +328,6 @@ class StoreQuery:
 
     # --- filters ---
 
-    @staticmethod
-    def _filters(stream=None, since=None, until=None, q=None, after=None) -> tuple[list[str], list]:
-        """SQL conditions: rows of `stream` that overlap [since, until] (video seconds or wall-clock
-        times), whose caption holds every word of `q`, after the (stream_id, chunk_seq) cursor."""
-        clauses, params = [], []
-        if stream:
-            clauses.append("stream_id = ?")
-            params.append(stream)
-        since_text, until_text = since, until
-        since, until = _parse_time("since", since), _parse_time("until", until)
-        if since and until and since[0] == until[0] and since[1] > until[1]:
-            raise QueryError(f"since {since_text!r} is after until {until_text!r}")
-        if since:
-            clauses.append("t_end > ?" if since[0] == "video" else "wall_clock >= ?")
-            params.append(since[1])
-        if until:
-            clauses.append("t_start <= ?" if until[0] == "video" else "wall_clock <= ?")
-            params.append(until[1])
-        for word in _words(q):
-            clauses.append("contains(lower(caption), ?)")
-            params.append(word)
-        if after is not None:
-            clauses.append("(stream_id > ? OR (stream_id = ? AND chunk_seq > ?))")
-            params += [after[0], after[0], int(after[1])]
-        return clauses, params
-
     def _rows(self, sql: str, params: list) -> list[dict]:
         with self._lock:
             cursor = self.db.execute(sql, params)
@@ -450,21 +392,21 @@ class StoreQuery:
     def segments(self, stream=None, since=None, until=None, limit=None, q=None, after=None) -> list[dict]:
         """Segments in (stream_id, chunk_seq) order. q: caption holds every word (any case);
         after: a (stream_id, chunk_seq) cursor, rows strictly after it."""
-        clauses, params = self._filters(stream, since, until, q, after)
+        clauses, params = segment_filters(stream, since, until, q, after)
         sql = (
-            f"SELECT {', '.join(LISTED['segments'])}, has_thumbnail FROM segments{_where(clauses)} "
+            f"SELECT {', '.join(LISTED['segments'])}, has_thumbnail FROM segments{where_clause(clauses)} "
             "ORDER BY stream_id, chunk_seq"
         )
-        return self._rows(sql + _limit(limit), params)
+        return self._rows(sql + limit_clause(limit), params)
 
     def summaries(self, stream=None, level=None) -> list[dict]:
-        clauses, params = self._filters(stream)
+        clauses, params = segment_filters(stream)
         if level:
             clauses.append("level = ?")
             params.append(level)
         order = "CASE level WHEN 'stream' THEN 0 WHEN 'period' THEN 1 ELSE 2 END"
         return self._rows(
-            f"SELECT {', '.join(LISTED['summaries'])} FROM summaries{_where(clauses)} "
+            f"SELECT {', '.join(LISTED['summaries'])} FROM summaries{where_clause(clauses)} "
             f"ORDER BY stream_id, {order}, seq",
             params,
         )
@@ -476,13 +418,13 @@ class StoreQuery:
             if value:
                 clauses.append(f"{column} = ?")
                 params.append(value)
-        sql = f"SELECT * FROM jobs{_where(clauses)} ORDER BY started_at DESC NULLS LAST, job_id"
-        return self._rows(sql + _limit(limit), params)
+        sql = f"SELECT * FROM jobs{where_clause(clauses)} ORDER BY started_at DESC NULLS LAST, job_id"
+        return self._rows(sql + limit_clause(limit), params)
 
     def keyword(self, text: str, stream=None, since=None, until=None, limit=20) -> list[dict]:
         """Case-insensitive match of every word, over captions and summaries."""
-        clauses, params = self._filters(stream, since, until)
-        words = _words(text)
+        clauses, params = segment_filters(stream, since, until)
+        words = query_words(text)
         out = []
         for table, column, seq, level, thumb in (("segments", "caption", "chunk_seq", "'chunk'", "has_thumbnail"),
                                                  ("summaries", "text", "seq", "level", "FALSE")):
@@ -490,14 +432,14 @@ class StoreQuery:
             out += self._rows(
                 f"SELECT stream_id, {level} AS level, {seq} AS seq, t_start, t_end, {column} AS text, "
                 f"{thumb} AS has_thumbnail "
-                f"FROM {table}{_where(clauses + match)} ORDER BY stream_id, t_start{_limit(limit)}",
+                f"FROM {table}{where_clause(clauses + match)} ORDER BY stream_id, t_start{limit_clause(limit)}",
                 params + words,
             )
         return out[:limit]
 
     def search(self, query_vector: np.ndarray, stream=None, since=None, until=None, k=10) -> list[dict]:
         """Captions and summaries ranked by cosine similarity to an embedded query, best first."""
-        clauses, params = self._filters(stream, since, until)
+        clauses, params = segment_filters(stream, since, until)
         if self._indexes is None:
             self.open_index()
         hits = []
@@ -505,7 +447,7 @@ class StoreQuery:
             for table in ROW_KEYS:
                 ids = None
                 if clauses:  # the filter's rows, searched exactly when few, through the IVF when many
-                    ids = self.db.execute(f"SELECT vid FROM {table}{_where(clauses + ['vid IS NOT NULL'])}",
+                    ids = self.db.execute(f"SELECT vid FROM {table}{where_clause(clauses + ['vid IS NOT NULL'])}",
                                           params).fetchnumpy()["vid"]
                 scores, vids = self._indexes[table].search(query_vector, int(k), ids)
                 hits += self._hits(table, scores, vids)
@@ -538,22 +480,6 @@ def _row_value(path: Path, row: int, column: str):
             return reader.read_row_group(g, columns=[column]).column(0)[row].as_py()
         row -= n
     return None
-
-
-def _words(text: str | None) -> list[str]:
-    return re.findall(r"\w+", text.lower()) if text else []
-
-
-def _where(clauses: list[str]) -> str:
-    return (" WHERE " + " AND ".join(clauses)) if clauses else ""
-
-
-def _limit(limit) -> str:
-    if limit is None:
-        return ""
-    if int(limit) < 0:
-        raise ValueError(f"limit must be 0 or more, got {limit}")
-    return f" LIMIT {int(limit)}"
 
 
 def _matrix(column: pa.ChunkedArray) -> np.ndarray:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from pipeline.config import SiglipTowerConfig
 from pipeline.train import synthqa as sq
+from pipeline.train import synthrender
 
 ROWS = ("top", "middle", "bottom")
 COLUMNS = ("left", "centre", "right")
@@ -71,7 +72,7 @@ def patch_labels(shapes, width: int, height: int, grid: int, cover: float = 0.3)
     best, labels = np.zeros((grid, grid), np.float32), np.zeros((grid, grid), np.uint8)
     for shape in shapes:
         canvas = np.zeros((height, width), np.float32)
-        region, mask = sq._Sprite(shape, 2, 1).place(height, width, 0)  # where render_frames pastes it
+        region, mask = synthrender.Sprite(shape, 2, 1).place(height, width, 0)  # where render_frames pastes it
         canvas[region] = mask[..., 0]
         covered = np.add.reduceat(np.add.reduceat(canvas, rows[:-1], axis=0), columns[:-1], axis=1) / area
         take = (covered >= cover) & (covered > best)
@@ -111,7 +112,7 @@ def render_group(rng: np.random.Generator, size: int, versions: int = 1, compres
         spec = sq.ClipSpec(id="still", split="train", task="still", width=width, height=height, fps=1, frames=1,
                            crf=0, background=background, noise_sigma=noise, supersample=2, seed=seed,
                            shapes=tuple(turned), question="", options=(), answer="", caption="", control=False)
-        frame = next(sq.render_frames(spec))
+        frame = next(synthrender.render_frames(spec))
         frame = h264(frame, crf) if compress else av.VideoFrame.from_ndarray(frame, format="rgb24")
         image = frame.reformat(
             width=size, height=size, format="rgb24", interpolation="BILINEAR").to_ndarray()

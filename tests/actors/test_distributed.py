@@ -4,7 +4,6 @@ workers die or Redis restarts in the middle of a run."""
 import hashlib
 import threading
 import time
-import uuid
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from pipeline.ingest import LocalIngest
 from pipeline.store import Store
 from pipeline.store.query import StoreQuery
 from pipeline.synth import write_clip, write_static_camera
+from helpers.configs import queue_config
 
 CHUNKS = 10  # an 80 s clip at 1 fps in 8-frame chunks
 
@@ -93,8 +93,8 @@ def cluster(tmp_path_factory, tiny_overrides):
 
 
 def _config(tiny_overrides, *extra):
-    return load_config(None, [*tiny_overrides, f"queue.prefix=t{uuid.uuid4().hex[:6]}", "queue.reclaim_idle_s=1",
-                              "queue.max_in_flight=2", "workers.decoders=1", *extra])
+    return queue_config(tiny_overrides, "queue.reclaim_idle_s=1", "queue.max_in_flight=2", "workers.decoders=1",
+                        *extra)
 
 
 def _run(cluster, cfg, data, sources, during=None):

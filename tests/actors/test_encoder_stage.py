@@ -4,7 +4,6 @@ them, and queues 16-bit projected grids: at least 4x fewer bytes per chunk than 
 from __future__ import annotations
 
 import time
-import uuid
 
 import numpy as np
 import pytest
@@ -13,17 +12,9 @@ import torch
 from pipeline.queue.keys import Keys
 from actors.runtime import EncoderStage
 from pipeline.messages import Tokens, parse
-from pipeline.config import load_config
 from pipeline.queue.redis_streams import PAYLOAD
-from pipeline.queue.server import EmbeddedRedis
 from pipeline.types import FrameChunk, unpack
-
-
-@pytest.fixture
-def redis_url(tmp_path):
-    server = EmbeddedRedis(tmp_path / "redis").start()
-    yield server.url
-    server.stop()
+from helpers.configs import queue_config
 
 
 def _chunk(stream_id, frames, mask=None):
@@ -41,7 +32,7 @@ def _tokens(stage, keys, stream_id, timeout=30.0):
 
 @pytest.mark.parametrize("wire", ["fp16", "bf16"])
 def test_tokens_messages_are_projected_16_bit_and_4x_smaller(redis_url, tiny_overrides, tiny_processor, wire):
-    cfg = load_config(None, [*tiny_overrides, f"queue.prefix=t{uuid.uuid4().hex[:6]}", f"encoder.output_dtype={wire}"])
+    cfg = queue_config(tiny_overrides, f"encoder.output_dtype={wire}")
     keys = Keys(cfg.queue.prefix)
     stage = EncoderStage(cfg, redis_url, "encoder-0")
     frames = np.random.default_rng(0).integers(0, 255, (8, 56, 56, 3), np.uint8)
@@ -64,7 +55,7 @@ def test_tokens_messages_are_projected_16_bit_and_4x_smaller(redis_url, tiny_ove
 
 
 def test_only_the_frames_a_decoder_kept_are_encoded_and_sent(redis_url, tiny_overrides, tiny_processor):
-    cfg = load_config(None, [*tiny_overrides, f"queue.prefix=t{uuid.uuid4().hex[:6]}"])
+    cfg = queue_config(tiny_overrides)
     keys = Keys(cfg.queue.prefix)
     stage = EncoderStage(cfg, redis_url, "encoder-0")
     seen = []

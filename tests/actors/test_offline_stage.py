@@ -5,7 +5,6 @@ through handing them on; decoders refuse live sources in one line."""
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 import torch
@@ -13,22 +12,13 @@ import torch
 from pipeline.queue.keys import Keys
 from actors.runtime import DecoderStage, TemporalStage
 from pipeline.messages import EndMarker
-from pipeline.config import load_config
 from pipeline.queue.redis_streams import PAYLOAD
-from pipeline.queue.server import EmbeddedRedis
 from pipeline.types import unpack
-
-
-@pytest.fixture
-def redis_url(tmp_path):
-    server = EmbeddedRedis(tmp_path / "redis").start()
-    yield server.url
-    server.stop()
+from helpers.configs import queue_config
 
 
 def _config(tiny_overrides, *extra):
-    return load_config(None, [*tiny_overrides, f"queue.prefix=t{uuid.uuid4().hex[:6]}", "queue.reclaim_idle_s=0.2",
-                              "temporal.mode=offline", *extra])
+    return queue_config(tiny_overrides, "queue.reclaim_idle_s=0.2", "temporal.mode=offline", *extra)
 
 
 class OwnerDies(Exception):

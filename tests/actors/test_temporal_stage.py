@@ -4,57 +4,51 @@ leaves the chunk pending, and the chunk is applied again from the old state (rea
 from __future__ import annotations
 
 import time
-import uuid
 
 import redis
 import torch
 
 from pipeline.queue.keys import Keys
 from actors.runtime import TemporalStage
-from pipeline.config import load_config
 from pipeline.processor import StreamState
 from pipeline.queue.redis_streams import PAYLOAD
-from pipeline.queue.server import EmbeddedRedis
 from pipeline.types import unpack
+from helpers.configs import queue_config
 
 
-def test_a_failed_handoff_does_not_advance_the_state(tmp_path, tiny_overrides, tiny_processor, publish_tokens):
-    server = EmbeddedRedis(tmp_path / "redis").start()
-    try:
-        cfg = load_config(None, [*tiny_overrides, f"queue.prefix=t{uuid.uuid4().hex[:6]}", "queue.reclaim_idle_s=0.2"])
-        keys = Keys(cfg.queue.prefix)
-        stage = TemporalStage(cfg, server.url, "temporal-0", index=0)
-        stage.r.sadd(keys.owner(0), "cam")
-        tokens = publish_tokens(stage, keys)
+def test_a_failed_handoff_does_not_advance_the_state(redis_url, tiny_overrides, tiny_processor, publish_tokens):
+    cfg = queue_config(tiny_overrides, "queue.reclaim_idle_s=0.2")
+    keys = Keys(cfg.queue.prefix)
+    stage = TemporalStage(cfg, redis_url, "temporal-0", index=0)
+    stage.r.sadd(keys.owner(0), "cam")
+    tokens = publish_tokens(stage, keys)
 
-        real_handoff, failures = stage.handoff, []
+    real_handoff, failures = stage.handoff, []
 
-        def flaky(msgs, outputs, extra=None):
-            if not failures:  # Redis gone past the retry budget, once, at chunk 0's handoff
-                failures.append(1)
-                raise redis.ConnectionError("injected: the transaction did not commit")
-            return real_handoff(msgs, outputs, extra)
+    def flaky(msgs, outputs, extra=None):
+        if not failures:  # Redis gone past the retry budget, once, at chunk 0's handoff
+            failures.append(1)
+            raise redis.ConnectionError("injected: the transaction did not commit")
+        return real_handoff(msgs, outputs, extra)
 
-        stage.handoff = flaky
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and stage.r.xlen(keys.pooled) < len(tokens):
-            try:
-                stage.tick()
-            except redis.ConnectionError:
-                pass  # Stage.run retries the tick, as here
-        assert failures, "the injected failure never happened"
-        pooled = [unpack(fields[PAYLOAD]) for _, fields in stage.r.xrange(keys.pooled)]
-        assert [m["chunk_seq"] for m, _ in pooled] == [0, 1, 2]  # chunk 0 was not acked as a duplicate
+    stage.handoff = flaky
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and stage.r.xlen(keys.pooled) < len(tokens):
+        try:
+            stage.tick()
+        except redis.ConnectionError:
+            pass  # Stage.run retries the tick, as here
+    assert failures, "the injected failure never happened"
+    pooled = [unpack(fields[PAYLOAD]) for _, fields in stage.r.xrange(keys.pooled)]
+    assert [m["chunk_seq"] for m, _ in pooled] == [0, 1, 2]  # chunk 0 was not acked as a duplicate
 
-        state, expected = None, []  # the pooled tokens equal one uninterrupted pass
-        for grid in tokens:
-            with torch.inference_mode():
-                out, state = tiny_processor.connector.pool_projected(grid, tiny_processor.reducer, state)
-            expected.append(out)
-        for (_, arrays), want in zip(pooled, expected):
-            torch.testing.assert_close(torch.from_numpy(arrays["pooled"]), want, rtol=1e-5, atol=1e-6)
-        saved = StreamState.from_bytes(stage.r.get(keys.state("cam")))
-        assert saved.next_chunk_seq == 3
-        assert stage.r.xpending(keys.tokens("cam"), "temporal")["pending"] == 0
-    finally:
-        server.stop()
+    state, expected = None, []  # the pooled tokens equal one uninterrupted pass
+    for grid in tokens:
+        with torch.inference_mode():
+            out, state = tiny_processor.connector.pool_projected(grid, tiny_processor.reducer, state)
+        expected.append(out)
+    for (_, arrays), want in zip(pooled, expected):
+        torch.testing.assert_close(torch.from_numpy(arrays["pooled"]), want, rtol=1e-5, atol=1e-6)
+    saved = StreamState.from_bytes(stage.r.get(keys.state("cam")))
+    assert saved.next_chunk_seq == 3
+    assert stage.r.xpending(keys.tokens("cam"), "temporal")["pending"] == 0

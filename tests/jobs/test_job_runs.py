@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 
 from actors.runtime.scheduler import JobExecutor, Scheduler
 from pipeline.config import SchedulerConfig
@@ -23,7 +22,6 @@ from pipeline.jobs.board import JobBoard
 from pipeline.jobs.runs import Run
 from pipeline.jobs.spec import parse_spec
 from pipeline.queue import connect
-from pipeline.queue.server import EmbeddedRedis
 from pipeline.store import Store
 from pipeline.store.query import StoreQuery
 from pipeline.synth import write_clip
@@ -31,12 +29,6 @@ from pipeline.types import Segment
 
 ROOT = Path(__file__).resolve().parents[2]
 UTC = dt.timezone.utc
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as srv:
-        yield srv
 
 
 def ingest_spec(folder, name="cams", **kw):
@@ -58,14 +50,14 @@ def run_rows(store_root, name):
                    and r["job_id"] == r["run_id"]), key=lambda r: r["updated_at"])
 
 
-def test_an_ingest_job_takes_only_files_it_has_not_ingested(tmp_path, server, tiny_overrides):
+def test_an_ingest_job_takes_only_files_it_has_not_ingested(tmp_path, module_redis, tiny_overrides):
     clips = tmp_path / "cam1"
     write_clip(clips / "monday.mp4", seconds=16, fps=4)
     write_clip(clips / "tuesday.mp4", seconds=8, fps=4)
     (clips / "notes.txt").write_text("not a video")
     spec, data = ingest_spec(clips), tmp_path / "data"
     executor = JobExecutor(data, overrides=tiny_overrides, log=lambda m: None)
-    board = JobBoard(connect(server.url), uuid.uuid4().hex[:6])
+    board = JobBoard(connect(module_redis.url), uuid.uuid4().hex[:6])
     s = Scheduler({spec.name: spec}, board, executor, Store(data / "store"), SchedulerConfig(), log=lambda m: None)
     now = dt.datetime.now(UTC)
 

@@ -9,25 +9,16 @@ import threading
 import time
 import uuid
 
-import pytest
-
 from actors.runtime.scheduler import Scheduler
 from pipeline.config import SchedulerConfig
 from pipeline.jobs.board import JobBoard
 from pipeline.jobs.runs import RunOutcome
 from pipeline.jobs.spec import parse_spec
 from pipeline.queue import connect
-from pipeline.queue.server import EmbeddedRedis
 from pipeline.store import Store
 from pipeline.store.query import StoreQuery
 
 UTC = dt.timezone.utc
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as srv:
-        yield srv
 
 
 class Clock:
@@ -68,8 +59,8 @@ def nightly(name=None, **kw):
     return parse_spec({**data, **kw}, "test")
 
 
-def scheduler(server, prefix, specs, executor, clock, tmp_path, **settings):
-    board = JobBoard(connect(server.url), prefix)
+def scheduler(module_redis, prefix, specs, executor, clock, tmp_path, **settings):
+    board = JobBoard(connect(module_redis.url), prefix)
     cfg = SchedulerConfig(**{"poll_s": 10.0, "lease_s": 5.0, "max_attempts": 3, **settings})
     return Scheduler({s.name: s for s in specs}, board, executor, Store(tmp_path / "store"), cfg, clock=clock,
                      log=lambda m: None)
@@ -80,9 +71,9 @@ def runs_table(tmp_path, name):
             and r["job_id"] == r["run_id"]}
 
 
-def test_a_job_fires_at_its_cron_time_and_not_before(server, tmp_path):
+def test_a_job_fires_at_its_cron_time_and_not_before(module_redis, tmp_path):
     spec, rec, clock = nightly(), Recorder(), Clock("2026-11-20T01:59:00")
-    s = scheduler(server, uuid.uuid4().hex[:6], [spec], rec, clock, tmp_path)
+    s = scheduler(module_redis, uuid.uuid4().hex[:6], [spec], rec, clock, tmp_path)
     assert s.tick() == [] and rec.calls == []  # first look: nothing due yet
     clock.set("2026-11-20T01:59:59")
     assert s.tick() == []
@@ -97,29 +88,29 @@ def test_a_job_fires_at_its_cron_time_and_not_before(server, tmp_path):
     assert row["window"] == dt.datetime(2026, 11, 20, 2, tzinfo=UTC)
 
 
-def test_windows_missed_while_down_run_once_each_after_restart(server, tmp_path):
+def test_windows_missed_while_down_run_once_each_after_restart(module_redis, tmp_path):
     spec, rec, clock = nightly(), Recorder(), Clock("2026-11-17T12:00:00")
     prefix = uuid.uuid4().hex[:6]
-    scheduler(server, prefix, [spec], rec, clock, tmp_path).tick()  # seen once, then down for days
+    scheduler(module_redis, prefix, [spec], rec, clock, tmp_path).tick()  # seen once, then down for days
     clock.set("2026-11-20T09:30:00")
-    restarted = scheduler(server, prefix, [spec], rec, clock, tmp_path)
+    restarted = scheduler(module_redis, prefix, [spec], rec, clock, tmp_path)
     restarted.tick()
     assert [c[:2] for c in rec.calls] == [
         (f"{spec.name}@20261118T020000Z", "catch-up"), (f"{spec.name}@20261119T020000Z", "catch-up"),
         (f"{spec.name}@20261120T020000Z", "catch-up")]
     clock.set("2026-11-20T10:00:00")
-    scheduler(server, prefix, [spec], rec, clock, tmp_path).tick()  # and again: nothing runs twice
+    scheduler(module_redis, prefix, [spec], rec, clock, tmp_path).tick()  # and again: nothing runs twice
     restarted.tick()
     assert len(rec.calls) == 3
     assert {r["status"] for r in runs_table(tmp_path, spec.name).values()} == {"done"}
 
 
-def test_catch_up_latest_records_older_missed_windows_as_skipped(server, tmp_path):
+def test_catch_up_latest_records_older_missed_windows_as_skipped(module_redis, tmp_path):
     spec, rec, clock = nightly(catch_up="latest"), Recorder(), Clock("2026-11-17T12:00:00")
     prefix = uuid.uuid4().hex[:6]
-    scheduler(server, prefix, [spec], rec, clock, tmp_path).tick()
+    scheduler(module_redis, prefix, [spec], rec, clock, tmp_path).tick()
     clock.set("2026-11-20T09:30:00")
-    scheduler(server, prefix, [spec], rec, clock, tmp_path).tick()
+    scheduler(module_redis, prefix, [spec], rec, clock, tmp_path).tick()
     assert [c[0] for c in rec.calls] == [f"{spec.name}@20261120T020000Z"]
     table = runs_table(tmp_path, spec.name)
     assert {rid: r["status"] for rid, r in table.items()} == {
@@ -127,11 +118,11 @@ def test_catch_up_latest_records_older_missed_windows_as_skipped(server, tmp_pat
         f"{spec.name}@20261120T020000Z": "done"}
 
 
-def test_two_schedulers_on_one_redis_run_each_window_once(server, tmp_path):
+def test_two_schedulers_on_one_redis_run_each_window_once(module_redis, tmp_path):
     specs = [nightly(schedule="*/10 * * * *"), nightly(schedule="*/15 * * * *")]
     rec, clock, prefix = Recorder(seconds=0.05), Clock("2026-11-20T00:00:30"), uuid.uuid4().hex[:6]
-    a = scheduler(server, prefix, specs, rec, clock, tmp_path)
-    b = scheduler(server, prefix, specs, rec, clock, tmp_path)
+    a = scheduler(module_redis, prefix, specs, rec, clock, tmp_path)
+    b = scheduler(module_redis, prefix, specs, rec, clock, tmp_path)
     a.tick(), b.tick()
     for minute in range(1, 121):  # two hours of ticks, both schedulers racing on every one
         clock.now = dt.datetime(2026, 11, 20, 0, 0, 30, tzinfo=UTC) + dt.timedelta(minutes=minute)
@@ -144,10 +135,10 @@ def test_two_schedulers_on_one_redis_run_each_window_once(server, tmp_path):
     assert len(owners) == 12
 
 
-def test_a_run_that_crashes_is_taken_again_and_counts_attempts(server, tmp_path):
+def test_a_run_that_crashes_is_taken_again_and_counts_attempts(module_redis, tmp_path):
     spec, clock, prefix = nightly(), Clock("2026-11-20T01:59:00"), uuid.uuid4().hex[:6]
     rec = Recorder(fail_first=1)
-    s = scheduler(server, prefix, [spec], rec, clock, tmp_path, lease_s=1.0)
+    s = scheduler(module_redis, prefix, [spec], rec, clock, tmp_path, lease_s=1.0)
     s.tick()
     clock.set("2026-11-20T02:00:05")
     assert [r["status"] for r in s.tick()] == ["failed"]  # attempt 1 raised: the window stays pending
@@ -155,33 +146,33 @@ def test_a_run_that_crashes_is_taken_again_and_counts_attempts(server, tmp_path)
     assert [r["status"] for r in s.tick()] == ["done"]
     assert [c[2] for c in rec.calls] == [1, 2]
     # A scheduler that dies holding a run (no finish, lease left to expire) loses it to another.
-    board = JobBoard(connect(server.url), prefix)
+    board = JobBoard(connect(module_redis.url), prefix)
     rid = board.request(spec.name, clock())
     assert board.acquire(rid, "dead-scheduler", lease_s=1.0) == 1
-    other = scheduler(server, prefix, [spec], rec, clock, tmp_path, lease_s=1.0)
+    other = scheduler(module_redis, prefix, [spec], rec, clock, tmp_path, lease_s=1.0)
     assert other.run_pending(rid) is None  # still leased
     time.sleep(1.2)
     assert other.run_pending(rid)["attempts"] == 2
 
 
-def test_a_run_gives_up_after_max_attempts(server, tmp_path):
+def test_a_run_gives_up_after_max_attempts(module_redis, tmp_path):
     spec, clock, prefix = nightly(), Clock("2026-11-20T01:59:00"), uuid.uuid4().hex[:6]
-    s = scheduler(server, prefix, [spec], Recorder(fail_first=10), clock, tmp_path, max_attempts=2)
+    s = scheduler(module_redis, prefix, [spec], Recorder(fail_first=10), clock, tmp_path, max_attempts=2)
     s.tick()
     clock.set("2026-11-20T02:00:05")
     s.tick(), s.tick(), s.tick()
     row = runs_table(tmp_path, spec.name)[f"{spec.name}@20261120T020000Z"]
     assert row["status"] == "failed" and row["attempts"] == 2 and "RuntimeError: worker lost" in row["error"]
-    assert JobBoard(connect(server.url), prefix).pending() == []
+    assert JobBoard(connect(module_redis.url), prefix).pending() == []
 
 
-def test_cancel_a_pending_run_and_a_running_one(server, tmp_path):
+def test_cancel_a_pending_run_and_a_running_one(module_redis, tmp_path):
     spec, clock, prefix = nightly(), Clock("2026-11-20T12:00:00"), uuid.uuid4().hex[:6]
-    board = JobBoard(connect(server.url), prefix)
+    board = JobBoard(connect(module_redis.url), prefix)
     rid = board.request(spec.name, clock())
     assert board.cancel(rid) == "cancelled"
     rec = Recorder(seconds=30)
-    s = scheduler(server, prefix, [spec], rec, clock, tmp_path)
+    s = scheduler(module_redis, prefix, [spec], rec, clock, tmp_path)
     assert s.tick() == [] and rec.calls == []  # a cancelled run never starts
     clock.set("2026-11-20T12:00:01")
     rid2 = board.request(spec.name, clock())
@@ -196,7 +187,7 @@ def test_cancel_a_pending_run_and_a_running_one(server, tmp_path):
     assert board.cancel("nope@1") == "unknown"
 
 
-def test_a_long_run_does_not_make_other_jobs_late(server, tmp_path):
+def test_a_long_run_does_not_make_other_jobs_late(module_redis, tmp_path):
     """serve() plans on its own thread: windows falling due during a long run are on time."""
     slow, quick = nightly(schedule="* * * * *"), nightly(schedule="* * * * *", catch_up="none")
     clock, prefix = Clock("2026-11-20T00:00:30"), uuid.uuid4().hex[:6]
@@ -207,7 +198,7 @@ def test_a_long_run_does_not_make_other_jobs_late(server, tmp_path):
             return super().run(run, should_stop)
 
     rec = SlowFirst()
-    s = scheduler(server, prefix, [slow, quick], rec, clock, tmp_path, poll_s=0.05)
+    s = scheduler(module_redis, prefix, [slow, quick], rec, clock, tmp_path, poll_s=0.05)
     stop = threading.Event()
     worker = threading.Thread(target=s.serve, args=(stop,))
     worker.start()
@@ -231,14 +222,14 @@ def test_a_long_run_does_not_make_other_jobs_late(server, tmp_path):
     assert f"{quick.name}@20261120T000500Z" not in ran  # catch_up none: missed windows stay skipped
 
 
-def test_jobs_added_or_broken_while_running_are_picked_up_or_said(server, tmp_path):
+def test_jobs_added_or_broken_while_running_are_picked_up_or_said(module_redis, tmp_path):
     from pipeline.jobs.spec import load_specs
 
     folder = tmp_path / "specs"
     folder.mkdir()
     (folder / "a.yaml").write_text("name: a\nkind: digest\nschedule: '0 2 * * *'\n")
     said, rec, clock = [], Recorder(), Clock("2026-11-20T01:30:00")
-    s = scheduler(server, uuid.uuid4().hex[:6], load_specs([folder]).values(), rec, clock, tmp_path)
+    s = scheduler(module_redis, uuid.uuid4().hex[:6], load_specs([folder]).values(), rec, clock, tmp_path)
     s.reload_specs, s.log = (lambda: load_specs([folder])), said.append
     s.tick()
     (folder / "b.yaml").write_text("name: b\nkind: digest\nschedule: '*/30 * * * *'\n")

@@ -10,24 +10,18 @@ from pipeline.queue import RedisQueue, connect
 from pipeline.queue.server import EmbeddedRedis
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as srv:
-        yield srv
-
-
 @pytest.fixture
 def stream():
     return f"test:{uuid.uuid4().hex[:8]}"
 
 
-def _queue(server, consumer, **kw):
+def _queue(module_redis, consumer, **kw):
     kw.setdefault("reclaim_idle_ms", 300)
-    return RedisQueue(connect(server.url), "workers", consumer, prefix=f"t{uuid.uuid4().hex[:4]}", **kw)
+    return RedisQueue(connect(module_redis.url), "workers", consumer, prefix=f"t{uuid.uuid4().hex[:4]}", **kw)
 
 
-def test_each_message_goes_to_exactly_one_of_two_consumers(server, stream):
-    a, b = _queue(server, "a"), _queue(server, "b")
+def test_each_message_goes_to_exactly_one_of_two_consumers(module_redis, stream):
+    a, b = _queue(module_redis, "a"), _queue(module_redis, "b")
     a.ensure_group(stream)
     for i in range(40):
         a.publish(stream, f"m{i}".encode())
@@ -43,8 +37,8 @@ def test_each_message_goes_to_exactly_one_of_two_consumers(server, stream):
     assert a.r.xlen(stream) == 0  # acked entries are deleted: XLEN is the work in flight
 
 
-def test_a_dead_consumers_messages_are_reclaimed_and_completed(server, stream):
-    dead, alive = _queue(server, "dead"), _queue(server, "alive")
+def test_a_dead_consumers_messages_are_reclaimed_and_completed(module_redis, stream):
+    dead, alive = _queue(module_redis, "dead"), _queue(module_redis, "alive")
     dead.ensure_group(stream)
     for i in range(3):
         dead.publish(stream, f"job{i}".encode())
@@ -62,8 +56,8 @@ def test_a_dead_consumers_messages_are_reclaimed_and_completed(server, stream):
     assert alive.r.xpending(stream, "workers")["pending"] == 0
 
 
-def test_poison_message_is_dead_lettered_after_the_retry_limit(server, stream):
-    q = _queue(server, "w", max_deliveries=3, reclaim_idle_ms=50)
+def test_poison_message_is_dead_lettered_after_the_retry_limit(module_redis, stream):
+    q = _queue(module_redis, "w", max_deliveries=3, reclaim_idle_ms=50)
     q.ensure_group(stream)
     q.publish(stream, b"\x80garbage")
     for i in range(5):
@@ -87,8 +81,8 @@ def test_poison_message_is_dead_lettered_after_the_retry_limit(server, stream):
     assert q.r.xpending(stream, "workers")["pending"] == 0
 
 
-def test_handoff_publishes_and_acks_together(server, stream):
-    q = _queue(server, "w")
+def test_handoff_publishes_and_acks_together(module_redis, stream):
+    q = _queue(module_redis, "w")
     q.ensure_group(stream)
     q.publish(stream, b"in")
     (msg,) = q.consume([stream])
@@ -98,8 +92,8 @@ def test_handoff_publishes_and_acks_together(server, stream):
     assert q.r.xpending(stream, "workers")["pending"] == 0
 
 
-def test_backpressure_waits_for_room(server, stream):
-    q = _queue(server, "w")
+def test_backpressure_waits_for_room(module_redis, stream):
+    q = _queue(module_redis, "w")
     q.ensure_group(stream)
     for _ in range(3):
         q.publish(stream, b"x")

@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.store import Store
-from pipeline.store.query import StoreQuery, parse_time
+from pipeline.store.query import StoreQuery
+from pipeline.store.sql import parse_time
 from pipeline.types import Segment, Summary
 
 

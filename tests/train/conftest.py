@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.train.synthqa import write_dataset
+from pipeline.train.synthrender import write_dataset
 
 CHEAP = dict(size_range=(96, 112), fps_range=(10, 10), duration_range=(4.0, 4.5))
 

@@ -12,7 +12,8 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.train.synthqa import COLOURS, DIRECTIONS, SHAPES, plan_dataset, write_dataset
+from pipeline.train.synthqa import COLOURS, DIRECTIONS, SHAPES, plan_dataset
+from pipeline.train.synthrender import write_dataset
 
 CHEAP = dict(size_range=(96, 128), fps_range=(10, 12), duration_range=(4.0, 4.5))
 PLAIN = np.array(list(COLOURS.values()), dtype=np.int32)

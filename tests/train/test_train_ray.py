@@ -15,7 +15,7 @@ import pytest
 
 from actors.runtime.train import storage_dir
 from test_train import ROOT, _overrides
-from pipeline.train.synthqa import write_dataset
+from pipeline.train.synthrender import write_dataset
 
 
 @pytest.fixture(scope="module")
