@@ -53,6 +53,17 @@ class JobResult:
     job_name: str = ""  # set when the source is part of a run of a named job
     run_id: str = ""
 
+    # The counts (chunks, segments, summaries, video_seconds) are the whole stream's as the job ends, on
+    # both paths: a job that resumed an interrupted one counts what the two stored together. --local
+    # takes them from the stream's state (counted); the distributed writer from the decoder's position
+    # in Redis and the stored rows.
+
+    def counted(self, state) -> "JobResult":
+        """The whole-stream counts from a StreamState (pipeline/processor.py)."""
+        self.chunks, self.video_seconds = state.next_chunk_seq, state.video_seconds
+        self.segments, self.summaries = state.segments, state.summaries
+        return self
+
     def row(self) -> dict:
         """The jobs-table row: every ingest job row (--local, distributed, failed listings) is built here."""
         wall = (self.finished_at or time.time()) - self.started_at
@@ -128,14 +139,16 @@ class LocalProgress:
         self.out.write("\r" + text[:150].ljust(150))
         self.out.flush()
 
-    def done(self, job: JobResult):
+    def done(self, job: JobResult, run_seconds: float | None = None):
+        """run_seconds: the video this run went through (less than the stream's after a resume)."""
         if self.tty:
             self.out.write("\r" + " " * 150 + "\r")
         elapsed = (job.finished_at or time.time()) - job.started_at
+        run_seconds = job.video_seconds if run_seconds is None else run_seconds
         if job.status == "done":
             self.out.write(
                 f"{job.stream_id}: {job.chunks} chunks, {hms(job.video_seconds)} of video in {elapsed:.1f}s "
-                f"({job.video_seconds / max(elapsed, 1e-6):.2f}x real time), "
+                f"({run_seconds / max(elapsed, 1e-6):.2f}x real time), "
                 f"{job.segments} segments + {job.summaries} summaries stored\n"
             )
         self.out.flush()
@@ -182,6 +195,7 @@ class LocalIngest:
         """Ingest one source as one job; `tags` (job_name, run_id) mark it as part of a job run."""
         job = JobResult(uuid.uuid4().hex[:12], source.uri, source.stream_id, config_fingerprint=self.config_fp,
                         **(tags or {}))
+        self._state = None  # the stream's state as the job ends (its whole-stream counts)
         try:
             source = fingerprinted(source)
             job.content_fingerprint = source.content_fp
@@ -199,11 +213,14 @@ class LocalIngest:
             first_line = (str(err).strip().splitlines() or [""])[0]
             job.status, job.error = "failed", f"{source.uri}: internal error: {type(err).__name__}: {first_line}"
         job.finished_at = time.time()
+        run_seconds = job.video_seconds
+        if self._state is not None:
+            job.counted(self._state)
         if job.status in ("done", "failed", "cancelled"):
             self.store.write_job(job.row())
         if job.status == "failed":
             self.log(f"vidstorm: error: {job.error}")
-        self.progress.done(job)
+        self.progress.done(job, run_seconds)
         return job
 
     def _ingest(self, source: Source, job: JobResult) -> None:
@@ -224,6 +241,7 @@ class LocalIngest:
             if chunk.gap_before:
                 self.log(f"{source.stream_id}: the source was away {chunk.gap_before:.1f} s and is back (gap recorded)")
             records, state = self.processor.step(chunk, state)
+            self._state = state
             self._store(records, job)
             job.chunks += 1
             frames += chunk.n_valid
@@ -232,6 +250,7 @@ class LocalIngest:
                 self._save_state(state)
             self.progress.update(job, frames, decoder.duration, chunk.t_end, start_at)
         records, state = self.processor.finish(state)
+        self._state = state
         self._store(records, job)
         self._state_path(source.stream_id).unlink(missing_ok=True)
 
@@ -270,11 +289,13 @@ class LocalIngest:
                 self._check_cancel()
                 if self.processor.is_next(chunk, state):
                     records, state = self.processor.step_pooled(chunk, pooled, state, frames_encoded=n_encoded)
+                    self._state = state
                     self._store(records, job)
                     self._save_state(state)
         if cut is not None:
             raise cut
         records, state = self.processor.finish(state)
+        self._state = state
         self._store(records, job)
         self._state_path(source.stream_id).unlink(missing_ok=True)
 

@@ -49,6 +49,10 @@ class StreamState:
     # frame's projected grid (h, w, D), which a reused frame gets
     gate_ref: np.ndarray | None = None
     last_grid: np.ndarray | None = None
+    # what the stream has so far, across resumes: a job row counts the whole stream (JobResult.counted)
+    video_seconds: float = 0.0
+    segments: int = 0
+    summaries: int = 0
 
     ARRAYS = ("gate_ref", "last_grid")
 
@@ -288,6 +292,8 @@ class StreamProcessor:
             state.temporal = temporal_state
         state.next_chunk_seq = segment.chunk_seq + 1
         state.t_end = segment.t_end
+        state.video_seconds += segment.t_end - segment.t_start
+        state.segments += 1
         return [segment, *self._rollups(state, ended=False)], state
 
     def segment(self, pooled: torch.Tensor, *, stream_id: str, chunk_seq: int, t_start: float, t_end: float,
@@ -329,6 +335,7 @@ class StreamProcessor:
                 summary = self.summary(stream_id=req.stream_id, level=req.level, seq=req.seq, t_start=req.t_start,
                                        t_end=req.t_end, texts=list(req.texts), wall_clock=req.wall_clock)
                 written.append(summary)
+                state.summaries += 1
                 if req.level == "window":
                     state.window_summaries.append(
                         {"seq": req.seq, "t_start": req.t_start, "t_end": req.t_end, "text": summary.text})

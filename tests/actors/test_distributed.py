@@ -298,6 +298,9 @@ def test_an_interrupted_run_resumes_where_it_stopped(cluster, clips, reference, 
     finally:
         second.shutdown()
     assert rows[0]["status"] == "done", rows[0]["error"]
+    # the job row counts the whole stream, as --local's does (JobResult)
+    assert rows[0]["chunks"] == CHUNKS and rows[0]["segments"] == CHUNKS
+    assert rows[0]["summaries"] == sum(1 for k in reference[1] if k[0] == "cam-a")
     # progress: this run starts where the stored chunks ended, moves on, and knows the file's length
     assert shown and {r["stream_id"] for r in shown} == {"cam-a"}
     done = [r["done_s"] for r in shown]
