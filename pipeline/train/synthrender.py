@@ -12,15 +12,14 @@ import math
 import multiprocessing as mp
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 
-from pipeline.train.synthqa import (CRF_RANGE, DURATION_RANGE, FPS_RANGE, SIZE_RANGE, SPLITS, SUBPIXEL_PHASES, TASKS,
-                                     ClipSpec, ShapeSpec, plan_dataset)
+from pipeline.train.synthqa import SPLITS, SUBPIXEL_PHASES, TASKS, ClipSpec, ShapeSpec, plan_dataset
 
 
 def shape_mask(spec: ShapeSpec, supersample: int, offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
@@ -225,40 +224,21 @@ def write_dataset(
     n: int,
     seed: int,
     *,
-    splits: Sequence[float] = (0.8, 0.1, 0.1),
-    tasks: Sequence[str] = TASKS,
-    size_range: tuple[int, int] = SIZE_RANGE,
-    fps_range: tuple[int, int] = FPS_RANGE,
-    duration_range: tuple[float, float] = DURATION_RANGE,
-    crf_range: tuple[int, int] = CRF_RANGE,
-    noise_prob: float = 0.5,
-    control_frac: float = 0.5,
     workers: int | None = None,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
-    shape_questions: bool = False,
+    **plan,
 ) -> dict:
-    """Render n clips (plus reversed controls in val/test) into out_dir; see the module docstring.
-    `shape_questions`: each direction clip also gets a `shape` question ("What shape is the red
-    object?"; a line of its own, same clip) - the toy model's warm-up learns shape from it.
+    """Render the n clips `plan_dataset(n, seed, **plan)` decides (plus reversed controls in val/test)
+    into out_dir; see synthqa's docstring. `plan`: splits, tasks, size/fps/duration/crf ranges,
+    noise_prob, control_frac, shape_questions (each direction clip also gets a `shape` question, a line
+    of its own: the toy model's warm-up learns shape from it).
 
     Same arguments -> identical JSONL bytes (and, with one x264 thread per clip, identical MP4s).
     `workers`: processes rendering in parallel (default min(2, CPUs); 1 renders inline).
     `progress(done, total)` is called after each clip. Returns counts per split and task, the
     number of MP4s, the elapsed seconds and clips (MP4s) per second."""
-    specs = plan_dataset(
-        n,
-        seed,
-        splits=splits,
-        tasks=tasks,
-        size_range=size_range,
-        fps_range=fps_range,
-        duration_range=duration_range,
-        crf_range=crf_range,
-        noise_prob=noise_prob,
-        control_frac=control_frac,
-        shape_questions=shape_questions,
-    )
+    specs = plan_dataset(n, seed, **plan)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     out = _prepare_out(out_dir, overwrite)
