@@ -251,6 +251,9 @@ class TrainConfig:
     lr_lora: float = 1e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * this
     warmup_steps: int = 50
+    # stage warmup: how the choice head reads the pooled tokens: mean (one Linear on their mean) |
+    # attention (4 learned queries over them, as one attention layer of the LLM can read)
+    warmup_readout: str = "mean"
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     eval_every: int = 100

@@ -108,6 +108,8 @@ def validate_train(t: TrainConfig, fail) -> None:
     bad = [p for p in t.trainable if p not in TRAINABLE_PARTS]
     if bad or not t.trainable:
         fail(f"train.trainable must list some of {', '.join(TRAINABLE_PARTS)}, got {list(t.trainable)}")
+    if t.warmup_readout not in ("mean", "attention"):
+        fail(f"train.warmup_readout must be mean or attention, got {t.warmup_readout!r}")
     if t.autocast not in AUTOCAST:
         fail(f"train.autocast must be one of {', '.join(AUTOCAST)}, got {t.autocast!r}")
     for name in ("steps", "batch_size", "eval_every", "save_every", "sample_s", "max_chunks", "num_workers"):

@@ -310,7 +310,8 @@ def train(cfg: Config, worker: Worker | None = None, log=print, should_stop=lamb
         options = sorted({o for x in data.samples for o in x.options})
         words = caption_vocabulary([x.answer for x in data.samples if not x.is_choice])
         # on a VLM base the head reads what the LLM can: one Linear on the mean of RMS-normalised tokens
-        head = ChoiceHead(models.connector.spec.d_model, options, words=words, linear=models.connector.is_vlm)
+        head = ChoiceHead(models.connector.spec.d_model, options, words=words, linear=models.connector.is_vlm,
+                          readout=t.warmup_readout)
         models.warmup = WarmupObjective(models.vlm, head.to(worker.device))
     # 3. optimizer and schedule; resume where a run stopped
     optimizer = torch.optim.AdamW(parameter_groups(models, t), betas=(0.9, 0.95))

@@ -42,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 HEAD_NAME = "choice_head.safetensors"
+READOUTS = ("mean", "attention")  # train.warmup_readout
 MAX_WORDS = 1024  # the caption vocabulary: the most frequent words seen in at least two answers
 _WORD = re.compile(r"[a-z]+")
 
@@ -64,8 +65,19 @@ class ChoiceHead(nn.Module):
     vocabulary word, `<summary, W[word]> + b[word]`, a sigmoid per word (is it in the caption?)."""
 
     def __init__(self, d_model: int, options: list[str], hidden: int = 256, words: list[str] | None = None,
-                 linear: bool = False):
+                 linear: bool = False, readout: str = "mean", queries: int = 4):
         super().__init__()
+        if readout not in READOUTS:
+            raise ValueError(f"warm-up readout must be one of {', '.join(READOUTS)}, got {readout!r}")
+        self.readout = readout
+        if readout == "attention":
+            # what one attention layer of the LLM can read: `queries` learned queries over the tokens, each a
+            # softmax-weighted sum of linear values; their outputs side by side, one Linear to the summary.
+            # Unlike the mean, a query can pick the tokens of one object (e.g. the one that came first) and
+            # read that object's colour and shape without the other's mixed in.
+            self.queries = nn.Parameter(torch.randn(queries, d_model) * d_model**-0.5)
+            self.values = nn.Linear(d_model, d_model)
+            self.mix = nn.Linear(queries * d_model, d_model)
         self.options = {o: i for i, o in enumerate(options)}
         self.words = {w: i for i, w in enumerate(words or [])}
         # linear: one Linear on the tokens' mean (what an LLM's attention can read without a per-token nonlinearity)
@@ -78,6 +90,9 @@ class ChoiceHead(nn.Module):
         nn.init.normal_(self.word_table.weight, std=d_model**-0.5)
 
     def summary(self, pooled: torch.Tensor) -> torch.Tensor:
+        if self.readout == "attention":
+            weights = torch.softmax(self.queries @ pooled.T * pooled.shape[-1] ** -0.5, dim=-1)  # (queries, n)
+            return self.mix((weights @ self.values(pooled)).flatten())  # (D,)
         return self.token(pooled).mean(dim=0)  # (D,)
 
     def forward(self, pooled: torch.Tensor, options: list[str]) -> torch.Tensor:
