@@ -168,7 +168,7 @@ class DistributedIngest:
                     self.log(f"{loop.method} on a restarted actor (restart {loop.restarts}; its node is gone)")
                     loop.launch()
 
-    def start_actors(self) -> Pipeline:
+    def start_actors(self, streams: int | None = None) -> Pipeline:
         from pipeline.models.siglip import vision_geometry
 
         import ray
@@ -194,15 +194,21 @@ class DistributedIngest:
         for i in range(w.encoders):
             p.actors[f"{prefix}-encoder-{i}"] = self._actor(EncoderActor, f"{prefix}-encoder-{i}",
                                                             gpus=encoder_gpus)
-        for i in range(w.decoders):
-            p.decoders.append(self._actor(DecoderActor, f"{prefix}-decoder-{i}", image_size, pad,
+        for name, actor in p.actors.items():
+            p.loops.append(Supervised(actor, "run"))
+        self._decoder_args = (image_size, pad)
+        self.pipeline = p
+        self._add_decoders(w.decoders if streams is None else streams)
+        return p
+
+    def _add_decoders(self, streams: int) -> None:
+        """Decoders for `streams` concurrent streams, up to workers.decoders: a command with one file starts
+        one (each is a process to start), a later run with more streams adds the rest."""
+        w, p, prefix = self.cfg.workers, self.pipeline, self.cfg.queue.prefix
+        for i in range(len(p.decoders), min(w.decoders, max(1, streams))):
+            p.decoders.append(self._actor(DecoderActor, f"{prefix}-decoder-{i}", *self._decoder_args,
                                           concurrency=w.streams_per_decoder))
             p.actors[f"{prefix}-decoder-{i}"] = p.decoders[-1]
-        for name, actor in p.actors.items():
-            if "decoder" not in name:
-                p.loops.append(Supervised(actor, "run"))
-        self.pipeline = p
-        return p
 
     # --- jobs ---
 
@@ -276,7 +282,8 @@ class DistributedIngest:
         for job in jobs:
             store.write_job(JobResult.from_job(job).row())  # status running
         self._reset(jobs, resume)
-        p = self.pipeline or self.start_actors()
+        p = self.pipeline or self.start_actors(len(jobs))
+        self._add_decoders(len(jobs))
         for loop in p.loops:
             if loop.ref is None:  # loops already running from an earlier run() keep running
                 loop.launch()

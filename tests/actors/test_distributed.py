@@ -128,6 +128,24 @@ def _wait_for(predicate, timeout=60.0):
     raise AssertionError("condition not reached")
 
 
+def test_a_run_starts_a_decoder_per_stream_up_to_workers_decoders(cluster, clips, tiny_overrides, tmp_path):
+    """Each decoder is a process to start: a run of one file starts one, a later run of the same
+    DistributedIngest with more streams adds decoders, never more than workers.decoders."""
+    cfg = _config(tiny_overrides, "workers.decoders=3")
+    cluster.data_dir = tmp_path
+    ingest = DistributedIngest(cluster, cfg, log=lambda m: None)
+    try:
+        first = ingest.run([Source(str(clips["cam-c"]), "cam-c")])
+        assert len(ingest.pipeline.decoders) == 1
+        second = ingest.run([Source(str(clips[s]), s) for s in ("cam-a", "cam-b")])
+        assert len(ingest.pipeline.decoders) == 2
+        names = sorted(n for n in ingest.pipeline.actors if "decoder" in n)
+        assert names == [f"{cfg.queue.prefix}-decoder-0", f"{cfg.queue.prefix}-decoder-1"]
+    finally:
+        ingest.shutdown()
+    assert [r["status"] for r in first + second] == ["done"] * 3
+
+
 def test_three_concurrent_streams_store_exactly_what_local_stores(cluster, clips, reference, tiny_overrides,
                                                                   tmp_path):
     cfg = _config(tiny_overrides, "workers.decoders=2")
