@@ -188,7 +188,7 @@ class QueueConfig:
 
 @dataclass
 class WorkersConfig:
-    decoders: int = 2
+    decoders: int = 2  # at most; a run starts one per stream up to this
     encoders: int = 1
     temporal: int = 1
     summarizers: int = 1

@@ -17,13 +17,14 @@ import os
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 from pipeline.config import Config, fingerprint
 from pipeline.decode import Source, SourceError, VideoDecoder, check_offline_source, content_fingerprint
 from pipeline.progress import figures as progress_figures, hms, line as progress_line
 from pipeline.errors import VidstormError
+from pipeline.jobs.result import JobResult, counts_of
 from pipeline.processor import StreamProcessor, StreamState, encoded_count
 from pipeline.reuse import advance
 from pipeline.store import Store
@@ -32,48 +33,6 @@ from pipeline.store.query import StoreQuery
 
 class Cancelled(Exception):
     """The run this ingest belongs to was cancelled."""
-
-
-@dataclass
-class JobResult:
-    job_id: str
-    source: str
-    stream_id: str
-    status: str = "running"
-    error: str = ""
-    chunks: int = 0
-    segments: int = 0
-    summaries: int = 0
-    video_seconds: float = 0.0
-    started_at: float = field(default_factory=time.time)
-    finished_at: float | None = None
-    content_fingerprint: str = ""
-    config_fingerprint: str = ""
-    kind: str = "ingest"
-    job_name: str = ""  # set when the source is part of a run of a named job
-    run_id: str = ""
-
-    # The counts (chunks, segments, summaries, video_seconds) are the whole stream's as the job ends, on
-    # both paths: a job that resumed an interrupted one counts what the two stored together. --local
-    # takes them from the stream's state (counted); the distributed writer from the decoder's position
-    # in Redis and the stored rows.
-
-    def counted(self, state) -> "JobResult":
-        """The whole-stream counts from a StreamState (pipeline/processor.py)."""
-        self.chunks, self.video_seconds = state.next_chunk_seq, state.video_seconds
-        self.segments, self.summaries = state.segments, state.summaries
-        return self
-
-    def row(self) -> dict:
-        """The jobs-table row: every ingest job row (--local, distributed, failed listings) is built here."""
-        wall = (self.finished_at or time.time()) - self.started_at
-        return {**self.__dict__, "wall_seconds": wall}
-
-    @classmethod
-    def from_job(cls, job: dict, **changes) -> "JobResult":
-        """A distributed job (the dict the runtime hands to the decoders and the writer) with changes."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{**{k: v for k, v in job.items() if k in known and v is not None}, **changes})
 
 
 class Ingested:
@@ -195,7 +154,7 @@ class LocalIngest:
         """Ingest one source as one job; `tags` (job_name, run_id) mark it as part of a job run."""
         job = JobResult(uuid.uuid4().hex[:12], source.uri, source.stream_id, config_fingerprint=self.config_fp,
                         **(tags or {}))
-        self._state = None  # the stream's state as the job ends (its whole-stream counts)
+        self._counts = None  # the stream's whole-stream counts after its last stored chunk (counts_of)
         try:
             source = fingerprinted(source)
             job.content_fingerprint = source.content_fp
@@ -206,7 +165,8 @@ class LocalIngest:
             self._ingest(source, job)
             job.status = "done"
         except Cancelled:
-            job.status, job.error = "cancelled", f"{source.uri}: cancelled at chunk {job.chunks}"
+            at = self._counts["chunks"] if self._counts else job.chunks
+            job.status, job.error = "cancelled", f"{source.uri}: cancelled at chunk {at}"
         except (SourceError, VidstormError, ValueError) as err:
             job.status, job.error = "failed", str(err)
         except Exception as err:  # a bug must not take the other sources down
@@ -214,8 +174,8 @@ class LocalIngest:
             job.status, job.error = "failed", f"{source.uri}: internal error: {type(err).__name__}: {first_line}"
         job.finished_at = time.time()
         run_seconds = job.video_seconds
-        if self._state is not None:
-            job.counted(self._state)
+        job.counted(self._counts)
+        self._counts = None
         if job.status in ("done", "failed", "cancelled"):
             self.store.write_job(job.row())
         if job.status == "failed":
@@ -228,6 +188,7 @@ class LocalIngest:
             return self._ingest_offline(source, job)
         d = self.cfg.decode
         state = None if source.live else self._load_state(source.stream_id)
+        self._counts = counts_of(state) if state else None  # a resume that fails at once still counts what is stored
         start_at = state.t_end if state and state.t_end is not None else 0.0
         decoder = VideoDecoder.for_config(
             source, d, self.processor.encoder.image_size, self.processor.reducer.frames_per_group,
@@ -241,8 +202,8 @@ class LocalIngest:
             if chunk.gap_before:
                 self.log(f"{source.stream_id}: the source was away {chunk.gap_before:.1f} s and is back (gap recorded)")
             records, state = self.processor.step(chunk, state)
-            self._state = state
             self._store(records, job)
+            self._counts = counts_of(state)
             job.chunks += 1
             frames += chunk.n_valid
             job.video_seconds += chunk.t_end - chunk.t_start
@@ -250,8 +211,8 @@ class LocalIngest:
                 self._save_state(state)
             self.progress.update(job, frames, decoder.duration, chunk.t_end, start_at)
         records, state = self.processor.finish(state)
-        self._state = state
         self._store(records, job)
+        self._counts = counts_of(state)
         self._state_path(source.stream_id).unlink(missing_ok=True)
 
     def _ingest_offline(self, source: Source, job: JobResult) -> None:
@@ -261,6 +222,7 @@ class LocalIngest:
         check_offline_source(source, "offline")
         t = self.cfg.temporal
         state = self._load_state(source.stream_id) or StreamState(source.stream_id)
+        self._counts = counts_of(state) if state.next_chunk_seq else None
         if state.next_chunk_seq:
             self.log(f"{source.stream_id}: resuming after chunk {state.next_chunk_seq - 1} "
                      "(the file is scanned again)")
@@ -289,14 +251,14 @@ class LocalIngest:
                 self._check_cancel()
                 if self.processor.is_next(chunk, state):
                     records, state = self.processor.step_pooled(chunk, pooled, state, frames_encoded=n_encoded)
-                    self._state = state
                     self._store(records, job)
+                    self._counts = counts_of(state)
                     self._save_state(state)
         if cut is not None:
             raise cut
         records, state = self.processor.finish(state)
-        self._state = state
         self._store(records, job)
+        self._counts = counts_of(state)
         self._state_path(source.stream_id).unlink(missing_ok=True)
 
     def _check_cancel(self) -> None:

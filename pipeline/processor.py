@@ -82,6 +82,11 @@ class StreamState:
             check_reference(grids["gate_ref"])
         if "last_grid" in grids and grids["last_grid"].ndim != 3:
             raise ValueError("stream_state last_grid must be (h, w, D)")
+        if "segments" not in meta and meta.get("next_chunk_seq"):  # saved before the counts were kept
+            meta["segments"] = meta["next_chunk_seq"]
+            meta["summaries"] = len(meta.get("window_summaries") or [])
+            t0, t_end = meta.get("t0"), meta.get("t_end")
+            meta["video_seconds"] = (t_end - t0) if t0 is not None and t_end is not None else 0.0
         try:
             return cls(temporal=temporal, **meta, **grids)
         except TypeError as err:

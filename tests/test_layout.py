@@ -56,7 +56,7 @@ def test_columns_are_written_once():
     import pytest
 
     from actors.server import schemas as api
-    from pipeline.ingest import JobResult
+    from pipeline.jobs.result import JobResult
     from pipeline.store.schema import JOBS, LISTED, SEGMENTS, SUMMARIES
     from pipeline.types import Segment, Summary, arrow_schema, column
 
@@ -115,7 +115,7 @@ def test_decoder_and_writer_processes_never_import_torch():
     import sys
 
     code = ("import sys; import actors.runtime, actors.runtime.ingest, actors.runtime.decoder, actors.runtime.writer, "
-            "pipeline.store, pipeline.rollup, pipeline.reuse, pipeline.messages; "
+            "pipeline.store, pipeline.rollup, pipeline.reuse, pipeline.messages, pipeline.jobs.result; "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr

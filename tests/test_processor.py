@@ -80,3 +80,18 @@ def test_hierarchical_summary_of_many_items(tiny_processor):
     finally:
         tiny_processor.summarizer.summarize = real
     assert calls == [16, 16, 8, 3]  # groups of 16, then the group summaries
+
+
+def test_a_state_saved_before_the_counts_were_kept_gets_counts_from_what_it_holds():
+    """Job rows count the whole stream from the state (JobResult): a checkpoint written before the state
+    kept its counts fills them from its position, its window summaries and its times, not zeros."""
+    from pipeline.types import pack, unpack
+
+    state = StreamState("cam", next_chunk_seq=3, t0=0.0, t_end=24.0,
+                        window_summaries=[{"seq": 0, "t_start": 0.0, "t_end": 16.0, "text": "a"}])
+    meta, arrays = unpack(state.to_bytes())
+    old = pack({k: v for k, v in meta.items() if k not in ("segments", "summaries", "video_seconds")}, arrays)
+    legacy = StreamState.from_bytes(old)
+    assert (legacy.segments, legacy.summaries, legacy.video_seconds) == (3, 1, 24.0)
+    fresh = StreamState.from_bytes(StreamState("cam").to_bytes())
+    assert (fresh.segments, fresh.summaries, fresh.video_seconds) == (0, 0, 0.0)

@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from pipeline.ingest import JobResult, LocalProgress
+from pipeline.ingest import LocalProgress
+from pipeline.jobs.result import JobResult
 from pipeline.progress import ProgressBoard, figures
 
 

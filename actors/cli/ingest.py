@@ -23,7 +23,8 @@ def cmd_ingest(args) -> int:
     from pipeline.build import build_processor, untrained_notice
     from pipeline.config import load_config, to_yaml
     from pipeline.decode import expand_sources
-    from pipeline.ingest import JobResult, LocalIngest
+    from pipeline.ingest import LocalIngest
+    from pipeline.jobs.result import JobResult
 
     overrides = [a for a in args.sources if _is_override(a)]
     cfg = load_config(args.config, overrides)

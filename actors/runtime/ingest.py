@@ -1,8 +1,10 @@
 """`vidstorm ingest` through Ray: the stage actors, the jobs, and the supervisor that keeps them going.
 
 Actors restart when they die (max_restarts=-1); the supervisor sees the failed
-call and calls it again on the restarted actor. What the dead actor held is
-reclaimed from Redis, and the temporal owner resumes from its checkpoint.
+call and calls it again on the restarted actor. With workers.scheduling=spread each
+actor is pinned to a node; one whose node dies cannot come back there, so the
+supervisor replaces it, unpinned. What a dead actor held is reclaimed from Redis,
+and the temporal owner resumes from its checkpoint.
 """
 
 from __future__ import annotations
@@ -147,6 +149,7 @@ class DistributedIngest:
             alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
         except Exception:  # the GCS is briefly unreachable: look again next time
             return
+        self._spread = [n for n in self._spread if n in alive]  # decoders added later go to live nodes only
         p = self.pipeline
         for name, (cls, args, gpus, concurrency, node, incarnation) in pinned.items():
             if node in alive:
@@ -215,7 +218,8 @@ class DistributedIngest:
     def _prepare(self, sources: list[Source]) -> list[dict]:
         from dataclasses import asdict
 
-        from pipeline.ingest import Ingested, JobResult
+        from pipeline.ingest import Ingested
+        from pipeline.jobs.result import JobResult
 
         config_fp, jobs = fingerprint(self.cfg), []
         for source in Ingested(Path(self.data_dir) / "store").pending(sources, config_fp, self.log):
@@ -272,7 +276,7 @@ class DistributedIngest:
         streams an interrupted run (same queue prefix) left half done; `on_progress(rows)` gets
         ingest_progress's rows about once a second.
         """
-        from pipeline.ingest import JobResult
+        from pipeline.jobs.result import JobResult
         from pipeline.store import Store
 
         jobs = [{**job, **(tags or {})} for job in self._prepare(sources)]
@@ -324,6 +328,10 @@ class DistributedIngest:
                     before = loop.actor
                     self._replace_lost()
                     if loop.actor is before:  # not known dead yet: ask again (it fails again until it is)
+                        if time.monotonic() - loop.failed_at >= 30:  # a line per outage, not per retry
+                            loop.restarts += 1
+                            self.log(f"{loop.method}: its actor cannot be placed; trying again")
+                        loop.failed_at = time.monotonic()
                         time.sleep(0.5)
                         loop.launch()
                 except ray.exceptions.RayActorError as err:  # died, or unavailable (restarting, node lost)
@@ -365,15 +373,19 @@ class DistributedIngest:
 
     def _end_unfinished(self, jobs: list[dict], rows: dict, status: str, reason: str) -> list[dict]:
         """Record every stream of `jobs` that has no final row yet as `status`."""
-        from pipeline.ingest import JobResult
+        from pipeline.jobs.result import JobResult, stored_counts
         from pipeline.store import Store
 
         store = Store(Path(self.data_dir) / "store")
         for job in jobs:
-            if job["stream_id"] in rows:
+            sid = job["stream_id"]
+            if sid in rows:
                 continue
             error = f"{job['source']}: {reason}"
-            row = JobResult.from_job(job, status=status, error=error, finished_at=time.time()).row()
+            chunks = {r["chunk_seq"]: r for r in store.stream_rows("segments", sid, ["chunk_seq", "t_start", "t_end"])}
+            summaries = [(r["level"], r["seq"]) for r in store.stream_rows("summaries", sid, ["level", "seq"])]
+            counts = stored_counts(chunks, summaries, self.cfg.summary.window_seconds)
+            row = JobResult.from_job(job, status=status, error=error, finished_at=time.time()).counted(counts).row()
             store.write_job(row)
             rows[job["stream_id"]] = row
         return [rows[j["stream_id"]] for j in jobs]

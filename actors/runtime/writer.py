@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+from pipeline.jobs.result import JobResult, stored_counts
 from pipeline.messages import EndMarker, parse
 from pipeline.queue import retrying
 from pipeline.rollup import rollups_due, window_of
@@ -111,12 +112,9 @@ class WriterStage(Stage):
                 self._finish(stream_id, end, view)
 
     def _finish(self, stream_id: str, end: EndMarker, view: dict) -> None:
-        from pipeline.ingest import JobResult
-
-        row = JobResult.from_job(
-            end.job, stream_id=stream_id, status=end.status, error=end.error, chunks=end.last_chunk_seq + 1,
-            segments=len(view["chunks"]), summaries=len(view["summaries"]), finished_at=time.time(),
-        ).row()
+        counts = stored_counts(view["chunks"], view["summaries"], self.window_seconds)
+        row = JobResult.from_job(end.job, stream_id=stream_id, status=end.status, error=end.error,
+                                 finished_at=time.time()).counted(counts).row()
         self.store.write_job(row)
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(self.keys.done, stream_id, json.dumps(row))

@@ -21,8 +21,10 @@ Ingest (prefix `queue.prefix`, "vs" by default), class `Keys`:
     {p}:stop              string   set: every stage loop returns
 
 Lifecycle: a run's start (runtime DistributedIngest._reset) deletes `stream_keys(s)` and the
-stream's fields in done / ends / rolled, unless it resumes the stream; the queues are trimmed
-to queue.maxlen; nothing else expires on its own.
+stream's fields in done / ends / rolled, unless it resumes the stream; the writer and the temporal
+owner remove a finished stream from `active` / `owner:<i>` (and its `offline` count); a scheduled
+job run deletes its own prefix's keys when it is over (runtime/scheduler.py); the queues are
+trimmed to queue.maxlen; nothing expires on its own.
 
 Scheduled jobs (class `SchedKeys`, prefix `{p}:sched`):
 

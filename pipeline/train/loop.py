@@ -238,7 +238,8 @@ def save_checkpoint(folder: Path, models: Models, optimizer, step: int, metrics:
 
         save_file({k: v.detach().cpu().contiguous() for k, v in models.warmup.head.state_dict().items()},
                   str(staging / HEAD_NAME), metadata={"options": json.dumps(list(models.warmup.head.options)),
-                                                      "words": json.dumps(list(models.warmup.head.words))})
+                                                      "words": json.dumps(list(models.warmup.head.words)),
+                                                      "readout": models.warmup.head.readout})
     if lora_layers(models.vlm.llm.model):
         save_lora(models.vlm.llm.model, staging, **models.vlm.llm.adapters)
     if "llm" in cfg.train.trainable and cfg.train.stage == "sft":
@@ -278,6 +279,9 @@ def load_checkpoint(folder: Path, models: Models, optimizer) -> tuple[int, dict]
                 saved, ours = json.loads(meta.get(what, "[]")), list(getattr(models.warmup.head, what))
                 if saved != ours:
                     raise ValueError(f"its choice head knows {len(saved)} {what}, this data has {len(ours)}")
+            if meta.get("readout", "mean") != models.warmup.head.readout:
+                raise ValueError(f"its choice head reads the tokens by {meta.get('readout', 'mean')}, "
+                                 f"train.warmup_readout is {models.warmup.head.readout}")
             models.warmup.head.load_state_dict(load_file(str(folder / HEAD_NAME)))
         optimizer.load_state_dict(torch.load(folder / OPTIMIZER_NAME, weights_only=True))
     except (RuntimeError, ValueError, KeyError, OSError) as err:

@@ -81,8 +81,9 @@ class ChoiceHead(nn.Module):
         self.options = {o: i for i, o in enumerate(options)}
         self.words = {w: i for i, w in enumerate(words or [])}
         # linear: one Linear on the tokens' mean (what an LLM's attention can read without a per-token nonlinearity)
-        self.token = (nn.Linear(d_model, d_model) if linear else
-                      nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, d_model)))
+        if readout == "mean":
+            self.token = (nn.Linear(d_model, d_model) if linear else
+                          nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, d_model)))
         self.table = nn.Embedding(max(1, len(options)), d_model)
         self.word_table = nn.Embedding(max(1, len(self.words)), d_model)
         self.word_bias = nn.Parameter(torch.zeros(max(1, len(self.words))))

@@ -2,9 +2,9 @@
 second `ray start --address=...` with its own raylet, token authentication, Redis with a password,
 and `vidstorm ingest --config <cluster config>` as a driver that connects to them.
 
-With workers.scheduling=spread Ray places the stage actors round-robin over the two nodes, so the
-second node holds some of them. Losing it mid-run must cost nothing: its actors restart on the head,
-the run completes there, and the stored rows equal an uninterrupted run.
+With workers.scheduling=spread the runtime pins the stage actors round-robin to the two nodes, so the
+second node holds some of them. Losing it mid-run must cost nothing: the supervisor makes its actors
+again on the head, the run completes there, and the stored rows equal an uninterrupted run.
 
 Every process here is ours: started with a fresh token, each node in a session of its own, and
 stopped by PID (`ray stop` would stop every Ray on the machine).
