@@ -54,6 +54,8 @@ def thumbs(frames: np.ndarray) -> np.ndarray:
     frames without importing torch."""
     grey = np.asarray(frames, np.float32) @ np.asarray(LUMA, np.float32)  # (T, H, W)
     t, h, w = grey.shape
+    if h % GRID == 0 and w % GRID == 0:  # equal bins (the encoder's square sizes): block means
+        return grey.reshape(t, GRID, h // GRID, GRID, w // GRID).mean(axis=(2, 4), dtype=np.float32)
     table = np.zeros((t, h + 1, w + 1), np.float64)  # summed-area table
     table[:, 1:, 1:] = grey.cumsum(1, dtype=np.float64).cumsum(2)
     (r0, r1), (c0, c1) = _bins(h), _bins(w)

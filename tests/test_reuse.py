@@ -183,7 +183,7 @@ def test_thumbs_pool_like_torch_adaptive_average_pooling():
     from pipeline.reuse import GRID, LUMA, thumbs
 
     rng = np.random.default_rng(3)
-    for shape in [(3, 240, 320, 3), (2, 97, 131, 3), (1, 31, 45, 3), (1, GRID, GRID, 3)]:
+    for shape in [(3, 240, 320, 3), (2, 97, 131, 3), (1, 31, 45, 3), (1, GRID, GRID, 3), (2, 384, 384, 3)]:
         frames = rng.integers(0, 256, shape, dtype=np.uint8)
         grey = torch.from_numpy(frames).float() @ torch.tensor(LUMA)
         expected = F.adaptive_avg_pool2d(grey[:, None], GRID)[:, 0].numpy()
