@@ -49,9 +49,9 @@ class StreamState:
     # frame's projected grid (h, w, D), which a reused frame gets
     gate_ref: np.ndarray | None = None
     last_grid: np.ndarray | None = None
-    # what the stream has so far, across resumes: a job row counts the whole stream (JobResult.counted)
+    # what the stream has so far, across resumes: a job row counts the whole stream (JobResult.counted;
+    # its chunks and segments are next_chunk_seq: every applied chunk is one captioned segment)
     video_seconds: float = 0.0
-    segments: int = 0
     summaries: int = 0
 
     ARRAYS = ("gate_ref", "last_grid")
@@ -82,8 +82,7 @@ class StreamState:
             check_reference(grids["gate_ref"])
         if "last_grid" in grids and grids["last_grid"].ndim != 3:
             raise ValueError("stream_state last_grid must be (h, w, D)")
-        if "segments" not in meta and meta.get("next_chunk_seq"):  # saved before the counts were kept
-            meta["segments"] = meta["next_chunk_seq"]
+        if "summaries" not in meta and meta.get("next_chunk_seq"):  # saved before the counts were kept
             meta["summaries"] = len(meta.get("window_summaries") or [])
             t0, t_end = meta.get("t0"), meta.get("t_end")
             meta["video_seconds"] = (t_end - t0) if t0 is not None and t_end is not None else 0.0
@@ -298,7 +297,6 @@ class StreamProcessor:
         state.next_chunk_seq = segment.chunk_seq + 1
         state.t_end = segment.t_end
         state.video_seconds += segment.t_end - segment.t_start
-        state.segments += 1
         return [segment, *self._rollups(state, ended=False)], state
 
     def segment(self, pooled: torch.Tensor, *, stream_id: str, chunk_seq: int, t_start: float, t_end: float,

@@ -52,7 +52,7 @@ class JobResult:
 
 def counts_of(state) -> dict:
     """A StreamState's whole-stream counts (pipeline/processor.py), as JobResult.counted takes them."""
-    return {"chunks": state.next_chunk_seq, "video_seconds": state.video_seconds, "segments": state.segments,
+    return {"chunks": state.next_chunk_seq, "video_seconds": state.video_seconds, "segments": state.next_chunk_seq,
             "summaries": state.summaries}
 
 
