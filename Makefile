@@ -43,7 +43,13 @@ $(CHROMIUM):
 	SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); export DEBIAN_FRONTEND=noninteractive; \
 	  $$SUDO apt-get install -y -qq chromium || { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
 
-test: $(STAMP) $(COMPOSE_STAMP) $(CHROMIUM)
+# The watch tests (tests/watch) publish alerts to a real MQTT broker: Debian's mosquitto.
+MOSQUITTO ?= $(shell command -v mosquitto || echo /usr/sbin/mosquitto)
+$(MOSQUITTO):
+	SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y -qq mosquitto || { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq mosquitto; }
+
+test: $(STAMP) $(COMPOSE_STAMP) $(CHROMIUM) $(MOSQUITTO)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 # The trained toy model (configs/toy.yaml; README "The toy model, measured"), STORM's recipe at toy scale:

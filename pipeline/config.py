@@ -28,6 +28,9 @@ SCAN_IMPLS = ("auto", "torch", "loop", "mamba_ssm")
 class DecodeConfig:
     fps: float = 1.0  # frames sampled per second of video (presentation time)
     chunk_frames: int = 16  # frames per chunk; a multiple of pooling k*s
+    # live sources (rtsp, udp, ...): frames per chunk, a multiple of pooling k*s; shorter chunks
+    # caption (and alert) sooner; the temporal state is carried across chunks all the same. 0 = chunk_frames
+    live_chunk_frames: int = 0
     threads: int = 0  # PyAV decoder threads; 0 lets FFmpeg choose
     keyframes_only: bool = False  # decode only keyframes (very sparse sampling)
     open_timeout: float = 10.0  # seconds to reach a live source (refusals are retried)
@@ -163,6 +166,24 @@ class ApiConfig:
 
 
 @dataclass
+class WatchConfig:
+    """Watch rules and their alerts (pipeline/watch; README "Watch live cameras")."""
+
+    dir: str = "configs/watch"  # rule files (YAML); `vidstorm watch add` writes to DATA/watch
+    prefix: str = "vs-watch"  # Redis key prefix of the outbox (apart from ingest runs' prefixes)
+    mqtt_url: str = "mqtt://127.0.0.1:1883"  # the broker mqtt: targets publish to (mqtt://user:pass@host:port)
+    webhook_secret: str = ""  # HMAC key of X-Vidstorm-Signature (or VIDSTORM_WEBHOOK_SECRET); empty: DATA/watch/.webhook-secret
+    public_url: str = ""  # base of the thumbnail and clip links in alerts (e.g. http://cams.local:8321); empty: none
+    media_url_ttl_s: float = 604800.0  # those links (signed with api.token) stay valid this long
+    timeout_s: float = 5.0  # one delivery attempt
+    max_attempts: int = 8  # then the alert is recorded as failed for that target
+    retry_base_s: float = 1.0  # retries after 1, 2, 4, ... seconds
+    retry_max_s: float = 60.0
+    reclaim_idle_s: float = 30.0  # a delivery a stopped notifier held this long is taken over by another
+    drain_s: float = 15.0  # an ingest that ends waits this long for its alerts to go out (the rest wait in Redis)
+
+
+@dataclass
 class RedisConfig:
     # Empty: start a real redis-server of our own in the data directory (embedded default).
     # Else a URL, password and TLS included: redis://:PASSWORD@host:6379/0, rediss://...
@@ -294,6 +315,7 @@ class Config:
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    watch: WatchConfig = field(default_factory=WatchConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -340,7 +362,7 @@ def fingerprint(cfg: Config) -> str:
     from dataclasses import asdict
 
     relevant = {
-        "decode": {"fps": cfg.decode.fps, "chunk_frames": cfg.decode.chunk_frames},
+        "decode": {"fps": cfg.decode.fps, "chunk_frames": cfg.decode.chunk_frames},  # live_chunk_frames: below
         "encoder": {"model": cfg.encoder.model, "select_layer": cfg.encoder.select_layer,
                     "dtype": cfg.encoder.dtype, "weights": content_digest(cfg.encoder.model),
                     "static_threshold": cfg.encoder.static_threshold, "output_dtype": cfg.encoder.output_dtype},
@@ -354,6 +376,8 @@ def fingerprint(cfg: Config) -> str:
     # a checkpoint retrained into the same folder is another model: hash what is in it, not its name
     relevant["temporal"]["weights"] = content_digest(cfg.temporal.checkpoint) if cfg.temporal.checkpoint else ""
     relevant["summarizer"]["weights"] = content_digest(cfg.summarizer.model)
+    if cfg.decode.live_chunk_frames:  # (unset: fingerprints of stores made before the key existed hold)
+        relevant["decode"]["live_chunk_frames"] = cfg.decode.live_chunk_frames
     if not cfg.pooling.sample_from:  # the default: fingerprints of stores made before the key existed hold
         relevant["pooling"].pop("sample_from")
     if cfg.encoder.model != cfg.summarizer.model:  # not a VLM base: summarizer.prompt is not asked (and the

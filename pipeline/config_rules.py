@@ -39,8 +39,12 @@ def validate(cfg: Config, source: str = "config") -> None:
             f"decode.chunk_frames={dec.chunk_frames} must be a positive multiple of "
             f"pooling.temporal_k*pooling.sample_s = {group}"
         )
+    if dec.live_chunk_frames < 0 or dec.live_chunk_frames % group:
+        fail(f"decode.live_chunk_frames={dec.live_chunk_frames} must be 0 (= decode.chunk_frames) or a positive "
+             f"multiple of pooling.temporal_k*pooling.sample_s = {group}")
     if dec.fps <= 0:
         fail(f"decode.fps must be > 0, got {dec.fps}")
+    validate_watch(cfg.watch, fail)
     if dec.open_timeout <= 0 or dec.read_timeout <= 0:
         fail(f"decode.open_timeout and decode.read_timeout must be > 0, got {dec.open_timeout}, {dec.read_timeout}")
     if dec.thumbnail_width != 0 and not 16 <= dec.thumbnail_width <= 1024:
@@ -131,3 +135,27 @@ def validate_train(t: TrainConfig, fail) -> None:
     if t.stage == "siglip" and not g.versions <= t.batch_size <= g.images:
         fail(f"train.stage=siglip: need train.siglip.versions <= train.batch_size <= train.siglip.images, got "
              f"{g.versions}, {t.batch_size}, {g.images}")
+
+
+def validate_watch(watch, fail) -> None:
+    """watch.*: times and attempts that make sense, a broker URL we can use."""
+    import urllib.parse
+
+    from pipeline.secrets import mask_secrets
+
+    for name in ("timeout_s", "retry_base_s", "retry_max_s", "media_url_ttl_s", "reclaim_idle_s"):
+        if getattr(watch, name) <= 0:
+            fail(f"watch.{name} must be > 0, got {getattr(watch, name)}")
+    if watch.drain_s < 0:
+        fail(f"watch.drain_s must be >= 0, got {watch.drain_s}")
+    if watch.max_attempts < 1:
+        fail(f"watch.max_attempts must be >= 1, got {watch.max_attempts}")
+    try:
+        parts = urllib.parse.urlsplit(watch.mqtt_url)
+        parts.port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        fail(f"watch.mqtt_url {mask_secrets(watch.mqtt_url)[:80]!r} must be mqtt://[user:pass@]host[:port] or mqtts://")
+    if watch.public_url and not watch.public_url.startswith(("http://", "https://")):
+        fail(f"watch.public_url {mask_secrets(watch.public_url)[:80]!r} must start with http:// or https://")

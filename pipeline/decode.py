@@ -215,8 +215,10 @@ class VideoDecoder:
 
     @classmethod
     def for_config(cls, source: Source, decode, size: int, pad_multiple: int, **kwargs) -> "VideoDecoder":
-        """A decoder with the settings of a DecodeConfig (--local and the distributed decoders)."""
-        return cls(source, size, decode.fps, decode.chunk_frames, pad_multiple, decode.threads,
+        """A decoder with the settings of a DecodeConfig (--local and the distributed decoders); a live
+        source's chunks are `live_chunk_frames` long when that is set."""
+        chunk = decode.live_chunk_frames if source.live and decode.live_chunk_frames else decode.chunk_frames
+        return cls(source, size, decode.fps, chunk, pad_multiple, decode.threads,
                    decode.keyframes_only, decode.open_timeout, decode.read_timeout,
                    reconnect_outage=decode.reconnect_outage, reconnect_backoff_max=decode.reconnect_backoff_max,
                    thumbnail_width=decode.thumbnail_width, **kwargs)

@@ -117,8 +117,9 @@ class LocalIngest:
     """Runs jobs one after another in this process."""
 
     def __init__(self, cfg: Config, processor: StreamProcessor, data_dir: str | Path, progress=None, log=print,
-                 should_stop=lambda: False):
+                 should_stop=lambda: False, watch=None):
         self.cfg, self.processor = cfg, processor
+        self.watch = watch  # has observe(records): the watch rules, matched as records are stored
         self.should_stop = should_stop  # checked between chunks: a cancelled run stops at the next one
         self.data_dir = Path(data_dir)
         self.store = Store(self.data_dir / "store")
@@ -267,5 +268,7 @@ class LocalIngest:
 
     def _store(self, records: list, job: JobResult) -> None:
         self.store.write_records(records)
+        if self.watch is not None:
+            self.watch.observe(records)
         job.segments += sum(1 for r in records if getattr(r, "level", "") == "chunk")
         job.summaries += sum(1 for r in records if getattr(r, "level", "") != "chunk")

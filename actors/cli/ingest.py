@@ -53,10 +53,13 @@ def cmd_ingest(args) -> int:
     failed = len(errors)
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     if sources and args.local:
-        runner = LocalIngest(cfg, build_processor(cfg, log=log), data, log=log)
-        for source in sources:
-            if runner.run(source).status == "failed":
-                failed += 1
+        from actors.runtime.watch import LocalWatch
+
+        with LocalWatch(cfg, data, store, log=log) as watch:
+            runner = LocalIngest(cfg, build_processor(cfg, log=log), data, log=log, watch=watch)
+            for source in sources:
+                if runner.run(source).status == "failed":
+                    failed += 1
     elif sources:
         failed += _ingest_distributed(cfg, sources, data, log)
     if failed:

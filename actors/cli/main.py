@@ -14,6 +14,7 @@ from actors.cli.jobs import cmd_jobs, cmd_scheduler, cmd_serve
 from actors.cli.models import (cmd_build_vlm, cmd_demo_assets, cmd_demo_report, cmd_eval, cmd_pretrain_siglip,
                                cmd_synth_data, cmd_synth_stills, cmd_train)
 from actors.cli.store import cmd_clip, cmd_compact, cmd_query, cmd_segments, cmd_summaries
+from actors.cli.watch import cmd_alerts, cmd_watch
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     _data_arg(j_add)
     jobs.set_defaults(func=cmd_jobs)
 
+    _watch_parsers(sub)
+
     serve = sub.add_parser("serve", help="the HTTP query service (FastAPI + uvicorn)")
     _add_config_args(serve)
     serve.add_argument("--host", help="address to bind (default api.host; 127.0.0.1 only without a token)")
@@ -187,6 +190,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _watch_parsers(sub) -> None:
+    watch = sub.add_parser("watch", help="alert rules: add | list | show NAME | remove NAME | test NAME | deliver")
+    w_sub = watch.add_subparsers(dest="watch_command", required=True)
+
+    def args_of(p):
+        p.add_argument("--config", metavar="FILE", help="YAML overrides (see configs/)")
+        _data_arg(p)
+
+    add = w_sub.add_parser("add", help="register a rule (written to DATA/watch/NAME.yaml)")
+    add.add_argument("name")
+    add.add_argument("--query", required=True, help="what to look for, e.g. 'a person at the door'")
+    add.add_argument("--keyword", action="store_true", help="match every word of the query, not its meaning")
+    add.add_argument("--stream", action="append", help="only this stream (repeat; default every stream)")
+    add.add_argument("--min-score", type=float, default=0.5, help="meaning: least cosine similarity (default 0.5)")
+    add.add_argument("--cooldown", default="0s", help="matches within this of the last alert merge into it (60s, 5m)")
+    add.add_argument("--level", action="append", choices=["chunk", "window", "stream", "period"],
+                     help="what to match: chunk captions (default), window / stream / period summaries (repeat)")
+    add.add_argument("--notify", action="append", required=True, help="webhook:URL or mqtt:TOPIC (repeat)")
+    add.add_argument("--force", action="store_true", help="replace an existing rule")
+    for name, text in (("list", "the rules"), ("show", "a rule and its recent alerts"),
+                       ("remove", "remove a rule added with `watch add`"),
+                       ("test", "which stored segments a rule matches (--send: a test alert to its targets)"),
+                       ("deliver", "deliver the alerts waiting in the outbox")):
+        p = w_sub.add_parser(name, help=text)
+        if name in ("show", "remove", "test"):
+            p.add_argument("name")
+        if name in ("list", "show", "test"):
+            p.add_argument("--json", action="store_true")
+        if name in ("show", "test"):
+            p.add_argument("--limit", type=int, default=20)
+        if name == "test":
+            p.add_argument("--send", action="store_true", help="send one test alert to each target")
+        if name == "deliver":
+            p.add_argument("--wait", type=float, default=60.0, help="give up after this many seconds (default 60)")
+        args_of(p)
+    args_of(add)
+    watch.set_defaults(func=cmd_watch, overrides=[])
+
+    alerts = sub.add_parser("alerts", help="alerts of the watch rules, newest first")
+    alerts.add_argument("--rule")
+    alerts.add_argument("--stream")
+    alerts.add_argument("--status", choices=["retrying", "delivered", "failed"])
+    alerts.add_argument("--limit", type=int, default=50)
+    alerts.add_argument("--json", action="store_true")
+    _data_arg(alerts)
+    alerts.set_defaults(func=cmd_alerts)
+
+
 def main(argv: list[str] | None = None) -> int:
     import os
 
@@ -199,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
               "scheduler": "overrides", "train": "overrides", "eval": "overrides", "clip": "overrides",
               "pretrain-siglip": "overrides",
               "describe": "overrides"}.get(args.command)
-    if args.command == "jobs":
+    if args.command in ("jobs", "watch"):
         target = "overrides"
     if extra and (target is None or any(e.startswith("-") for e in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -297,7 +297,18 @@ class DistributedIngest:
             p.loops.append(call)
         if on_start:
             on_start(self)
-        return self._supervise(jobs, poll, should_stop, on_progress)  # the actors stay up until shutdown()
+        rows = self._supervise(jobs, poll, should_stop, on_progress)  # the actors stay up until shutdown()
+        self._drain_alerts()
+        return rows
+
+    def _drain_alerts(self) -> None:
+        """Give the writer's notifier up to watch.drain_s to deliver this run's alerts (the rest wait in Redis)."""
+        from pipeline.watch.outbox import Outbox
+
+        deadline = time.monotonic() + self.cfg.watch.drain_s
+        outbox = Outbox(self.r, self.cfg.watch.prefix)
+        while outbox.pending() and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def _supervise(self, jobs: list[dict], poll: float, should_stop=None, on_progress=None) -> list[dict]:
         import ray

@@ -241,13 +241,18 @@ class JobExecutor:
 
     def _ingest_here(self, sources, cfg: Config, tags: dict, should_stop) -> list[dict]:
         from pipeline.ingest import LocalIngest
+        from pipeline.store import Store
 
-        runner = LocalIngest(cfg, self._processor(cfg), self.data_dir, log=self.log, should_stop=should_stop)
+        from actors.runtime.watch import LocalWatch
+
         rows = []
-        for source in sources:
-            if should_stop():
-                break
-            rows.append(runner.run(source, tags).row())
+        with LocalWatch(cfg, self.data_dir, Store(Path(self.data_dir) / "store"), log=self.log) as watch:
+            runner = LocalIngest(cfg, self._processor(cfg), self.data_dir, log=self.log, should_stop=should_stop,
+                                 watch=watch)
+            for source in sources:
+                if should_stop():
+                    break
+                rows.append(runner.run(source, tags).row())
         if should_stop() and len(rows) < len(sources):
             rows.append({"status": "cancelled"})
         return rows

@@ -1,9 +1,11 @@
-"""The writer: stores results idempotently and asks for the roll-ups that are due."""
+"""The writer: stores results idempotently, matches them against the watch rules, and asks for the
+roll-ups that are due."""
 
 from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from pipeline.jobs.result import JobResult, stored_counts
 from pipeline.messages import EndMarker, parse
@@ -26,9 +28,22 @@ class WriterStage(Stage):
         from pipeline.store import Store
 
         self.store = Store(store_root)
+        from actors.runtime.watch import watch_service
+
+        # rules of the data directory (store_root's parent); their notifier is a thread of this actor
+        self.watch = watch_service(cfg, Path(store_root).parent, self.r, self.store, log=self.log_line)
         self.window_seconds = cfg.summary.window_seconds
         self.views: dict[str, dict] = {}
         self._replanned = 0.0
+
+    def log_line(self, line: str) -> None:
+        print(f"{self.name}: {line}", flush=True)
+
+    def run(self) -> str:
+        try:
+            return super().run()
+        finally:
+            self.watch.close(drain_s=0)  # the driver waited for deliveries (watch.drain_s) before stopping us
 
     def _view(self, stream_id: str) -> dict:
         """What the store holds for a stream, loaded once (a restarted writer rebuilds it)."""
@@ -70,6 +85,7 @@ class WriterStage(Stage):
         for stream_id in touched:
             self._view(stream_id)
         self.store.write_records(records)  # durable (and idempotent) before the ack
+        self.watch.observe(records)  # alerts into the outbox before the ack: a replay makes the same ids
         for rec in records:
             view = self.views[rec.stream_id]
             if isinstance(rec, Segment):

@@ -111,15 +111,22 @@ class Store:
 
     def write_job(self, job: dict) -> None:
         """Append one row of a job's life (running, then done or failed)."""
-        row = {name: job.get(name) for name in SCHEMAS["jobs"].names}
-        for name in ("started_at", "finished_at", "window"):
-            row[name] = _ts(job.get(name))
+        self._write_dated("jobs", job, ("started_at", "finished_at", "window"))
+
+    def write_alert(self, alert: dict) -> None:
+        """Append one row of an alert's delivery (retrying, then delivered or failed) to alerts/date=<day>/."""
+        self._write_dated("alerts", alert, ("wall_clock", "delivered_at", "created_at"))
+
+    def _write_dated(self, table: str, record: dict, times: tuple[str, ...]) -> None:
+        row = {name: record.get(name) for name in SCHEMAS[table].names}
+        for name in times:
+            row[name] = _ts(record.get(name))
         row["updated_at"] = _ts(time.time())
         day = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
-        folder = self.table_dir("jobs") / f"date={day}"
+        folder = self.table_dir(table) / f"date={day}"
         folder.mkdir(parents=True, exist_ok=True)
         name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
-        pq.write_table(pa.Table.from_pylist([row], schema=SCHEMAS["jobs"]), folder / f".{name}.tmp")
+        pq.write_table(pa.Table.from_pylist([row], schema=SCHEMAS[table]), folder / f".{name}.tmp")
         os.replace(folder / f".{name}.tmp", folder / name)
 
     # --- compaction ---
@@ -127,7 +134,7 @@ class Store:
     def compact(self) -> dict:
         """Merge each partition's files into one (duplicates dropped). Returns counts."""
         before = after = 0
-        for table in ("segments", "summaries", "jobs"):
+        for table in ("segments", "summaries", "jobs", "alerts"):
             base = self.table_dir(table)
             if not base.is_dir():
                 continue

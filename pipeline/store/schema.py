@@ -1,11 +1,12 @@
-"""Arrow schemas of the three tables. Keys: segments (stream_id, chunk_seq, level),
-summaries (stream_id, seq, level), jobs (job_id; the latest row of a job wins)."""
+"""Arrow schemas of the four tables. Keys: segments (stream_id, chunk_seq, level),
+summaries (stream_id, seq, level), jobs (job_id; the latest row of a job wins), alerts (alert_id,
+target; the latest row wins)."""
 
 import pyarrow as pa
 
 from pipeline.types import TEXT_DIM, UTC_US, Segment, Summary, arrow_schema
 
-__all__ = ["TEXT_DIM", "SEGMENTS", "SUMMARIES", "JOBS", "STREAM_KEYS", "LISTED", "SCHEMAS"]
+__all__ = ["TEXT_DIM", "SEGMENTS", "SUMMARIES", "JOBS", "ALERTS", "STREAM_KEYS", "LISTED", "SCHEMAS"]
 
 # segments and summaries: the columns are the record dataclasses' fields (pipeline/types.py)
 SEGMENTS = arrow_schema(Segment)
@@ -40,6 +41,33 @@ JOBS = pa.schema(
     ]
 )
 
+# Watch alerts (pipeline/watch): one row per delivery outcome of an (alert, target); written by the notifier.
+ALERTS = pa.schema(
+    [
+        ("alert_id", pa.string()),  # a digest of (rule, stream, level, seq): one alert per rule and segment
+        ("rule", pa.string()),
+        ("query", pa.string()),
+        ("stream_id", pa.string()),
+        ("level", pa.string()),  # chunk | window | stream | period
+        ("seq", pa.int64()),
+        ("t_start", pa.float64()),
+        ("t_end", pa.float64()),
+        ("wall_clock", UTC_US),
+        ("score", pa.float64()),
+        ("caption", pa.string()),
+        ("target", pa.string()),  # webhook:URL | mqtt:TOPIC, secrets masked
+        ("status", pa.string()),  # retrying | delivered | failed
+        ("attempts", pa.int64()),
+        ("error", pa.string()),
+        ("delivered_at", UTC_US),
+        ("merged", pa.int64()),  # later matches its cooldown merged into it (when this row was written)
+        ("thumbnail_url", pa.string()),
+        ("clip_url", pa.string()),
+        ("created_at", UTC_US),  # when the alert was made
+        ("updated_at", UTC_US),
+    ]
+)
+
 STREAM_KEYS = {"segments": ("chunk_seq", "level"), "summaries": ("seq", "level")}  # a row's key within its stream
 # what listings (`vidstorm segments`/`summaries`, the API's /segments and /summaries) return of each table
 LISTED = {
@@ -47,4 +75,4 @@ LISTED = {
                       if n not in ("visual_embedding", "text_embedding", "level", "thumbnail")),
     "summaries": tuple(n for n in SUMMARIES.names if n not in ("text_embedding", "config_fingerprint", "created_at")),
 }
-SCHEMAS = {"segments": SEGMENTS, "summaries": SUMMARIES, "jobs": JOBS}
+SCHEMAS = {"segments": SEGMENTS, "summaries": SUMMARIES, "jobs": JOBS, "alerts": ALERTS}

@@ -1,0 +1,106 @@
+"""The alert outbox in Redis: each (rule, segment) alert once, cooldowns, and per-target delivery state.
+
+Keys (prefix `watch.prefix`, "vs-watch" by default: not under an ingest run's prefix, which a
+scheduled run deletes when it ends):
+
+    {w}:alerts     hash     alert id -> the alert (JSON), kept: the once-per-(rule, segment) guard
+    {w}:merged     hash     alert id -> matches its cooldown merged into it
+    {w}:quiet      set      ids of matches merged into an earlier alert (a replay merges them again, once)
+    {w}:last       hash     "<rule>|<stream>" -> "<event_s> <alert id>" of the rule's last alert on the stream
+    {w}:queue      stream   one entry per (alert, target) to deliver; group "notifier"
+    {w}:delivery   hash     "<alert id>|<target>" -> {status, attempts, error, next_at, delivered_at} (JSON)
+    {w}:events     stream   every alert's delivery outcome, newest last (GET /alerts/events follows it)
+
+`put` is one Lua script, so a matcher that dies half way leaves either all of an alert or none of
+it, and two writers or a replay cannot make a second alert of the same (rule, segment).
+"""
+
+from __future__ import annotations
+
+import json
+
+from pipeline.watch.match import Alert
+
+GROUP = "notifier"
+
+_PUT = """
+local id = ARGV[1]
+if redis.call('HEXISTS', KEYS[1], id) == 1 or redis.call('SISMEMBER', KEYS[4], id) == 1 then return 0 end
+local ev = tonumber(ARGV[3])
+local cooldown = tonumber(ARGV[4])
+local last = redis.call('HGET', KEYS[3], ARGV[5])
+if last and cooldown > 0 then
+  local sep = string.find(last, ' ')
+  local lev = tonumber(string.sub(last, 1, sep - 1))
+  local lid = string.sub(last, sep + 1)
+  if ev >= lev and ev - lev < cooldown then
+    redis.call('SADD', KEYS[4], id)
+    redis.call('HINCRBY', KEYS[5], lid, 1)
+    return 2
+  end
+end
+redis.call('HSET', KEYS[1], id, ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[5], ARGV[3] .. ' ' .. id)
+for i = 6, #ARGV do
+  redis.call('XADD', KEYS[2], '*', 'id', id, 'target', ARGV[i])
+end
+return 1
+"""
+
+
+class WatchKeys:
+    def __init__(self, prefix: str):
+        self.p = prefix
+
+    alerts = property(lambda self: f"{self.p}:alerts")
+    merged = property(lambda self: f"{self.p}:merged")
+    quiet = property(lambda self: f"{self.p}:quiet")
+    last = property(lambda self: f"{self.p}:last")
+    queue = property(lambda self: f"{self.p}:queue")
+    delivery = property(lambda self: f"{self.p}:delivery")
+    events = property(lambda self: f"{self.p}:events")
+
+
+class Outbox:
+    """Where matched alerts wait for the notifier. `put` returns new | duplicate | merged."""
+
+    def __init__(self, r, prefix: str):
+        self.r = r
+        self.keys = WatchKeys(prefix)
+        self._put = r.register_script(_PUT)
+
+    def put(self, alert: Alert, cooldown_s: float) -> str:
+        k = self.keys
+        res = self._put(keys=[k.alerts, k.queue, k.last, k.quiet, k.merged],
+                        args=[alert.alert_id, alert.to_json(), repr(float(alert.event_s)), repr(float(cooldown_s)),
+                              f"{alert.rule}|{alert.stream_id}", *alert.targets])
+        return {0: "duplicate", 1: "new", 2: "merged"}[int(res)]
+
+    def alert(self, alert_id: str) -> Alert | None:
+        raw = self.r.hget(self.keys.alerts, alert_id)
+        return Alert.from_json(raw) if raw else None
+
+    def merged(self, alert_id: str) -> int:
+        return int(self.r.hget(self.keys.merged, alert_id) or 0)
+
+    def delivery(self, alert_id: str, target: str) -> dict:
+        raw = self.r.hget(self.keys.delivery, f"{alert_id}|{target}")
+        return json.loads(raw) if raw else {}
+
+    def set_delivery(self, alert_id: str, target: str, state: dict, pipe=None) -> None:
+        (pipe or self.r).hset(self.keys.delivery, f"{alert_id}|{target}", json.dumps(state))
+
+    def pending(self) -> int:
+        """Deliveries not finished yet: queued for the notifier or held by it (retries included)."""
+        try:
+            groups = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g
+                      for g in self.r.xinfo_groups(self.keys.queue)}
+        except Exception:  # no queue yet: nothing was ever put
+            return 0
+        group = groups.get(GROUP)
+        if group is None:
+            return int(self.r.xlen(self.keys.queue))
+        last = group.get("last-delivered-id") or b"0-0"
+        last = last.decode() if isinstance(last, bytes) else last
+        waiting = len(self.r.xrange(self.keys.queue, min=f"({last}", max="+", count=100000))  # (Redis 6.2: no lag)
+        return int(group.get("pending", 0)) + waiting
