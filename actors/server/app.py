@@ -234,6 +234,10 @@ def create_app(
             raise HTTPException(503, str(err)) from None
 
     app.include_router(router)
+    from actors.server.alerts import alerts_router
+
+    app.include_router(alerts_router(store_root, query, signer, clip_url, stop, limit_param,
+                                     [Depends(_bearer_check(token))] if token else []), responses=errors)
 
     # --- media: the bearer header, or a URL the API signed (images and videos cannot send headers) ---
 

@@ -7,7 +7,7 @@ import datetime as dt
 import pyarrow as pa
 from pydantic import BaseModel, create_model
 
-from pipeline.store.schema import JOBS, LISTED, SEGMENTS, SUMMARIES
+from pipeline.store.schema import ALERTS, JOBS, LISTED, SEGMENTS, SUMMARIES
 
 
 NO_SCHEDULER = "no scheduler is reachable: start `vidstorm scheduler`"
@@ -88,6 +88,14 @@ class SummaryList(BaseModel):
 
 class JobList(BaseModel):
     items: list[Job]
+
+
+Alert = _columns_model("Alert", ALERTS, keys=("alert_id", "rule", "stream_id", "level", "seq", "target", "status"),
+                       defaults=True)
+
+
+class AlertList(BaseModel):
+    items: list[Alert]  # thumbnail_url / clip_url: this server's (signed when a token is set)
 
 
 class RunRequested(BaseModel):

@@ -96,7 +96,20 @@ def store_root(tmp_path_factory, text_embedder):
                      "started_at": started + 3600, "error": "cannot open rtsp://cam/1"})
     store.write_job({"job_id": "r3", "kind": "rollup", "job_name": "hourly", "status": "running",
                      "started_at": started + 7200})
+    for alert in ALERTS:
+        store.write_alert(alert)
     return root
+
+
+ALERT = {"alert_id": "a1", "rule": "balloon", "query": "a balloon", "stream_id": "lobby", "level": "chunk", "seq": 7,
+         "t_start": 112.0, "t_end": 128.0, "score": 0.71, "caption": LOBBY[7], "target": "webhook:http://h/x",
+         "created_at": LOBBY_START.timestamp() + 130}
+ALERTS = [  # written in this order: the latest row of an (alert, target) is its state
+    {**ALERT, "status": "retrying", "attempts": 1, "error": "webhook http://h/x answered HTTP 500"},
+    {**ALERT, "status": "delivered", "attempts": 2, "delivered_at": LOBBY_START.timestamp() + 133},
+    {**ALERT, "alert_id": "a2", "seq": 0, "caption": LOBBY[0], "rule": "door", "status": "failed", "attempts": 8,
+     "error": "webhook http://h/x unreachable", "created_at": LOBBY_START.timestamp() + 20},
+]
 
 
 @pytest.fixture
@@ -265,6 +278,32 @@ def test_bad_parameters_answer_4xx_naming_the_problem(client, path, params, stat
 # --- asking the scheduler for a run ---
 
 
+def test_alerts_list_the_latest_state_of_each_alert_newest_first_with_media_links(client):
+    items = client.get("/alerts").json()["items"]
+    assert [(a["alert_id"], a["status"], a["attempts"]) for a in items] == [("a1", "delivered", 2), ("a2", "failed", 8)]
+    assert items[0]["thumbnail_url"].startswith("/segments/lobby/7/thumbnail.jpg?exp=") and "sig=" in items[0]["thumbnail_url"]
+    assert [a["alert_id"] for a in client.get("/alerts", params={"status": "failed"}).json()["items"]] == ["a2"]
+    assert [a["alert_id"] for a in client.get("/alerts", params={"rule": "balloon"}).json()["items"]] == ["a1"]
+    assert client.get("/alerts", params={"stream": "dock/2"}).json()["items"] == []
+
+
+def test_alert_events_stream_new_rows(store_root, text_embedder):
+    import json as _json
+
+    app = create_app(store_root, TOKEN, text_embedder)
+    with TestClient(app, headers=AUTH) as client:
+        with client.stream("GET", "/alerts/events", params={"since": 0}) as answer:
+            assert answer.headers["content-type"].startswith("text/event-stream")
+            events = []
+            for line in answer.iter_lines():
+                if line.startswith("data: "):
+                    events.append(_json.loads(line[6:]))
+                if len(events) == 2:
+                    break
+    assert [(e["alert_id"], e["status"]) for e in events] == [("a1", "delivered"), ("a2", "failed")]  # as written
+    assert TestClient(app).get("/alerts/events").status_code == 401
+
+
 def test_run_requests_map_to_202_404_503(store_root, text_embedder):
     asked = []
 
@@ -403,6 +442,8 @@ def _fuzz(app, max_examples):
     seen = {}
     for operation in (result.ok() for result in schema.get_all_operations()):
         label = f"{operation.method.upper()} {operation.path}"
+        if operation.path == "/alerts/events":  # a stream that never ends (test_alert_events_stream_new_rows)
+            continue
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
             @settings(max_examples=max_examples, deadline=None, database=None, derandomize=True,
@@ -433,11 +474,11 @@ def test_fuzzed_requests_get_documented_answers_never_5xx(store_root, text_embed
     finally:  # schemathesis starts the app's lifespan but never ends it
         app.state.stop.set()
         app.state.query.close()
-    assert set(seen) == {"GET /streams", "GET /segments", "GET /search", "GET /summaries", "GET /jobs",
+    assert set(seen) == {"GET /streams", "GET /segments", "GET /search", "GET /summaries", "GET /jobs", "GET /alerts",
                          "POST /jobs/{name}/run", "GET /schedules", "GET /progress", "GET /clip",
                          "GET /segments/{stream}/{seq}/thumbnail.jpg"}
     for label in ("GET /streams", "GET /segments", "GET /search", "GET /summaries", "GET /jobs", "GET /schedules",
-                  "GET /progress"):
+                  "GET /progress", "GET /alerts"):
         assert 200 in seen[label], (label, seen[label])  # the token reached the app: not a wall of 401s
     assert all(status < 500 for statuses in seen.values() for status in statuses)
 

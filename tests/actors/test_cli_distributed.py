@@ -34,13 +34,25 @@ def _cmd(data, *args):
 
 
 def test_default_ingest_runs_through_ray_and_redis_and_cleans_up(tmp_path, tiny_overrides):
+    """... and the writer matches the watch rules: one alert per stored segment of the rule's stream,
+    delivered by the writer's notifier before the command ends; none for a rule of another stream."""
+    from helpers.receiver import Receiver
+
     good = write_clip(tmp_path / "yard.mp4", seconds=20, fps=5)
     bad = tmp_path / "broken.mp4"
     bad.write_text("not a video")
     data = tmp_path / "data"
     rays_before = len(_processes("raylet"))
-    done = subprocess.run(_cmd(data, str(good), str(bad), *tiny_overrides), capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+    with Receiver() as rx:
+        (data / "watch").mkdir(parents=True)
+        for name, stream in (("yard-all", "yard"), ("never", "elsewhere")):
+            (data / "watch" / f"{name}.yaml").write_text(
+                f"name: {name}\nquery: anything\nmin_score: -1\nstreams: [{stream}]\nnotify: ['webhook:{rx.url}']\n")
+        done = subprocess.run(_cmd(data, str(good), str(bad), *tiny_overrides), capture_output=True, text=True,
+                              cwd=ROOT, timeout=300)
+        alerts = rx.accepted()
+    assert sorted((a["rule"], a["seq"]) for a in alerts) == [("yard-all", 0), ("yard-all", 1), ("yard-all", 2)]
+    assert len(rx.requests) == 3  # each once
     assert done.returncode == 1, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("vidstorm: error:")]
     assert len(errors) == 1 and str(bad) in errors[0] and "not a readable video" in errors[0]

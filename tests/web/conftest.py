@@ -30,14 +30,22 @@ CLIP_SECONDS = 24  # configs/test.yaml: 8 frames a chunk at 1 fps -> three 8 s s
 @pytest.fixture(scope="session")
 def web_data(tmp_path_factory, tiny_overrides) -> Path:
     """DATA of a real ingest: one stream "cam" (three segments, window and stream summaries, thumbnails),
-    and one job spec, so the Jobs page has a schedule to list."""
+    a watch rule that alerted on each segment (delivered to a real local webhook receiver), and one job
+    spec, so the Jobs page has a schedule to list."""
+    from helpers.receiver import Receiver
+
     folder = tmp_path_factory.mktemp("web")
     data = folder / "data"
     clip = write_clip(folder / "cam.mp4", seconds=CLIP_SECONDS, fps=4)
     command = ["ingest", str(clip), "--local", "--data", str(data), *tiny_overrides]
-    done = subprocess.run([sys.executable, "-m", "actors.cli", *command], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    with Receiver() as receiver:
+        (data / "watch").mkdir(parents=True)
+        (data / "watch" / "cam-all.yaml").write_text(
+            f"name: cam-all\nquery: anything\nmin_score: -1\nstreams: [cam]\nnotify: ['webhook:{receiver.url}']\n")
+        done = subprocess.run([sys.executable, "-m", "actors.cli", *command], cwd=ROOT, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert len(receiver.accepted()) == 3, done.stderr
     (data / "jobs").mkdir(exist_ok=True)
     (data / "jobs" / "nightly.yaml").write_text("name: nightly\nkind: digest\nschedule: '0 3 * * *'\n")
     return data

@@ -215,3 +215,36 @@ def test_the_ingest_page_says_when_none_is_running(tab, tmp_path):
     assert tab.page.locator("[data-testid=progress-bar]").count() == 0
     tab.page.screenshot(path=tmp_path / "progress.png")
     tab.assert_no_errors()
+
+
+def test_alerts_show_with_thumbnails_arrive_live_and_jump_to_their_moment(tab, server, web_data, tmp_path):
+    from pipeline.store import Store
+
+    alerts = server.get("/alerts")["items"]
+    assert sorted(a["seq"] for a in alerts) == [0, 1, 2] and {a["status"] for a in alerts} == {"delivered"}
+    tab.open("#/alerts")
+    items = tab.page.locator("[data-testid=alert-item]")
+    tab.wait_for(items)
+    expect(items).to_have_count(3)
+    images = _wait_for_images(tab.page)
+    assert len(images) == 3 and all(i["width"] > 0 for i in images), images
+    # a new alert's row, written while the page is open, shows without a reload (GET /alerts/events)
+    Store(web_data / "store").write_alert({
+        "alert_id": "live-1", "rule": "late-rule", "query": "q", "stream_id": "cam", "level": "chunk", "seq": 2,
+        "t_start": 16.0, "t_end": 24.0, "score": 0.9, "caption": "a late alert", "target": "mqtt:cams",
+        "status": "retrying", "attempts": 1, "error": "MQTT broker down", "created_at": time.time()})
+    live = tab.page.locator("[data-testid=alert-item][data-alert=live-1]")
+    expect(live).to_be_visible(timeout=15000)
+    expect(items).to_have_count(4)
+    assert "retrying" in live.get_attribute("class") and "MQTT broker down" in live.inner_text()
+    tab.page.screenshot(path=tmp_path / "alerts.png")
+    tab.page.locator("[data-testid=alert-item][data-seq='1'] [data-testid=alert-link]").first.click()
+    selected = tab.page.locator("[data-testid=segment][aria-current=true]")
+    tab.wait_for(selected)
+    assert selected.get_attribute("data-seq") == "1"
+    assert tab.page.evaluate("location.hash").startswith("#/stream/cam?t=")
+    marks = tab.page.locator("[data-testid=alert-mark]")
+    expect(marks).to_have_count(3)
+    assert "late-rule" in tab.page.locator("[data-testid=segment][data-seq='2'] [data-testid=alert-mark]").get_attribute("title")
+    tab.page.screenshot(path=tmp_path / "timeline-alerts.png")
+    tab.assert_no_errors()

@@ -3,7 +3,7 @@
  * Plain ES2020, no build step, nothing fetched from outside the server. Routes live in the hash so
  * links can be shared:
  *   #/streams   #/stream/<urlencoded id>[?t=<seconds>]   #/search[?q=&mode=meaning|keyword]
- *   #/jobs   #/progress
+ *   #/jobs   #/progress   #/alerts
  *
  * Auth: JSON calls send `Authorization: Bearer <token>` when sessionStorage["vidstorm-token"] holds
  * one. A 401 clears it, hides the data and shows the token form. Thumbnail and clip URLs come signed
@@ -24,6 +24,11 @@
  *   search-more
  *   schedules, job-row (data-job), run-now, run-result, runs, run-row (data-job-id)
  *   progress-list, progress-item (data-stream), progress-bar, progress-empty, progress-note
+ *   alerts-list, alert-item (data-alert, data-rule, data-stream, data-seq; class = its status),
+ *   alert-thumbnail, alert-status, alert-link, alert-mark (on a timeline segment that alerted; title: rules)
+ *
+ * Alerts arrive live: GET /alerts/events (server-sent events) read with fetch(), which can send the
+ * bearer header (EventSource cannot).
  */
 "use strict";
 
@@ -300,7 +305,8 @@ const ZOOM_STEP = 1.5;
 /** The stream's segments along a time axis. Only the nodes within one screen of the visible range
  *  exist; scrolling and zooming re-render that range (requestAnimationFrame, at most once a frame). */
 class Timeline {
-  constructor(segments, windows, onSelect) {
+  constructor(segments, windows, onSelect, alerted = new Map()) {
+    this.alerted = alerted;      // chunk_seq -> names of the rules that alerted on it
     this.segments = new TimeIndex(segments);
     this.windows = new TimeIndex(windows);
     this.onSelect = onSelect;
@@ -422,6 +428,11 @@ class Timeline {
       untrainedBadge(seg),
       h("span", {class: "seg-caption", text: seg.caption ?? ""}));
     if (seg.gap_before) node.classList.add("after-gap");
+    const rules = this.alerted.get(seg.chunk_seq);
+    if (rules) {
+      node.classList.add("alerted");
+      node.append(h("span", {class: "alert-mark", "data-testid": "alert-mark", title: `alert: ${rules.join(", ")}`}));
+    }
     if (i === this.selected) this.mark(node, true);
     return node;
   }
@@ -530,11 +541,18 @@ VIEWS.stream = async (ctx) => {
     h("h1", {text: streamId})), summaryText, status);
 
   const onPage = (n) => { status.textContent = `loading segments… ${n}`; };
-  const [segments, windows, whole] = await Promise.all([
+  const [segments, windows, whole, alerts] = await Promise.all([
     allSegments(streamId, ctx.signal, onPage),
     api("/summaries", {stream: streamId, level: "window"}, {signal: ctx.signal}),
     api("/summaries", {stream: streamId, level: "stream"}, {signal: ctx.signal}),
+    api("/alerts", {stream: streamId, limit: 1000}, {signal: ctx.signal}),
   ]);
+  const alerted = new Map();
+  for (const a of alerts.items.filter((row) => row.level === "chunk")) {
+    const rules = alerted.get(a.seq) ?? [];
+    if (!rules.includes(a.rule)) rules.push(a.rule);
+    alerted.set(a.seq, rules);
+  }
   if (!ctx.live) return;
   const latest = whole.items[whole.items.length - 1];
   summaryText.textContent = latest ? latest.text : "";
@@ -551,7 +569,7 @@ VIEWS.stream = async (ctx) => {
     player.show(seg, play);
     // the address names the selected moment, without re-rendering the page
     history.replaceState(null, "", streamHref(streamId, seg.t_start));
-  });
+  }, alerted);
   ctx.onStop(() => { timeline.destroy(); player.stop(); });
   status.textContent = `${segments.length} segments · ${hms(timeline.t0)}–${hms(timeline.t1)}` +
     ` · ${windowRows.length} window summaries`;
@@ -762,6 +780,87 @@ function progressItem(item) {
     h("p", {}, h("strong", {text: item.stream_id}),
       item.source ? h("span", {class: "source", text: ` ${item.source}`}) : null),
     bar, h("p", {class: "progress-text", text}));
+}
+
+// --- Alerts --------------------------------------------------------------------------------------
+
+VIEWS.alerts = async (ctx) => {
+  const status = statusLine("loading alerts…");
+  const list = h("ol", {class: "alerts", "data-testid": "alerts-list"});
+  ctx.view.append(h("h1", {text: "Alerts"}), status, list);
+  const shown = new Map();   // "<alert_id>|<target>" -> its item: a later state replaces it
+  const put = (row) => {
+    const key = `${row.alert_id}|${row.target}`;
+    const node = alertItem(row);
+    const old = shown.get(key);
+    if (old) old.replaceWith(node);
+    else list.prepend(node);
+    shown.set(key, node);
+    status.textContent = `${shown.size} alerts`;
+  };
+  const {items} = await api("/alerts", {limit: 200}, {signal: ctx.signal});
+  if (!ctx.live) return;
+  items.slice().reverse().forEach(put);
+  if (!items.length) status.textContent = "no alerts yet: add a rule with `vidstorm watch add`";
+  const since = items.reduce((t, row) => Math.max(t, Date.parse(row.updated_at) / 1000 || 0), 0);
+  followEvents("/alerts/events", {since}, ctx, (event, row) => { if (event === "alert") put(row); });
+};
+
+function alertItem(row) {
+  const score = typeof row.score === "number" ? ` · score ${row.score.toFixed(2)}` : "";
+  const state = `${row.status} ×${row.attempts ?? 0} → ${row.target}` + (row.error ? ` (${row.error})` : "");
+  return h("li", {class: `alert ${row.status}`, "data-testid": "alert-item", "data-alert": row.alert_id,
+                  "data-rule": row.rule, "data-stream": row.stream_id, "data-seq": row.seq},
+    thumbnail(row.thumbnail_url, `${row.stream_id} at ${hms(row.t_start)}`, "alert-thumbnail"),
+    h("div", {class: "alert-body"},
+      h("p", {}, h("strong", {text: row.rule}),
+        ` · ${row.stream_id} · ${hms(row.t_start)}–${hms(row.t_end)}${score}`),
+      h("p", {class: "alert-caption", text: row.caption ?? ""}),
+      h("p", {class: "alert-meta", "data-testid": "alert-status", text: state}),
+      h("a", {href: streamHref(row.stream_id, row.t_start), "data-testid": "alert-link", text: "jump to the moment"})));
+}
+
+/** Follow a server-sent-events endpoint with fetch() (it sends the bearer header), calling
+ *  onEvent(name, data) for each event; reconnects after 2 s until the view stops. */
+async function followEvents(path, params, ctx, onEvent) {
+  while (ctx.live) {
+    const url = new URL(path, window.location.origin);
+    for (const [key, value] of Object.entries(params)) url.searchParams.set(key, value);
+    const headers = {Accept: "text/event-stream"};
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (token) headers.Authorization = `Bearer ${token}`;
+    try {
+      const response = await fetch(url, {headers, signal: ctx.signal, cache: "no-store"});
+      if (response.status === 401) throw new AuthError("this server needs an API token");
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      for (;;) {
+        const {value, done} = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, {stream: true});
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, cut);
+          buffer = buffer.slice(cut + 2);
+          let name = "message", data = "";
+          for (const line of block.split("\n")) {
+            if (line.startsWith("event: ")) name = line.slice(7);
+            else if (line.startsWith("data: ")) data += line.slice(6);
+          }
+          if (data) {
+            const row = JSON.parse(data);
+            if (row.updated_at) params.since = Math.max(params.since || 0, Date.parse(row.updated_at) / 1000 || 0);
+            onEvent(name, row);
+          }
+        }
+      }
+    } catch (err) {
+      if (err.name === "AbortError") return;
+      if (err instanceof AuthError) throw err;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+  }
 }
 
 // --- start ---------------------------------------------------------------------------------------
