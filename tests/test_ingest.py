@@ -323,3 +323,27 @@ def test_live_source_that_drops_reconnects_and_records_the_gap(tmp_path, tiny_ov
     with TestClient(create_app(data / "store", None, None)) as client:
         items = client.get("/segments").json()["items"]
     assert [x["gap_before"] for x in items] == [r["gap_before"] for r in rows]
+
+
+def test_live_sources_use_their_own_shorter_chunks(tmp_path, tiny_overrides):
+    """decode.live_chunk_frames: a live source is cut into shorter chunks (captions, and alerts, come
+    sooner); a file with the same config keeps decode.chunk_frames."""
+    port = _free_port()
+    settings = ["decode.fps=2", "decode.chunk_frames=8", "decode.live_chunk_frames=4", "pooling.sample_s=1",
+                "decode.reconnect_outage=0"]
+    server = _live_server(port, 6)
+    try:
+        data = tmp_path / "data"
+        done = vidstorm("ingest", f"tcp://127.0.0.1:{port}", "--stream", "door", "--local", "--data", str(data),
+                        *tiny_overrides, *settings, timeout=120)
+        server.communicate(timeout=30)
+    finally:
+        server.kill()
+    assert done.returncode == 0, done.stderr
+    clip = write_clip(tmp_path / "file.mp4", seconds=6, fps=4)
+    assert vidstorm("ingest", str(clip), "--local", "--data", str(data), *tiny_overrides, *settings).returncode == 0
+    q = StoreQuery(data / "store")
+    assert [r["n_frames"] for r in q.segments("door")] == [4, 4, 4]  # 6 s at 2 fps, 4 frames a chunk
+    assert [r["n_frames"] for r in q.segments("file")] == [8, 4]
+    bad = vidstorm("config", *tiny_overrides, "decode.live_chunk_frames=6")
+    assert bad.returncode == 2 and "decode.live_chunk_frames=6 must be 0" in bad.stderr

@@ -32,6 +32,10 @@ Scheduled jobs (class `SchedKeys`, prefix `{p}:sched`):
     {p}:sched:pending         zset     run ids waiting to run (score: window time)
     {p}:sched:run:<run_id>    hash     job, window, trigger, status, attempts, owner, error, cancel
     {p}:sched:lease:<run_id>  string   the owner's id, with a TTL the owner renews while it runs
+
+Watch alerts (prefix `watch.prefix`, apart from the ingest prefixes a scheduled run deletes): class
+`WatchKeys` in pipeline/watch/outbox.py, which lists its keys; they are kept (the alerts hash is the
+once-per-(rule, segment) guard), except the events stream, trimmed to 10,000 entries.
 """
 
 from __future__ import annotations
