@@ -110,7 +110,7 @@ def _test(args) -> int:
     import time
 
     from pipeline.watch import lazy_embedder
-    from pipeline.watch.match import Alert, Matcher
+    from pipeline.watch.match import Matcher
 
     cfg, rules, _ = _context(args)
     rule = _rule(rules, args.name)
@@ -128,36 +128,23 @@ def _test(args) -> int:
               f"score {row['score']:.3f}  {row['caption'][:90]}")
     if not args.send:
         return 0
-    from pipeline.watch.notify import DeliveryError, Notifier, webhook_secret
+    import json
 
-    notifier = Notifier(_NoRedis(), cfg.watch, None, webhook_secret(cfg.watch.webhook_secret, args.data),
-                        consumer="watch-test")
-    alert = Alert(alert_id=f"test-{int(time.time())}", rule=rule.name, stream_id="test", level="chunk", seq=0,
-                  t_start=0.0, t_end=0.0, score=1.0, caption="a test alert from vidstorm watch test --send",
-                  query=rule.query, event_s=0.0, created_at=time.time(), targets=list(rule.notify))
+    from pipeline.watch.notify import DeliveryError, Sender, webhook_secret
+
+    sender = Sender(cfg.watch, webhook_secret(cfg.watch.webhook_secret, args.data))
+    body = json.dumps({"type": "vidstorm.test", "rule": rule.name, "query": rule.query, "sent_at": time.time(),
+                       "caption": "a test alert from `vidstorm watch test --send`"}).encode()
     failed = 0
     for target in rule.targets:
         try:
-            notifier._send(alert, str(target), 1)
+            sender.send(str(target), body, f"test-{int(time.time())}", "test", rule.name)
             print(f"  sent a test alert to {target.shown}")
         except DeliveryError as err:
             failed += 1
             print(f"  {err}")
-    notifier.close()
+    sender.close()
     return 1 if failed else 0
-
-
-class _NoRedis:
-    """`watch test --send` delivers directly: no outbox (the notifier's group is not made)."""
-
-    def register_script(self, _script):
-        return None
-
-    def xgroup_create(self, *a, **k):
-        return True
-
-    def hget(self, *a):
-        return None
 
 
 def _stored_records(store_root: Path, streams: list[str]):

@@ -127,6 +127,47 @@ class MqttSender:
             self.client = None
 
 
+class Sender:
+    """One delivery attempt of a JSON body to a target: a signed webhook POST or an MQTT publish (QoS 1).
+    Raises DeliveryError saying why not (no secrets)."""
+
+    def __init__(self, watch_cfg, secret: str):
+        self.cfg, self.secret = watch_cfg, secret
+        self._mqtt: MqttSender | None = None
+
+    def send(self, target: str, body: bytes, alert_id: str, stream_id: str, rule: str) -> None:
+        t = parse_target(target)
+        if t.kind == "webhook":
+            self._post(t, body, alert_id)
+        else:
+            if self._mqtt is None:
+                self._mqtt = MqttSender(self.cfg.mqtt_url, self.cfg.timeout_s)
+            self._mqtt.send(f"{t.address}/{stream_id}/{rule}", body)
+
+    def _post(self, t, body: bytes, alert_id: str) -> None:
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(t.address, data=body, method="POST", headers={
+            "Content-Type": "application/json", "User-Agent": "vidstorm-notifier",
+            "X-Vidstorm-Alert-Id": alert_id, "X-Vidstorm-Signature": sign(self.secret, body)})
+        try:
+            with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as resp:  # noqa: S310 (validated URL)
+                status = resp.status
+        except urllib.error.HTTPError as err:
+            status = err.code
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise DeliveryError(f"webhook {t.shown} unreachable: {mask_secrets(str(reason))[:160]}") from None
+        if not 200 <= status < 300:
+            raise DeliveryError(f"webhook {t.shown} answered HTTP {status}")
+
+    def close(self) -> None:
+        if self._mqtt is not None:
+            self._mqtt.close()
+            self._mqtt = None
+
+
 class Notifier:
     """Delivers the outbox. `media(alert) -> (thumbnail_url, clip_url)` adds links for people (optional);
     `store` (a pipeline.store.Store) gets the alerts table's rows."""
@@ -136,12 +177,12 @@ class Notifier:
         import socket
 
         self.outbox = Outbox(r, watch_cfg.prefix)
-        self.r, self.cfg, self.store, self.secret = r, watch_cfg, store, secret
+        self.r, self.cfg, self.store = r, watch_cfg, store
+        self.sender = Sender(watch_cfg, secret)
         self.media, self.log = media, log
         self.consumer = consumer or f"notifier-{socket.gethostname()}-{os.getpid()}"
         self.reclaim_idle_s = watch_cfg.reclaim_idle_s  # entries a silent notifier held this long are taken over
         self.keys = self.outbox.keys
-        self._mqtt: MqttSender | None = None
         self._retry: dict[bytes, tuple[float, dict]] = {}  # entry id -> (when due, fields)
         self._reclaimed = float("-inf")
         try:
@@ -219,8 +260,7 @@ class Notifier:
         return self.outbox.pending()
 
     def close(self) -> None:
-        if self._mqtt is not None:
-            self._mqtt.close()
+        self.sender.close()
 
     # --- one entry ---
 
@@ -271,32 +311,8 @@ class Notifier:
         }
 
     def _send(self, alert: Alert, target: str, attempt: int) -> None:
-        t = parse_target(target)
         body = json.dumps(self.payload(alert, attempt), sort_keys=True).encode()
-        if t.kind == "webhook":
-            self._post(t, alert, body)
-        else:
-            if self._mqtt is None:
-                self._mqtt = MqttSender(self.cfg.mqtt_url, self.cfg.timeout_s)
-            self._mqtt.send(f"{t.address}/{alert.stream_id}/{alert.rule}", body)
-
-    def _post(self, t, alert: Alert, body: bytes) -> None:
-        import urllib.error
-        import urllib.request
-
-        req = urllib.request.Request(t.address, data=body, method="POST", headers={
-            "Content-Type": "application/json", "User-Agent": "vidstorm-notifier",
-            "X-Vidstorm-Alert-Id": alert.alert_id, "X-Vidstorm-Signature": sign(self.secret, body)})
-        try:
-            with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as resp:  # noqa: S310 (validated URL)
-                status = resp.status
-        except urllib.error.HTTPError as err:
-            status = err.code
-        except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            raise DeliveryError(f"webhook {t.shown} unreachable: {mask_secrets(str(reason))[:160]}") from None
-        if not 200 <= status < 300:
-            raise DeliveryError(f"webhook {t.shown} answered HTTP {status}")
+        self.sender.send(target, body, alert.alert_id, alert.stream_id, alert.rule)
 
     def _write_row(self, alert: Alert, target: str, state: dict) -> None:
         if self.store is None:
