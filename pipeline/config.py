@@ -362,7 +362,8 @@ def fingerprint(cfg: Config) -> str:
     from dataclasses import asdict
 
     relevant = {
-        "decode": {"fps": cfg.decode.fps, "chunk_frames": cfg.decode.chunk_frames},  # live_chunk_frames: below
+        # (not live_chunk_frames: files never use it, and live streams are not resumed or skipped by it)
+        "decode": {"fps": cfg.decode.fps, "chunk_frames": cfg.decode.chunk_frames},
         "encoder": {"model": cfg.encoder.model, "select_layer": cfg.encoder.select_layer,
                     "dtype": cfg.encoder.dtype, "weights": content_digest(cfg.encoder.model),
                     "static_threshold": cfg.encoder.static_threshold, "output_dtype": cfg.encoder.output_dtype},
@@ -376,8 +377,6 @@ def fingerprint(cfg: Config) -> str:
     # a checkpoint retrained into the same folder is another model: hash what is in it, not its name
     relevant["temporal"]["weights"] = content_digest(cfg.temporal.checkpoint) if cfg.temporal.checkpoint else ""
     relevant["summarizer"]["weights"] = content_digest(cfg.summarizer.model)
-    if cfg.decode.live_chunk_frames:  # (unset: fingerprints of stores made before the key existed hold)
-        relevant["decode"]["live_chunk_frames"] = cfg.decode.live_chunk_frames
     if not cfg.pooling.sample_from:  # the default: fingerprints of stores made before the key existed hold
         relevant["pooling"].pop("sample_from")
     if cfg.encoder.model != cfg.summarizer.model:  # not a VLM base: summarizer.prompt is not asked (and the

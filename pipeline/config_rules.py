@@ -148,6 +148,9 @@ def validate_watch(watch, fail) -> None:
             fail(f"watch.{name} must be > 0, got {getattr(watch, name)}")
     if watch.drain_s < 0:
         fail(f"watch.drain_s must be >= 0, got {watch.drain_s}")
+    if watch.timeout_s * 4 >= watch.reclaim_idle_s:  # a notifier takes 4 entries at a time (notify.BATCH)
+        fail(f"watch.reclaim_idle_s ({watch.reclaim_idle_s}) must be more than 4 x watch.timeout_s ({watch.timeout_s}): "
+             f"else another notifier takes over deliveries still in hand")
     if watch.max_attempts < 1:
         fail(f"watch.max_attempts must be >= 1, got {watch.max_attempts}")
     try:

@@ -39,9 +39,12 @@ def _add(args) -> int:
             "levels": list(args.level or ["chunk"]), "notify": list(args.notify or [])}
     rule = parse_rule(data, str(target))
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".yaml.tmp")
-    tmp.write_text(rule.to_yaml())
-    tmp.chmod(0o600)  # webhook URLs may carry tokens
+    import os
+
+    tmp = target.with_suffix(f".yaml.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # webhook URLs may carry tokens
+    with os.fdopen(fd, "w") as f:
+        f.write(rule.to_yaml())
     tmp.replace(target)
     print(f"watch rule {rule.name} written to {target}")
     return 0

@@ -21,6 +21,8 @@ def media_links(cfg):
         if alert.level != "chunk":
             return None, None
         thumb = base + signer.url(thumbnail_path(alert.stream_id, alert.seq))
+        if "://" in alert.source or alert.t_end - alert.t_start > cfg.api.clip_max_seconds:
+            return thumb, None  # GET /clip cuts file sources only (as the API's own links)
         clip = base + signer.url("/clip", {"stream": alert.stream_id, "since": f"{alert.t_start:.3f}",
                                            "until": f"{alert.t_end:.3f}"})
         return thumb, clip
@@ -52,11 +54,18 @@ class LocalWatch:
         # any rule file: a broken one is one line (WatchService) and never stops the ingest
         if not any(f.is_dir() and any(f.glob("*.y*ml")) for f in rule_folders(self.cfg.watch.dir, self.data_dir)):
             return self
-        url = redis_url_for(self.cfg, self.data_dir)
-        if url is None:
-            self._server = EmbeddedRedis(self.data_dir / "redis", appendfsync=self.cfg.redis.appendfsync).start()
-            url = self._server.url
-        self.service = watch_service(self.cfg, self.data_dir, connect(url), self.store, log=self.log)
+        try:
+            url = redis_url_for(self.cfg, self.data_dir)
+            if url is None:
+                self._server = EmbeddedRedis(self.data_dir / "redis", appendfsync=self.cfg.redis.appendfsync).start()
+                url = self._server.url
+            self.service = watch_service(self.cfg, self.data_dir, connect(url), self.store, log=self.log)
+        except Exception as err:  # no Redis for the outbox: ingest goes on without alerts, and says so
+            from pipeline.watch.rules import mask_url
+
+            self.log(f"watch: alerts are off for this run: {mask_url(str(err))[:200]}")
+            self.__exit__(None, None, None)
+            self.service = None
         return self
 
     def observe(self, records) -> int:
@@ -69,3 +78,4 @@ class LocalWatch:
         finally:
             if self._server is not None:
                 self._server.stop()
+                self._server = None

@@ -85,7 +85,7 @@ class WriterStage(Stage):
         for stream_id in touched:
             self._view(stream_id)
         self.store.write_records(records)  # durable (and idempotent) before the ack
-        self.watch.observe(records)  # alerts into the outbox before the ack: a replay makes the same ids
+        self.watch.observe(records, strict=True)  # into the outbox before the ack (a Redis error: the tick again)
         for rec in records:
             view = self.views[rec.stream_id]
             if isinstance(rec, Segment):

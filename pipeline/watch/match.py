@@ -35,6 +35,7 @@ class Alert:
     wall_clock: float | None = None
     created_at: float = 0.0
     targets: list = field(default_factory=list)  # "webhook:URL" | "mqtt:TOPIC"
+    source: str = ""  # the segment's source (a file path or a live URL: no clip link for those)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -45,7 +46,7 @@ class Alert:
         if not isinstance(data, dict):
             raise ValueError("an alert is a JSON object")
         fields = set(cls.__dataclass_fields__)
-        missing = sorted(fields - set(data) - {"wall_clock", "created_at", "targets"})
+        missing = sorted(fields - set(data) - {"wall_clock", "created_at", "targets", "source"})
         if missing:
             raise ValueError(f"alert without {missing[0]}")
         return cls(**{k: v for k, v in data.items() if k in fields})
@@ -115,5 +116,6 @@ class Matcher:
                     alert_id=alert_id(r.name, rec.stream_id, level, seq), rule=r.name, stream_id=rec.stream_id,
                     level=level, seq=seq, t_start=float(rec.t_start), t_end=float(rec.t_end), score=round(s, 4),
                     caption=text, query=r.query, event_s=float(wall if wall is not None else rec.t_start),
-                    wall_clock=wall, created_at=now, targets=[str(t) for t in r.targets]))
+                    wall_clock=wall, created_at=now, targets=[str(t) for t in r.targets],
+                    source=getattr(rec, "source", "") or ""))
         return out

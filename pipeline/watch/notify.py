@@ -9,10 +9,10 @@
   `frigate/<camera>/<label>`), delivered when the broker acknowledges it. A broker that is down is
   retried like a webhook.
 - Every outcome (retrying, delivered, failed) is a row of the Parquet `alerts` table (the latest row
-  of an (alert, target) wins) and an entry on the events stream.
+  of an (alert, target) wins); GET /alerts/events follows that table.
 
 Delivery is at-least-once with an idempotency key: an entry is acknowledged in Redis only after its
-outcome is recorded, so a notifier killed mid-delivery delivers again after it restarts; if the
+outcome is recorded (in Redis, then the table), so a notifier killed mid-delivery delivers again after it restarts; if the
 receiver had already answered, it gets the same alert id twice and keeps one.
 """
 
@@ -25,14 +25,15 @@ import secrets as pysecrets
 import threading
 import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
-from pipeline.secrets import mask_secrets
+from pipeline.errors import VidstormError
 from pipeline.watch.match import Alert
 from pipeline.watch.outbox import GROUP, Outbox
 from pipeline.watch.rules import mask_url, parse_target
 
-EVENTS_MAXLEN = 10000
+BATCH = 4  # queue entries taken at a time: each may wait timeout_s, all well within reclaim_idle_s
 
 
 def webhook_secret(configured: str, data_dir: str | Path) -> str:
@@ -43,12 +44,22 @@ def webhook_secret(configured: str, data_dir: str | Path) -> str:
     if configured or os.environ.get("VIDSTORM_WEBHOOK_SECRET"):
         return configured or os.environ["VIDSTORM_WEBHOOK_SECRET"]
     path = Path(data_dir) / "watch" / ".webhook-secret"
-    if not path.is_file():
+    if not path.is_file():  # written aside, then linked into place: a reader never sees it half written
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        tmp = path.with_name(f".webhook-secret.{os.getpid()}.{pysecrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(pysecrets.token_hex(32) + "\n")
-    return path.read_text().strip()
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # another process made it first: use theirs
+            pass
+        finally:
+            tmp.unlink()
+    secret = path.read_text().strip()
+    if not secret:
+        raise VidstormError(f"{path} is empty: remove it (a new secret is made) or set watch.webhook_secret")
+    return secret
 
 
 def sign(secret: str, body: bytes, now: float | None = None) -> str:
@@ -80,7 +91,8 @@ class MqttSender:
         if parts.scheme not in ("mqtt", "mqtts"):
             raise ValueError(f"watch.mqtt_url {mask_url(url)!r} must be mqtt://host:port or mqtts://")
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-        self.user, self.password, self.tls = parts.username, parts.password, parts.scheme == "mqtts"
+        unquote = lambda v: urllib.parse.unquote(v) if v is not None else None  # noqa: E731
+        self.user, self.password, self.tls = unquote(parts.username), unquote(parts.password), parts.scheme == "mqtts"
         self.shown = mask_url(url)
         self.timeout_s = timeout_s
         self.client = None
@@ -127,6 +139,13 @@ class MqttSender:
             self.client = None
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer, not a delivery: urllib would turn the POST into a GET without the alert."""
+
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
 class Sender:
     """One delivery attempt of a JSON body to a target: a signed webhook POST or an MQTT publish (QoS 1).
     Raises DeliveryError saying why not (no secrets)."""
@@ -145,20 +164,31 @@ class Sender:
             self._mqtt.send(f"{t.address}/{stream_id}/{rule}", body)
 
     def _post(self, t, body: bytes, alert_id: str) -> None:
+        import base64
         import urllib.error
-        import urllib.request
 
-        req = urllib.request.Request(t.address, data=body, method="POST", headers={
-            "Content-Type": "application/json", "User-Agent": "vidstorm-notifier",
-            "X-Vidstorm-Alert-Id": alert_id, "X-Vidstorm-Signature": sign(self.secret, body)})
+        parts = urllib.parse.urlsplit(t.address)
+        headers = {"Content-Type": "application/json", "User-Agent": "vidstorm-notifier",
+                   "X-Vidstorm-Alert-Id": alert_id, "X-Vidstorm-Signature": sign(self.secret, body)}
+        url = t.address
+        if parts.username is not None:  # user:password@ in the URL: sent as Basic auth, never in the request line
+            user = urllib.parse.unquote(parts.username)
+            password = urllib.parse.unquote(parts.password or "")
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+            url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+        req = urllib.request.Request(url, data=body, method="POST", headers=headers)
+        opener = urllib.request.build_opener(_NoRedirect)
         try:
-            with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as resp:  # noqa: S310 (validated URL)
+            with opener.open(req, timeout=self.cfg.timeout_s) as resp:
                 status = resp.status
-        except urllib.error.HTTPError as err:
+        except urllib.error.HTTPError as err:  # 3xx (not followed: a redirected POST loses its body), 4xx, 5xx
             status = err.code
+            err.close()
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)
-            raise DeliveryError(f"webhook {t.shown} unreachable: {mask_secrets(str(reason))[:160]}") from None
+            raise DeliveryError(f"webhook {t.shown} unreachable: {mask_url(str(reason))[:160]}") from None
+        except Exception as err:  # a URL urllib cannot send (its message may hold the URL: not shown)
+            raise DeliveryError(f"webhook {t.shown} could not be sent: {type(err).__name__}") from None
         if not 200 <= status < 300:
             raise DeliveryError(f"webhook {t.shown} answered HTTP {status}")
 
@@ -184,7 +214,8 @@ class Notifier:
         self.reclaim_idle_s = watch_cfg.reclaim_idle_s  # entries a silent notifier held this long are taken over
         self.keys = self.outbox.keys
         self._retry: dict[bytes, tuple[float, dict]] = {}  # entry id -> (when due, fields)
-        self._reclaimed = float("-inf")
+        self._reclaimed = self._kept = float("-inf")
+        self._warned = float("-inf")
         try:
             r.xgroup_create(self.keys.queue, GROUP, id="0", mkstream=True)
         except Exception as err:  # BUSYGROUP: made already
@@ -198,6 +229,11 @@ class Notifier:
         entries. Returns the entries handled."""
         entries = []
         now = time.time()
+        if self._retry and time.monotonic() - self._kept > self.reclaim_idle_s / 3:
+            # entries held for a retry stay ours: claiming them again resets their idle time, so another
+            # notifier's reclaim does not take (and send) them too
+            self._kept = time.monotonic()
+            self.r.xclaim(self.keys.queue, GROUP, self.consumer, 0, list(self._retry), justid=True)
         if time.monotonic() - self._reclaimed > min(2.0, self.reclaim_idle_s):
             self._reclaimed = time.monotonic()
             entries += self._reclaim()
@@ -209,6 +245,9 @@ class Notifier:
             wait = min([at for at, _ in self._retry.values()], default=now + block_ms / 1000) - now
             entries = self._read(block_ms=max(1, min(block_ms, int(wait * 1000))))
         for eid, fields in entries:
+            # ours again right before sending (another notifier may not reclaim it while this one waits on
+            # an earlier entry of the batch)
+            self.r.xclaim(self.keys.queue, GROUP, self.consumer, 0, [eid], justid=True)
             self._handle(eid, fields)
         return len(entries)
 
@@ -222,14 +261,14 @@ class Notifier:
         return out
 
     def _read(self, block_ms: int) -> list[tuple[bytes, dict]]:
-        res = self.r.xreadgroup(GROUP, self.consumer, {self.keys.queue: ">"}, count=32, block=block_ms)
+        res = self.r.xreadgroup(GROUP, self.consumer, {self.keys.queue: ">"}, count=BATCH, block=block_ms)
         return [e for _stream, items in res or [] for e in self._fields(items)]
 
     def _reclaim(self) -> list[tuple[bytes, dict]]:
         """Entries held longer than reclaim_idle_s by any consumer (a notifier that died mid-delivery), now
         ours; those waiting for a retry wait on until their time."""
         idle_ms = int(self.reclaim_idle_s * 1000)
-        res = self.r.xautoclaim(self.keys.queue, GROUP, self.consumer, idle_ms, start_id="0-0", count=64)
+        res = self.r.xautoclaim(self.keys.queue, GROUP, self.consumer, idle_ms, start_id="0-0", count=BATCH)
         out = []
         for eid, fields in self._fields(res[1] if len(res) > 1 else []):
             if eid in self._retry:
@@ -245,8 +284,10 @@ class Notifier:
         while not stop.is_set():
             try:
                 self.tick(idle_ms)
-            except Exception as err:  # Redis restarting: keep going
-                self.log(f"notifier: {mask_secrets(str(err))[:200]}")
+            except Exception as err:  # Redis restarting, or a bug: keep going, say so once a minute
+                if time.monotonic() - self._warned > 60.0:
+                    self._warned = time.monotonic()
+                    self.log(f"notifier: {mask_url(str(err))[:200]}")
                 stop.wait(1.0)
         self.close()
 
@@ -260,7 +301,15 @@ class Notifier:
         return self.outbox.pending()
 
     def close(self) -> None:
+        """Stop sending; leave the group if this consumer holds nothing (each process is a consumer)."""
         self.sender.close()
+        try:
+            if not self._retry:
+                held = self.r.xpending_range(self.keys.queue, GROUP, "-", "+", 1, consumername=self.consumer)
+                if not held:
+                    self.r.xgroup_delconsumer(self.keys.queue, GROUP, self.consumer)
+        except Exception:  # Redis gone: the consumer stays listed, harmlessly
+            pass
 
     # --- one entry ---
 
@@ -268,16 +317,19 @@ class Notifier:
         alert_id, target = fields.get("id", ""), fields.get("target", "")
         alert = self.outbox.alert(alert_id)
         state = self.outbox.delivery(alert_id, target)
-        if alert is None or state.get("status") in ("delivered", "failed"):
-            self.r.xack(self.keys.queue, GROUP, eid)  # done already (a replay), or garbage: nothing to send
-            if alert is None:
-                self.log(f"notifier: dropping queue entry {eid!r}: no alert {alert_id[:40]!r}")
+        if alert is None:
+            self.r.xack(self.keys.queue, GROUP, eid)  # garbage: nothing to send
+            self.log(f"notifier: dropping queue entry {eid!r}: no alert {alert_id[:40]!r}")
+            return
+        if state.get("status") in ("delivered", "failed"):  # done, but stopped before its row or its ack
+            self._write_row(alert, target, state)
+            self.r.xack(self.keys.queue, GROUP, eid)
             return
         attempts = int(state.get("attempts", 0)) + 1
         try:
             self._send(alert, target, attempts)
-        except DeliveryError as err:
-            error = str(err)[:300]
+        except Exception as err:  # DeliveryError, or anything else a send raised: an attempt that failed
+            error = str(err)[:300] if isinstance(err, DeliveryError) else f"could not be sent: {type(err).__name__}"
             if attempts >= self.cfg.max_attempts:
                 self._record(eid, alert, target, {"status": "failed", "attempts": attempts, "error": error})
                 self.log(f"notifier: alert {alert.rule}/{alert.stream_id}#{alert.seq} to {parse_target(target).shown}"
@@ -292,13 +344,11 @@ class Notifier:
         self._record(eid, alert, target, {"status": "delivered", "attempts": attempts, "delivered_at": time.time()})
 
     def _record(self, eid: bytes, alert: Alert, target: str, state: dict) -> None:
-        self._write_row(alert, target, state)  # the table first: an ack never comes before its record
-        pipe = self.r.pipeline(transaction=True)
-        self.outbox.set_delivery(alert.alert_id, target, state, pipe)
-        pipe.xadd(self.keys.events, {"id": alert.alert_id, "target": target, "status": state["status"]},
-                  maxlen=EVENTS_MAXLEN, approximate=True)
-        pipe.xack(self.keys.queue, GROUP, eid)
-        pipe.execute()
+        """The outcome in Redis first (a replay then sends nothing), then the table's row, then the ack: an
+        entry leaves the queue only with its row written."""
+        self.outbox.set_delivery(alert.alert_id, target, state)
+        self._write_row(alert, target, state)
+        self.r.xack(self.keys.queue, GROUP, eid)
 
     def payload(self, alert: Alert, attempt: int) -> dict:
         thumb, clip = self.media(alert) if self.media else (None, None)

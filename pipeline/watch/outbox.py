@@ -6,10 +6,13 @@ scheduled run deletes when it ends):
     {w}:alerts     hash     alert id -> the alert (JSON), kept: the once-per-(rule, segment) guard
     {w}:merged     hash     alert id -> matches its cooldown merged into it
     {w}:quiet      set      ids of matches merged into an earlier alert (a replay merges them again, once)
-    {w}:last       hash     "<rule>|<stream>" -> "<event_s> <alert id>" of the rule's last alert on the stream
-    {w}:queue      stream   one entry per (alert, target) to deliver; group "notifier"
+    {w}:last       hash     "<rule>|<stream>|<level>" -> "<event_s> <alert id>": the latest alert of the rule
+                            on the stream at that level (the cooldown's reference)
+    {w}:queue      stream   one entry per (alert, target) to deliver; group "notifier", a consumer per
+                            notifier process (it leaves when it stops holding nothing); trimmed to ~100,000
     {w}:delivery   hash     "<alert id>|<target>" -> {status, attempts, error, next_at, delivered_at} (JSON)
-    {w}:events     stream   every alert's delivery outcome, newest last (GET /alerts/events follows it)
+
+Everything but the queue is kept: the alerts hash is the once-per-(rule, segment) guard.
 
 `put` is one Lua script, so a matcher that dies half way leaves either all of an alert or none of
 it, and two writers or a replay cannot make a second alert of the same (rule, segment).
@@ -29,20 +32,23 @@ if redis.call('HEXISTS', KEYS[1], id) == 1 or redis.call('SISMEMBER', KEYS[4], i
 local ev = tonumber(ARGV[3])
 local cooldown = tonumber(ARGV[4])
 local last = redis.call('HGET', KEYS[3], ARGV[5])
-if last and cooldown > 0 then
+local lev = nil
+if last then
   local sep = string.find(last, ' ')
-  local lev = tonumber(string.sub(last, 1, sep - 1))
-  local lid = string.sub(last, sep + 1)
-  if ev >= lev and ev - lev < cooldown then
+  lev = tonumber(string.sub(last, 1, sep - 1))
+  -- within the cooldown of the latest alert, before or after it (chunks may be stored out of order)
+  if cooldown > 0 and math.abs(ev - lev) < cooldown then
     redis.call('SADD', KEYS[4], id)
-    redis.call('HINCRBY', KEYS[5], lid, 1)
+    redis.call('HINCRBY', KEYS[5], string.sub(last, sep + 1), 1)
     return 2
   end
 end
 redis.call('HSET', KEYS[1], id, ARGV[2])
-redis.call('HSET', KEYS[3], ARGV[5], ARGV[3] .. ' ' .. id)
+if not lev or ev > lev then
+  redis.call('HSET', KEYS[3], ARGV[5], ARGV[3] .. ' ' .. id)
+end
 for i = 6, #ARGV do
-  redis.call('XADD', KEYS[2], '*', 'id', id, 'target', ARGV[i])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', '100000', '*', 'id', id, 'target', ARGV[i])
 end
 return 1
 """
@@ -58,7 +64,6 @@ class WatchKeys:
     last = property(lambda self: f"{self.p}:last")
     queue = property(lambda self: f"{self.p}:queue")
     delivery = property(lambda self: f"{self.p}:delivery")
-    events = property(lambda self: f"{self.p}:events")
 
 
 class Outbox:
@@ -73,7 +78,7 @@ class Outbox:
         k = self.keys
         res = self._put(keys=[k.alerts, k.queue, k.last, k.quiet, k.merged],
                         args=[alert.alert_id, alert.to_json(), repr(float(alert.event_s)), repr(float(cooldown_s)),
-                              f"{alert.rule}|{alert.stream_id}", *alert.targets])
+                              f"{alert.rule}|{alert.stream_id}|{alert.level}", *alert.targets])
         return {0: "duplicate", 1: "new", 2: "merged"}[int(res)]
 
     def alert(self, alert_id: str) -> Alert | None:

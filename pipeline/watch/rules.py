@@ -95,10 +95,27 @@ def parse_seconds(text) -> float:
     return value
 
 
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def _mask_one(match) -> str:
+    try:
+        parts = urllib.parse.urlsplit(match.group(0))
+    except ValueError:
+        return "***"
+    netloc = parts.netloc if "@" not in parts.netloc else "***@" + parts.netloc.rsplit("@", 1)[1]
+    segments = parts.path.split("/")
+    path = parts.path if len(segments) <= 2 else "/".join(segments[:2]) + "/***"  # /services/T/B/token
+    out = f"{parts.scheme}://{netloc}{path}"
+    if parts.query:
+        out += "?" + "&".join(f"{q.split('=', 1)[0]}=***" if "=" in q else "***" for q in parts.query.split("&"))
+    return out + ("#***" if parts.fragment else "")
+
+
 def mask_url(text: str) -> str:
-    """A target or URL with its password and its query values hidden (webhook URLs often carry a token)."""
-    text = mask_secrets(text)
-    return re.sub(r"([?&][^=&#\s]+=)[^&#\s]+", r"\1***", text)
+    """Text with every URL's credentials, query values, fragment and path past its first level hidden:
+    webhook URLs carry tokens in all of those places (Slack and Discord in the path)."""
+    return URL.sub(_mask_one, mask_secrets(str(text)))
 
 
 def parse_target(text) -> Target:
@@ -123,6 +140,8 @@ def check_webhook_url(url: str) -> str:
         raise ValueError(f"webhook URL {shown!r} is not a URL") from None
     if parts.scheme not in ("http", "https"):
         raise ValueError(f"webhook URL {shown!r} must start with http:// or https://")
+    if any(ord(c) <= 32 or ord(c) >= 127 for c in url):
+        raise ValueError(f"webhook URL {shown!r} holds spaces, control or non-ASCII characters: percent-encode them")
     host = parts.hostname or ""
     if not host or any(c.isspace() for c in url):
         raise ValueError(f"webhook URL {shown!r} has no host")
@@ -166,7 +185,13 @@ def parse_rule(data, origin: str) -> WatchRule:
     data = dict(data)
     for listed in ("notify", "streams", "levels"):
         value = data.get(listed, [] if listed != "levels" else ["chunk"])
-        data[listed] = [str(v) for v in ([value] if isinstance(value, str) else list(value or []))]
+        value = [] if value is None else [value] if isinstance(value, str) else value
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, int, float)) for v in value):
+            fail(f"{listed} must be a string or a list of strings, got {str(value)[:60]!r}")
+        data[listed] = [str(v) for v in value]
+    for scalar in ("name", "query", "match", "cooldown", "min_score"):
+        if isinstance(data.get(scalar), (dict, list)):
+            fail(f"{scalar} must be a single value, not {type(data[scalar]).__name__}")
     r = WatchRule(**{**data, "path": origin})
     r.name, r.query, r.match, r.cooldown = str(r.name), str(r.query).strip(), str(r.match), str(r.cooldown)
     if not is_name(r.name, JOB_NAME_MAX):
@@ -216,17 +241,24 @@ def load_rule_file(path: str | Path) -> WatchRule:
     return parse_rule(data, str(path))
 
 
-def load_rules(folders: list[str | Path]) -> dict[str, WatchRule]:
-    """Every *.yaml rule in `folders` (missing folders are fine); a name defined twice is an error."""
+def load_rules(folders: list[str | Path], on_error=None) -> dict[str, WatchRule]:
+    """Every *.yaml rule in `folders` (missing folders are fine); a name defined twice is an error.
+    `on_error(ConfigError)`: called for each bad file, which is skipped (else the first one raises)."""
     rules: dict[str, WatchRule] = {}
     for folder in folders:
         folder = Path(folder)
         if not folder.is_dir():
             continue
         for path in sorted(folder.glob("*.y*ml")):
-            r = load_rule_file(path)
-            if r.name in rules:
-                raise ConfigError(f"{path}: watch rule {r.name!r} is already defined in {rules[r.name].path}")
+            try:
+                r = load_rule_file(path)
+                if r.name in rules:
+                    raise ConfigError(f"{path}: watch rule {r.name!r} is already defined in {rules[r.name].path}")
+            except ConfigError as err:
+                if on_error is None:
+                    raise
+                on_error(err)
+                continue
             rules[r.name] = r
     return rules
 

@@ -24,9 +24,9 @@ def read_alerts(store_root: str | Path, rule: str | None = None, stream: str | N
         if value:
             clauses.append(f"{column} = ?")
             params.append(value)
-    if since is not None:
-        clauses.append("epoch(updated_at) > ?")
-        params.append(float(since))
+    if since is not None:  # in whole microseconds, as stored: a row's own time read back is not "after" it
+        clauses.append("epoch_us(updated_at) > ?")
+        params.append(round(float(since) * 1e6))
     db = duckdb.connect()
     try:
         db.register("alerts_raw", data)

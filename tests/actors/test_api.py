@@ -290,18 +290,24 @@ def test_alerts_list_the_latest_state_of_each_alert_newest_first_with_media_link
 def test_alert_events_stream_new_rows(store_root, text_embedder):
     import json as _json
 
-    app = create_app(store_root, TOKEN, text_embedder)
-    with TestClient(app, headers=AUTH) as client:
-        with client.stream("GET", "/alerts/events", params={"since": 0}) as answer:
+    def first_events(client, n, **params):
+        events = []
+        with client.stream("GET", "/alerts/events", params=params) as answer:
             assert answer.headers["content-type"].startswith("text/event-stream")
-            events = []
             for line in answer.iter_lines():
                 if line.startswith("data: "):
                     events.append(_json.loads(line[6:]))
-                if len(events) == 2:
+                if len(events) == n:
                     break
-    assert [(e["alert_id"], e["status"]) for e in events] == [("a1", "delivered"), ("a2", "failed")]  # as written
-    assert TestClient(app).get("/alerts/events").status_code == 401
+        return events
+
+    app = create_app(store_root, TOKEN, text_embedder)
+    with TestClient(app, headers=AUTH) as client:  # (one lifespan: its end stops every stream)
+        events = first_events(client, 2, since=0)
+        assert [(e["alert_id"], e["status"]) for e in events] == [("a1", "delivered"), ("a2", "failed")]  # as written
+        after = dt.datetime.fromisoformat(events[0]["updated_at"]).timestamp()  # only what changed after a1's row
+        assert [e["alert_id"] for e in first_events(client, 1, since=after)] == ["a2"]
+        assert client.get("/alerts/events", headers={"Authorization": "Bearer nope"}).status_code == 401
 
 
 def test_run_requests_map_to_202_404_503(store_root, text_embedder):
