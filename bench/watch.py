@@ -125,6 +125,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--config", default=str(ROOT / "configs" / "toy.yaml"))
     ap.add_argument("--ray", action="store_true", help="ingest through Ray + Redis instead of --local")
+    ap.add_argument("overrides", nargs="*", help="key=value config overrides for the ingest")
     args = ap.parse_args()
     chunk_s = args.live_chunk_frames / args.fps
     started = time.time()
@@ -145,7 +146,7 @@ def main() -> int:
         command = [sys.executable, "-m", "actors.cli", "ingest", f"tcp://127.0.0.1:{port}", "--stream", "cam",
                    "--data", str(data), "--config", args.config, f"decode.fps={args.fps}",
                    f"decode.live_chunk_frames={args.live_chunk_frames}", "decode.reconnect_outage=0",
-                   f"watch.mqtt_url=mqtt://127.0.0.1:{broker.port}", "watch.drain_s=30"]
+                   f"watch.mqtt_url=mqtt://127.0.0.1:{broker.port}", "watch.drain_s=30", *args.overrides]
         if not args.ray:
             command.insert(5, "--local")
         ingest = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
@@ -161,6 +162,15 @@ def main() -> int:
             print(ingest.stderr[-3000:], file=sys.stderr)
         captions = subprocess.run([sys.executable, "-m", "actors.cli", "segments", "cam", "--data", str(data)],
                                   cwd=ROOT, capture_output=True, text=True).stdout
+        from pipeline.store.query import StoreQuery
+
+        q = StoreQuery(data / "store")
+        rows = q.segments("cam")
+        q.close()
+        # where the time goes: a segment is stored this long after its chunk's last frame was sent
+        # (wall_clock is its first frame's time; n_frames / fps later the chunk is complete)
+        stored_after = [r["created_at"].timestamp() - (r["wall_clock"].timestamp() + (r["n_frames"] - 1) / args.fps)
+                        for r in rows if r["wall_clock"] is not None]
     result = {"path": "ray" if args.ray else "local", "chunk_s": chunk_s, "target_p95_s": chunk_s + 3.0,
               "events": len(events), "stream_s": events and max(e["t_end"] for e in events)}
     for name, got in (("webhook", hook.got), ("mqtt", broker.got)):
@@ -168,6 +178,7 @@ def main() -> int:
         result[name] = {**summary(values), "missed": missed, "false_alerts": false, "alerts": len(got)}
         print(f"{name}: " + ", ".join(f"{v:.2f}" for v in sorted(values)), file=sys.stderr)
     print(captions[-4000:], file=sys.stderr)
+    result["stored_after_chunk_s"] = summary(stored_after)
     result["wall_s"] = round(time.time() - started, 1)
     result["p50_s"] = {k: result[k]["p50_s"] for k in ("webhook", "mqtt")}
     result["p95_s"] = {k: result[k]["p95_s"] for k in ("webhook", "mqtt")}

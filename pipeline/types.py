@@ -231,6 +231,34 @@ class Summary:
     created_at: float = column(UTC_US, default=0.0)
 
 
+@dataclass
+class AlertRow:
+    """One delivery outcome of a watch alert to one target: a row of the alerts table (pipeline/watch;
+    the latest row of an (alert_id, target) is its state)."""
+
+    alert_id: str = column(pa.string())  # a digest of (rule, stream, level, seq): one alert per rule and segment
+    rule: str = column(pa.string())
+    query: str = column(pa.string())
+    stream_id: str = column(pa.string())
+    level: str = column(pa.string())  # chunk | window | stream | period
+    seq: int = column(pa.int64())
+    t_start: float = column(pa.float64())
+    t_end: float = column(pa.float64())
+    wall_clock: float | None = column(UTC_US, default=None)
+    score: float = column(pa.float64(), default=0.0)
+    caption: str = column(pa.string(), default="")
+    target: str = column(pa.string(), default="")  # webhook:URL | mqtt:TOPIC, secrets masked
+    status: str = column(pa.string(), default="")  # retrying | delivered | failed
+    attempts: int = column(pa.int64(), default=0)
+    error: str | None = column(pa.string(), default=None)
+    delivered_at: float | None = column(UTC_US, default=None)
+    merged: int = column(pa.int64(), default=0)  # later matches its cooldown merged into it (when written)
+    thumbnail_url: str | None = column(pa.string(), default=None)  # under watch.public_url (signed)
+    clip_url: str | None = column(pa.string(), default=None)
+    created_at: float = column(UTC_US, default=0.0)  # when the alert was made
+    updated_at: float | None = column(UTC_US, default=None)  # when this row was written
+
+
 def arrow_schema(record_type) -> pa.Schema:
     """The stored columns of a record dataclass, in field order: every field is a column."""
     missing = [f.name for f in fields(record_type) if "arrow" not in f.metadata]

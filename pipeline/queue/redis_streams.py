@@ -26,6 +26,7 @@ from pipeline.queue.keys import Keys
 
 PAYLOAD = b"data"
 RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+RedisError = redis.RedisError  # any error of the client, for code that must not import redis itself
 
 
 def connect(url: str) -> redis.Redis:

@@ -4,7 +4,7 @@ target; the latest row wins)."""
 
 import pyarrow as pa
 
-from pipeline.types import TEXT_DIM, UTC_US, Segment, Summary, arrow_schema
+from pipeline.types import TEXT_DIM, UTC_US, AlertRow, Segment, Summary, arrow_schema
 
 __all__ = ["TEXT_DIM", "SEGMENTS", "SUMMARIES", "JOBS", "ALERTS", "STREAM_KEYS", "LISTED", "SCHEMAS"]
 
@@ -41,32 +41,7 @@ JOBS = pa.schema(
     ]
 )
 
-# Watch alerts (pipeline/watch): one row per delivery outcome of an (alert, target); written by the notifier.
-ALERTS = pa.schema(
-    [
-        ("alert_id", pa.string()),  # a digest of (rule, stream, level, seq): one alert per rule and segment
-        ("rule", pa.string()),
-        ("query", pa.string()),
-        ("stream_id", pa.string()),
-        ("level", pa.string()),  # chunk | window | stream | period
-        ("seq", pa.int64()),
-        ("t_start", pa.float64()),
-        ("t_end", pa.float64()),
-        ("wall_clock", UTC_US),
-        ("score", pa.float64()),
-        ("caption", pa.string()),
-        ("target", pa.string()),  # webhook:URL | mqtt:TOPIC, secrets masked
-        ("status", pa.string()),  # retrying | delivered | failed
-        ("attempts", pa.int64()),
-        ("error", pa.string()),
-        ("delivered_at", UTC_US),
-        ("merged", pa.int64()),  # later matches its cooldown merged into it (when this row was written)
-        ("thumbnail_url", pa.string()),
-        ("clip_url", pa.string()),
-        ("created_at", UTC_US),  # when the alert was made
-        ("updated_at", UTC_US),
-    ]
-)
+ALERTS = arrow_schema(AlertRow)  # watch alerts (pipeline/watch): one row per delivery outcome
 
 STREAM_KEYS = {"segments": ("chunk_seq", "level"), "summaries": ("seq", "level")}  # a row's key within its stream
 # what listings (`vidstorm segments`/`summaries`, the API's /segments and /summaries) return of each table

@@ -26,9 +26,11 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from dataclasses import asdict
 from pathlib import Path
 
 from pipeline.errors import VidstormError
+from pipeline.types import AlertRow
 from pipeline.watch.match import Alert
 from pipeline.watch.outbox import GROUP, Outbox
 from pipeline.watch.rules import mask_url, parse_target
@@ -368,12 +370,10 @@ class Notifier:
         if self.store is None:
             return
         thumb, clip = self.media(alert) if self.media else (None, None)
-        self.store.write_alert({
-            "alert_id": alert.alert_id, "rule": alert.rule, "stream_id": alert.stream_id, "level": alert.level,
-            "seq": alert.seq, "t_start": alert.t_start, "t_end": alert.t_end, "wall_clock": alert.wall_clock,
-            "score": alert.score, "caption": alert.caption, "query": alert.query,
-            "target": parse_target(target).shown, "status": state["status"], "attempts": state.get("attempts", 0),
-            "error": state.get("error"), "delivered_at": state.get("delivered_at"),
-            "merged": self.outbox.merged(alert.alert_id), "created_at": alert.created_at,
-            "thumbnail_url": thumb, "clip_url": clip,
-        })
+        self.store.write_alert(asdict(AlertRow(
+            alert_id=alert.alert_id, rule=alert.rule, query=alert.query, stream_id=alert.stream_id, level=alert.level,
+            seq=alert.seq, t_start=alert.t_start, t_end=alert.t_end, wall_clock=alert.wall_clock, score=alert.score,
+            caption=alert.caption, target=parse_target(target).shown, status=state["status"],
+            attempts=state.get("attempts", 0), error=state.get("error"), delivered_at=state.get("delivered_at"),
+            merged=self.outbox.merged(alert.alert_id), thumbnail_url=thumb, clip_url=clip,
+            created_at=alert.created_at)))

@@ -69,7 +69,7 @@ class WatchService:
 
     def observe(self, records, strict: bool = False) -> int:
         """Match stored records; returns the alerts made. Never raises, except a Redis error when `strict`."""
-        import redis
+        from pipeline.queue import RedisError
 
         try:
             if time.monotonic() - self._checked > RELOAD_EVERY_S:
@@ -85,7 +85,7 @@ class WatchService:
             return 0
         try:
             fired = self.watcher.observe(records)
-        except redis.RedisError as err:
+        except RedisError as err:
             if strict:
                 raise
             self._down_until = time.monotonic() + RETRY_AFTER_S
