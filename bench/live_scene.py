@@ -23,22 +23,11 @@ import av
 import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
+from pipeline.synth import SocketWriter  # noqa: E402
 from pipeline.train.synthqa import plan_dataset  # noqa: E402
 from pipeline.train.synthrender import render_frames  # noqa: E402
 
 FPS, SIZE = 10, 160
-
-
-class _Socket:
-    def __init__(self, conn: socket.socket):
-        self.conn = conn
-
-    def write(self, data) -> int:
-        self.conn.sendall(data)
-        return len(data)
-
-    def flush(self) -> None:
-        pass
 
 
 def is_event(spec) -> bool:
@@ -70,7 +59,7 @@ def main() -> None:
     print("listening", flush=True)
     conn, _ = listener.accept()
     listener.close()
-    with conn, av.open(_Socket(conn), "w", format="mpegts", buffer_size=188 * 8,
+    with conn, av.open(SocketWriter(conn), "w", format="mpegts", buffer_size=188 * 8,
                        options={"flush_packets": "1"}) as out:
         stream = out.add_stream("libx264", rate=FPS)
         stream.width, stream.height, stream.pix_fmt = SIZE, SIZE, "yuv420p"

@@ -72,6 +72,21 @@ def mux_frames(out, stream, frames) -> None:
         out.mux(packet)
 
 
+class SocketWriter:
+    """A connected socket as the file PyAV muxes a live stream into (tests' and benches' live cameras):
+    every write goes out at once."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def write(self, data) -> int:
+        self.conn.sendall(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
 def write_png(path: str | Path, image: np.ndarray) -> Path:
     """Save an RGB uint8 (H, W, 3) image as PNG with PyAV (no imaging library needed)."""
     with av.open(str(path), "w") as container:

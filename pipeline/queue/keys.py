@@ -33,9 +33,15 @@ Scheduled jobs (class `SchedKeys`, prefix `{p}:sched`):
     {p}:sched:run:<run_id>    hash     job, window, trigger, status, attempts, owner, error, cancel
     {p}:sched:lease:<run_id>  string   the owner's id, with a TTL the owner renews while it runs
 
-Watch alerts (prefix `watch.prefix`, apart from the ingest prefixes a scheduled run deletes): class
-`WatchKeys` in pipeline/watch/outbox.py, which lists its keys; they are kept (the alerts hash is the
-once-per-(rule, segment) guard), except the events stream, trimmed to 10,000 entries.
+Watch alerts (class `WatchKeys`, prefix `watch.prefix`, "vs-watch": apart from the ingest prefixes a
+scheduled run deletes; pipeline/watch/outbox.py says how each is used):
+
+    {w}:alerts     hash     alert id -> the alert (JSON): the once-per-(rule, segment) guard, kept
+    {w}:merged     hash     alert id -> matches its cooldown merged into it
+    {w}:quiet      set      ids of matches merged into an earlier alert
+    {w}:last       hash     "<rule>|<stream>|<level>" -> "<event_s> <alert id>" (the cooldown's reference)
+    {w}:queue      stream   (alert, target) deliveries; group "notifier"; trimmed to ~100,000 entries
+    {w}:delivery   hash     "<alert id>|<target>" -> its delivery state (JSON)
 """
 
 from __future__ import annotations
@@ -100,3 +106,17 @@ class SchedKeys:
 
     def cursor(self, job: str) -> str:
         return f"{self.p}:cursor:{job}"
+
+
+class WatchKeys:
+    """The watch outbox's keys (pipeline/watch/outbox.py)."""
+
+    def __init__(self, prefix: str):
+        self.p = prefix
+
+    alerts = property(lambda self: f"{self.p}:alerts")
+    merged = property(lambda self: f"{self.p}:merged")
+    quiet = property(lambda self: f"{self.p}:quiet")
+    last = property(lambda self: f"{self.p}:last")
+    queue = property(lambda self: f"{self.p}:queue")
+    delivery = property(lambda self: f"{self.p}:delivery")

@@ -1,18 +1,7 @@
 """The alert outbox in Redis: each (rule, segment) alert once, cooldowns, and per-target delivery state.
 
-Keys (prefix `watch.prefix`, "vs-watch" by default: not under an ingest run's prefix, which a
-scheduled run deletes when it ends):
-
-    {w}:alerts     hash     alert id -> the alert (JSON), kept: the once-per-(rule, segment) guard
-    {w}:merged     hash     alert id -> matches its cooldown merged into it
-    {w}:quiet      set      ids of matches merged into an earlier alert (a replay merges them again, once)
-    {w}:last       hash     "<rule>|<stream>|<level>" -> "<event_s> <alert id>": the latest alert of the rule
-                            on the stream at that level (the cooldown's reference)
-    {w}:queue      stream   one entry per (alert, target) to deliver; group "notifier", a consumer per
-                            notifier process (it leaves when it stops holding nothing); trimmed to ~100,000
-    {w}:delivery   hash     "<alert id>|<target>" -> {status, attempts, error, next_at, delivered_at} (JSON)
-
-Everything but the queue is kept: the alerts hash is the once-per-(rule, segment) guard.
+Its keys (`WatchKeys`, prefix `watch.prefix`) are listed in pipeline/queue/keys.py. The queue has one
+consumer group, "notifier", with a consumer per notifier process (it leaves when it holds nothing).
 
 `put` is one Lua script, so a matcher that dies half way leaves either all of an alert or none of
 it, and two writers or a replay cannot make a second alert of the same (rule, segment).
@@ -22,6 +11,7 @@ from __future__ import annotations
 
 import json
 
+from pipeline.queue.keys import WatchKeys
 from pipeline.watch.match import Alert
 
 GROUP = "notifier"
@@ -52,18 +42,6 @@ for i = 6, #ARGV do
 end
 return 1
 """
-
-
-class WatchKeys:
-    def __init__(self, prefix: str):
-        self.p = prefix
-
-    alerts = property(lambda self: f"{self.p}:alerts")
-    merged = property(lambda self: f"{self.p}:merged")
-    quiet = property(lambda self: f"{self.p}:quiet")
-    last = property(lambda self: f"{self.p}:last")
-    queue = property(lambda self: f"{self.p}:queue")
-    delivery = property(lambda self: f"{self.p}:delivery")
 
 
 class Outbox:

@@ -19,21 +19,7 @@ from urllib.parse import urlsplit
 import av
 
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
-from pipeline.synth import frame_image  # noqa: E402
-
-
-class _Socket:
-    """The write side PyAV needs: every write goes out at once."""
-
-    def __init__(self, conn: socket.socket):
-        self.conn = conn
-
-    def write(self, data) -> int:
-        self.conn.sendall(data)
-        return len(data)
-
-    def flush(self) -> None:
-        pass
+from pipeline.synth import SocketWriter, frame_image  # noqa: E402
 
 
 def main():
@@ -47,7 +33,7 @@ def main():
     conn, _ = listener.accept()
     listener.close()
     print(f"playing {time.time():.3f}", flush=True)
-    with conn, av.open(_Socket(conn), "w", format="mpegts", buffer_size=188 * 8) as out:
+    with conn, av.open(SocketWriter(conn), "w", format="mpegts", buffer_size=188 * 8) as out:
         stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
         stream.time_base = Fraction(1, 1000)
