@@ -108,8 +108,36 @@ def build_processor(cfg: Config, log=print, parts: tuple[str, ...] = ALL_PARTS) 
     )
 
 
+def pooling_notice(cfg: Config) -> str | None:
+    """One line when temporal.checkpoint was trained with other pooling than this config's (its
+    train_state.json says; test-time sampling is training-free and not compared)."""
+    import json
+    from pathlib import Path
+
+    state = Path(cfg.temporal.checkpoint) / "train_state.json" if cfg.temporal.checkpoint else None
+    try:
+        trained = json.loads(state.read_text()).get("pooling") if state and state.is_file() else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(trained, dict):
+        return None
+    now = {"temporal_k": cfg.pooling.temporal_k, "spatial_p": cfg.pooling.spatial_p}
+    differ = {k: v for k, v in now.items() if k in trained and trained[k] != v}
+    if not differ:
+        return None
+    said = " ".join(f"pooling.{k}={trained[k]}" for k in now if k in trained)
+    return (f"note: {cfg.temporal.checkpoint} was trained with {said}; this config pools with "
+            + " ".join(f"pooling.{k}={v}" for k, v in now.items()) + ": captions may be worse")
+
+
 def untrained_notice(cfg: Config) -> str | None:
-    """One plain line when captions cannot mean anything yet (or only for a toy family), else None."""
+    """A plain line when captions cannot mean anything yet (or only for a toy family), and one when the
+    checkpoint was trained with other pooling; else None."""
+    lines = [line for line in (_untrained_line(cfg), pooling_notice(cfg)) if line]
+    return "\n".join(lines) or None
+
+
+def _untrained_line(cfg: Config) -> str | None:
     base = vlm_base(cfg)
     if base:  # a pretrained VLM's captions mean something from the start (the module starts as the identity)
         return (f"note: the VLM weights in {base} are random, so captions are not meaningful; use a pretrained "

@@ -62,3 +62,21 @@ def test_summarizer_prompt_counts_only_where_it_is_asked(tiny_vlms):
     on_vlm = [fingerprint(load_config(None, vlm_overrides(tiny_vlms["smolvlm"], f"summarizer.prompt={p}")))
               for p in ("a", "b")]
     assert on_vlm[0] != on_vlm[1]
+
+
+def test_a_checkpoint_trained_with_other_pooling_says_so(tmp_path):
+    import json
+
+    from pipeline.build import untrained_notice
+    from pipeline.config import load_config
+
+    ckpt = tmp_path / "storm"
+    ckpt.mkdir()
+    (ckpt / "train_state.json").write_text(json.dumps({"pooling": {"temporal_k": 2, "spatial_p": 4,
+                                                                   "train_sample_s": 1}}))
+    same = load_config(None, [f"temporal.checkpoint={ckpt}", "pooling.temporal_k=2", "pooling.spatial_p=4",
+                              "pooling.sample_s=1"])
+    assert untrained_notice(same) is None or "pooling" not in untrained_notice(same)
+    other = load_config(None, [f"temporal.checkpoint={ckpt}"])  # the defaults: k=4, p=1
+    line = untrained_notice(other)
+    assert "trained with pooling.temporal_k=2 pooling.spatial_p=4" in line and "pooling.temporal_k=4" in line

@@ -231,7 +231,10 @@ def save_checkpoint(folder: Path, models: Models, optimizer, step: int, metrics:
     save_storm(models.connector, staging)
     torch.save(optimizer.state_dict(), staging / OPTIMIZER_NAME)
     state = {"step": step, "metrics": metrics, "stage": cfg.train.stage, "encoder": cfg.encoder.model,
-             "llm": cfg.summarizer.model, "mode": cfg.temporal.mode, "data": list(cfg.train.data)}
+             "llm": cfg.summarizer.model, "mode": cfg.temporal.mode, "data": list(cfg.train.data),
+             # what the module's tokens were pooled by (ingest says so when its config pools otherwise)
+             "pooling": {"temporal_k": cfg.pooling.temporal_k, "spatial_p": cfg.pooling.spatial_p,
+                         "train_sample_s": cfg.train.sample_s}}
     (staging / STATE_NAME).write_text(json.dumps(state, indent=1))
     if models.warmup is not None:
         from safetensors.torch import save_file
