@@ -1,7 +1,7 @@
 """Event-to-alert latency of `vidstorm watch`: a live camera on 127.0.0.1 shows a red circle at known
 moments; how long until the alert reaches a webhook receiver and an MQTT subscriber?
 
-    python bench/watch.py [--events 10] [--fps 2] [--live-chunk-frames 8] [--seed 7] [--ray]
+    python bench/watch.py [--events 10] [--fps 1] [--live-chunk-frames 4] [--seed 7] [--ray] [key=value ...]
 
 bench/live_scene.py serves MPEG-TS over TCP, paced in real time: clips of the toy family one after
 another, EVENTS of them with a red circle, starting at any phase of a chunk. `vidstorm ingest
@@ -120,8 +120,8 @@ def summary(values: list[float]) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=10)
-    ap.add_argument("--fps", type=float, default=2.0, help="decode.fps")
-    ap.add_argument("--live-chunk-frames", type=int, default=8, help="decode.live_chunk_frames")
+    ap.add_argument("--fps", type=float, default=1.0, help="decode.fps (the toy model is trained at 1)")
+    ap.add_argument("--live-chunk-frames", type=int, default=4, help="decode.live_chunk_frames")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--config", default=str(ROOT / "configs" / "toy.yaml"))
     ap.add_argument("--ray", action="store_true", help="ingest through Ray + Redis instead of --local")

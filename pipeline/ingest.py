@@ -202,7 +202,8 @@ class LocalIngest:
             self._check_cancel()
             if chunk.gap_before:
                 self.log(f"{source.stream_id}: the source was away {chunk.gap_before:.1f} s and is back (gap recorded)")
-            records, state = self.processor.step(chunk, state)
+            # the segment is stored (and watched) before any window summary it makes due is written
+            records, state = self.processor.step(chunk, state, on_segment=lambda seg: self._store([seg], job))
             self._store(records, job)
             self._counts = counts_of(state)
             job.chunks += 1

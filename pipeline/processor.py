@@ -253,13 +253,17 @@ class StreamProcessor:
             )
         return True
 
-    def step(self, chunk: FrameChunk, state: StreamState | None) -> tuple[list, StreamState]:
+    def step(self, chunk: FrameChunk, state: StreamState | None, on_segment=None) -> tuple[list, StreamState]:
+        """One chunk -> its records (the segment, then the summaries it makes due). `on_segment(segment)`:
+        called with the segment before the summaries are written (it is then not returned): --local stores
+        it, and matches the watch rules, without waiting for the LLM's window summary."""
         state = state or StreamState(chunk.stream_id)
         if not self.is_next(chunk, state):
             return [], state  # a replayed chunk: already applied, nothing new to say
         pooled, temporal_state, frames_encoded = self.pool_chunk(chunk, state)
         # 4. caption
-        return self.step_pooled(chunk, pooled, state, temporal_state, frames_encoded=frames_encoded)
+        return self.step_pooled(chunk, pooled, state, temporal_state, frames_encoded=frames_encoded,
+                                on_segment=on_segment)
 
     def pool_chunk(self, chunk: FrameChunk, state: StreamState) -> tuple[torch.Tensor, TemporalState, int]:
         """A chunk's frames -> (pooled (T', h', w', D), the temporal state after it, frames encoded). Advances
@@ -272,17 +276,18 @@ class StreamProcessor:
         return pooled, temporal_state, encoded_count(mask, chunk.n_valid)
 
     def step_pooled(self, chunk: FrameChunk, pooled: torch.Tensor, state: StreamState,
-                    temporal_state: TemporalState | None = None, frames_encoded: int | None = None
-                    ) -> tuple[list, StreamState]:
+                    temporal_state: TemporalState | None = None, frames_encoded: int | None = None,
+                    on_segment=None) -> tuple[list, StreamState]:
         """Caption a chunk whose pooled tokens are known and advance the roll-up (`step`'s second half;
         offline mode's whole-source scan gives the pooled tokens). The chunk's frames are not used."""
         segment = self.segment(pooled, stream_id=chunk.stream_id, chunk_seq=chunk.chunk_seq, t_start=chunk.t_start,
                                t_end=chunk.t_end, n_frames=chunk.n_valid, source=chunk.source,
                                wall_clock=chunk.wall_clock, gap_before=chunk.gap_before, thumbnail=chunk.thumbnail,
                                frames_encoded=chunk.n_valid if frames_encoded is None else frames_encoded)
-        return self.after_caption(segment, state, temporal_state)
+        return self.after_caption(segment, state, temporal_state, on_segment)
 
-    def after_caption(self, segment: Segment, state: StreamState, temporal_state=None) -> tuple[list, StreamState]:
+    def after_caption(self, segment: Segment, state: StreamState, temporal_state=None,
+                      on_segment=None) -> tuple[list, StreamState]:
         """Advance the stream's roll-up with one captioned chunk (the windows it closes are summarised)."""
         if state.t0 is None:
             state.t0 = segment.t_start
@@ -297,6 +302,9 @@ class StreamProcessor:
         state.next_chunk_seq = segment.chunk_seq + 1
         state.t_end = segment.t_end
         state.video_seconds += segment.t_end - segment.t_start
+        if on_segment is not None:
+            on_segment(segment)
+            return self._rollups(state, ended=False), state
         return [segment, *self._rollups(state, ended=False)], state
 
     def segment(self, pooled: torch.Tensor, *, stream_id: str, chunk_seq: int, t_start: float, t_end: float,

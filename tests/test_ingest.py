@@ -72,11 +72,11 @@ class CrashAt:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def step(self, chunk, state):
+    def step(self, chunk, state, **kwargs):
         if chunk.chunk_seq == self.chunk_seq and not self.crashed:
             self.crashed = True
             raise RuntimeError("worker died")
-        return self.inner.step(chunk, state)
+        return self.inner.step(chunk, state, **kwargs)
 
 
 def _embeddings(data, stream_id):
@@ -347,3 +347,35 @@ def test_live_sources_use_their_own_shorter_chunks(tmp_path, tiny_overrides):
     assert [r["n_frames"] for r in q.segments("file")] == [8, 4]
     bad = vidstorm("config", *tiny_overrides, "decode.live_chunk_frames=6")
     assert bad.returncode == 2 and "decode.live_chunk_frames=6 must be 0" in bad.stderr
+
+
+def test_a_segment_is_stored_before_the_window_summary_it_makes_due(tmp_path, tiny_overrides, tiny_processor):
+    """--local stores (and watches) each segment before the LLM writes the window summaries it closes, so
+    an alert never waits for a summary."""
+    from pipeline.store import Store
+
+    cfg = load_config(None, tiny_overrides)  # 8 frames a chunk at 1 fps, 16 s windows
+    clip = write_clip(tmp_path / "cam.mp4", seconds=40, fps=4)
+    seen = []
+
+    class Watching:
+        def __getattr__(self, name):
+            return getattr(tiny_processor, name)
+
+        def summary(self, **kw):
+            stored = {r["chunk_seq"] for r in Store(tmp_path / "data" / "store").stream_rows("segments", "cam",
+                                                                                           ["chunk_seq"])}
+            seen.append((kw["level"], kw["seq"], max(stored)))
+            return tiny_processor.summary(**kw)
+
+    watching = Watching()
+    runner = LocalIngest(cfg, watching, tmp_path / "data", log=lambda m: None)
+    import types
+
+    # the processor's methods call self.summary: bind them to the wrapper so _rollups calls its summary
+    for name in ("step", "step_pooled", "after_caption", "_rollups", "finish"):
+        setattr(watching, name, types.MethodType(getattr(type(tiny_processor), name), watching))
+    assert runner.run(Source(str(clip), "cam")).status == "done"
+    windows = [(seq, stored) for level, seq, stored in seen if level == "window"]
+    # window 0 (0-16 s) is closed by chunk 2 (16-24 s): chunk 2 is stored when its summary is written
+    assert windows[0] == (0, 2) and windows[1] == (1, 4), seen
