@@ -111,7 +111,8 @@ def image_vlm_config(work: Path):
     if not (ROOT / "models" / "toy-vlm" / "vlm" / "model.safetensors").is_file():
         subprocess.run(["make", "toy-vlm-assets"], cwd=ROOT, check=True)  # assembled from the shipped parts
     return load_config(ROOT / "configs" / "toy.yaml", [
-        "temporal.checkpoint=''", "pooling.temporal_k=4", "pooling.sample_s=2", "pooling.spatial_p=1", "train.sample_s=2",
+        "temporal.checkpoint=''", "pooling.temporal_k=4", "pooling.sample_s=2", "pooling.spatial_p=1",
+        "train.sample_s=2",
         f"train.grid_cache={work / 'grids-image-vlm'}", f"train.data=[{work / 'data' / 'train.jsonl'}]"])
 
 
