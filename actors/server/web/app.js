@@ -795,8 +795,10 @@ VIEWS.alerts = async (ctx) => {
   const shown = new Map();   // "<alert_id>|<target>" -> its item: a later state replaces it
   const put = (row) => {
     const key = `${row.alert_id}|${row.target}`;
-    const node = alertItem(row);
     const old = shown.get(key);
+    // the event stream may send a row again (its `since` is in ms here, in µs on the server): keep the node
+    if (old && old.dataset.updated === String(row.updated_at)) return;
+    const node = alertItem(row);
     if (old) old.replaceWith(node);
     else list.prepend(node);
     shown.set(key, node);
@@ -814,7 +816,8 @@ function alertItem(row) {
   const score = typeof row.score === "number" ? ` · score ${row.score.toFixed(2)}` : "";
   const state = `${row.status} ×${row.attempts ?? 0} → ${row.target}` + (row.error ? ` (${row.error})` : "");
   return h("li", {class: `alert ${row.status}`, "data-testid": "alert-item", "data-alert": row.alert_id,
-                  "data-rule": row.rule, "data-stream": row.stream_id, "data-seq": row.seq},
+                  "data-rule": row.rule, "data-stream": row.stream_id, "data-seq": row.seq,
+                  "data-updated": row.updated_at},
     thumbnail(row.thumbnail_url, `${row.stream_id} at ${hms(row.t_start)}`, "alert-thumbnail"),
     h("div", {class: "alert-body"},
       h("p", {}, h("strong", {text: row.rule}),
