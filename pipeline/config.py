@@ -330,6 +330,16 @@ def _merge(base, layer, source: str):
         raise ConfigError(f"{source}: bad value for '{key}': {reason}") from None
 
 
+def read_yaml_file(path: str | Path):
+    """A YAML file's content as plain Python (job specs, watch rules); ConfigError in one line if it
+    is not valid YAML (secrets in the parser's message masked)."""
+    path = Path(path)
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as err:  # YAML syntax errors come in many types
+        raise ConfigError(f"{path}: not valid YAML: {mask_secrets(str(err).splitlines()[0])}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults < YAML file < dotlist overrides, validated. Raises ConfigError."""
     cfg = OmegaConf.structured(Config)

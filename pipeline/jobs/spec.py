@@ -115,14 +115,9 @@ def parse_spec(data: dict, origin: str) -> JobSpec:
 
 
 def load_spec_file(path: str | Path) -> JobSpec:
-    from omegaconf import OmegaConf
+    from pipeline.config import read_yaml_file
 
-    path = Path(path)
-    try:
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except Exception as err:
-        raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
-    return parse_spec(data, str(path))
+    return parse_spec(read_yaml_file(path), str(path))
 
 
 def load_specs(folders: list[str | Path]) -> dict[str, JobSpec]:

@@ -293,15 +293,6 @@ class Notifier:
                 stop.wait(1.0)
         self.close()
 
-    def drain(self, timeout_s: float) -> int:
-        """Deliver until nothing is pending or `timeout_s` passed; returns the deliveries still pending."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self.tick(100)
-            if not self.outbox.pending():
-                break
-        return self.outbox.pending()
-
     def close(self) -> None:
         """Stop sending; leave the group if this consumer holds nothing (each process is a consumer)."""
         self.sender.close()

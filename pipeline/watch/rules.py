@@ -231,14 +231,9 @@ def keywords(query: str) -> list[str]:
 
 
 def load_rule_file(path: str | Path) -> WatchRule:
-    from omegaconf import OmegaConf
+    from pipeline.config import read_yaml_file
 
-    path = Path(path)
-    try:
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except Exception as err:
-        raise ConfigError(f"{path}: not valid YAML: {mask_secrets(str(err).splitlines()[0])}") from None
-    return parse_rule(data, str(path))
+    return parse_rule(read_yaml_file(path), str(path))
 
 
 def load_rules(folders: list[str | Path], on_error=None) -> dict[str, WatchRule]:
