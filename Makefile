@@ -50,7 +50,7 @@ $(MOSQUITTO):
 	  $$SUDO apt-get install -y -qq mosquitto || { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq mosquitto; }
 
 test: $(STAMP) $(COMPOSE_STAMP) $(CHROMIUM) $(MOSQUITTO)
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25 tests
 
 # The trained toy model (configs/toy.yaml; README "The toy model, measured"), STORM's recipe at toy scale:
 #   1. a toy SigLIP pretrained with its sigmoid loss on rendered image-caption pairs (`make toy-vlm`);

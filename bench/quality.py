@@ -8,7 +8,9 @@ Rows (same data, same frozen encoder, same recipe and steps, same seed):
   storm_100     STORM bidirectional, 100%
   storm_25      STORM + temporal pooling k=4: 25%
   storm_12      STORM + pooling k=4 + test-time sampling s=2: 12.5% (the storm_25 weights)
-  stream_12     STORM `stream` mode (one direction, state carried), 12.5%
+  stream_12     STORM `stream` mode (one direction, state carried), 12.5%: sampling keeps the later pooled
+                frame of each two (pooling.sample_from=1), the one whose tokens the scan has carried the whole
+                chunk into (the earlier one has seen only the first half of a causal scan)
   image_vlm_12  configs/toy.yaml's image-VLM (pretrained toy SigLIP + connector + frozen SmolLM2) with the
                 temporal module at identity: 12.5% of its tokens, no video training (what STORM starts from)
 
@@ -48,14 +50,14 @@ from pipeline.train.evaluate import evaluate  # noqa: E402
 from pipeline.train.loop import build_models, train  # noqa: E402
 from pipeline.train.synthrender import write_dataset  # noqa: E402
 
-# name: (mamba layers, temporal mode, pooling k, test-time sampling s)
+# name: (mamba layers, temporal mode, pooling k, test-time sampling s, the pooled frame sampling keeps)
 ROWS = {
-    "baseline_100": (0, "chunk_bidirectional", 1, 1),
-    "baseline_12": (0, "chunk_bidirectional", 4, 2),
-    "storm_100": (2, "chunk_bidirectional", 1, 1),
-    "storm_25": (2, "chunk_bidirectional", 4, 1),
-    "storm_12": (2, "chunk_bidirectional", 4, 2),
-    "stream_12": (2, "stream", 4, 2),
+    "baseline_100": (0, "chunk_bidirectional", 1, 1, 0),
+    "baseline_12": (0, "chunk_bidirectional", 4, 2, 0),
+    "storm_100": (2, "chunk_bidirectional", 1, 1, 0),
+    "storm_25": (2, "chunk_bidirectional", 4, 1, 0),
+    "storm_12": (2, "chunk_bidirectional", 4, 2, 0),
+    "stream_12": (2, "stream", 4, 2, 1),  # causal: the later pooled frame has seen the whole chunk
 }
 IMAGE_VLM_ROW = "image_vlm_12"  # not trained here: configs/toy.yaml's VLM, the temporal module at identity
 SHARES_WEIGHTS = {"storm_12": "storm_25"}  # test-time sampling needs no training of its own
@@ -67,10 +69,11 @@ FRAMES = 8
 
 
 def row_overrides(name: str, work: Path, lm: Path, siglip: Path) -> list[str]:
-    layers, mode, k, s = ROWS[name]
+    layers, mode, k, s, keep = ROWS[name]
     return [
         f"encoder.model={siglip}", "encoder.select_layer=-1", f"summarizer.model={lm}", "summarizer.system_prompt=''",
         f"temporal.n_layers={layers}", f"temporal.mode={mode}", f"pooling.temporal_k={k}", f"pooling.sample_s={s}",
+        f"pooling.sample_from={keep}",
         *TOY_GEOMETRY, "train.autocast=fp32", "train.sample_s=1", "train.val_samples=0", "train.eval_every=100000",
         f"train.data=[{work / 'data' / 'train.jsonl'}]",
     ]
@@ -158,7 +161,7 @@ def main() -> None:
     log(f"grids ready in {time.time() - t0:.0f}s")
 
     results = {}
-    for name, (layers, mode, k, s) in ROWS.items():
+    for name, (layers, mode, k, s, _) in ROWS.items():
         if name not in rows:
             continue
         base = row_overrides(name, work, lm, siglip)
