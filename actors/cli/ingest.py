@@ -20,6 +20,10 @@ def cmd_ingest(args) -> int:
     import datetime as dt
     from pathlib import Path
 
+    from pipeline.names import check_name
+
+    if args.stream is not None:  # a bad --stream is answered before the models' imports (torch: ~1.5 s)
+        check_name(args.stream, "stream id")
     from pipeline.build import build_processor, untrained_notice
     from pipeline.config import load_config, to_yaml
     from pipeline.decode import expand_sources
