@@ -20,19 +20,17 @@ def cmd_ingest(args) -> int:
     import datetime as dt
     from pathlib import Path
 
-    from pipeline.names import check_name
-
-    if args.stream is not None:  # a bad --stream is answered before the models' imports (torch: ~1.5 s)
-        check_name(args.stream, "stream id")
-    from pipeline.build import build_processor, untrained_notice
     from pipeline.config import load_config, to_yaml
     from pipeline.decode import expand_sources
-    from pipeline.ingest import LocalIngest
-    from pipeline.jobs.result import JobResult
 
     overrides = [a for a in args.sources if _is_override(a)]
     cfg = load_config(args.config, overrides)
     sources, errors = expand_sources([a for a in args.sources if a not in overrides], args.stream)
+    # the models' imports (torch: ~1.5 s) only once the config and a --stream id have been checked
+    from pipeline.build import build_processor, untrained_notice
+    from pipeline.ingest import LocalIngest
+    from pipeline.jobs.result import JobResult
+
     if args.stream and len(sources) > 1:
         raise VidstormError("--stream names one stream; it cannot be used with several sources")
     data = Path(args.data)
