@@ -246,6 +246,12 @@ class SiglipTowerConfig:
     # > 0: weight of a dense loss beside the sigmoid one: a Linear head on the vision tower's last hidden
     # state names each patch's (colour, kind) or background (SigLIP 2's location-aware losses, in small)
     dense: float = 0.0
+    # > 0: FLIP-style token dropping while training: each image's tower sees only this many of its patches
+    # (every patch a shape touches, the rest background at random) with their own position embeddings,
+    # so a step costs ~keep/patches of a full one; the last `full_steps` fraction of the steps sees all of
+    # them (FLIP's unmasked tuning). Zero-shot checks and the saved tower always see the whole image.
+    keep: int = 0
+    full_steps: float = 0.1
 
 
 @dataclass

@@ -27,6 +27,13 @@ def validate(cfg: Config, source: str = "config") -> None:
              f"keep another pooled frame than the test")
     if cfg.train.siglip.dense < 0:
         fail(f"train.siglip.dense must be >= 0 (0 = no dense head), got {cfg.train.siglip.dense}")
+    patches = (cfg.train.siglip.image_size // max(cfg.train.siglip.patch_size, 1)) ** 2
+    if not 0 <= cfg.train.siglip.keep <= patches:
+        fail(f"train.siglip.keep must be 0 (all patches) to {patches} (the tower's patches), got {cfg.train.siglip.keep}")
+    if cfg.train.siglip.keep > 0 and cfg.train.siglip.dense > 0:
+        fail("train.siglip.keep (token dropping) and train.siglip.dense (the dense head) do not combine; set one")
+    if not 0 <= cfg.train.siglip.full_steps <= 1:
+        fail(f"train.siglip.full_steps must be a fraction 0-1 of the steps, got {cfg.train.siglip.full_steps}")
     if pool.spatial_p < 1 or math.isqrt(pool.spatial_p) ** 2 != pool.spatial_p:
         fail(f"pooling.spatial_p must be a square (1, 4, 9, ...), got {pool.spatial_p}")
     if cfg.temporal.downsample < 1:

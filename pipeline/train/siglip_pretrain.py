@@ -81,13 +81,14 @@ def patch_labels(shapes, width: int, height: int, grid: int, cover: float = 0.3)
 
 
 def render_group(rng: np.random.Generator, size: int, versions: int = 1, compress: bool = False,
-                 size_range=sq.SIZE_RANGE, grid: int = 0) -> list[tuple[np.ndarray, str, list, np.ndarray | None]]:
+                 size_range=sq.SIZE_RANGE, grid: int = 0, cover: float = 0.3) -> list[tuple[np.ndarray, str, list, np.ndarray | None]]:
     """Stills of the family resized to (size, size, 3) uint8 as decode does, each with its caption and its
     shapes [(colour, kind, x, y)] (centre, fractions of the frame). One shape or two (different colour and
     kind); position words on half the captions. compress: through H.264 at the family's CRF. `versions` > 1: the same scene (colours, sizes, places,
     background, noise) with the shapes' kinds rotated, so a batch holds pairs that differ only in shape:
     the contrast that teaches shape (colour alone separates most random pairs). Each still's last item is its
-    `patch_labels` at `grid` (the dense head's targets) when `grid` > 0, else None."""
+    `patch_labels` at `grid` and `cover` (the dense head's targets; with a small `cover`, the patches a
+    shape touches) when `grid` > 0, else None."""
     width, height = sq._frame_size(rng, size_range)
     count = 1 + int(rng.random() < 0.5)
     colours = rng.choice(list(sq.COLOURS), count, replace=False)
@@ -122,7 +123,7 @@ def render_group(rng: np.random.Generator, size: int, versions: int = 1, compres
             parts.append(f"{part} {where(x + box / 2, y + box / 2, width, height)}" if with_place else part)
         centres = [((x + box / 2) / width, (y + box / 2) / height) for x, y, box in placed]
         truth = [(s.colour, s.kind, *c) for s, c in zip(turned, centres)]
-        labels = patch_labels(turned, width, height, grid) if grid else None
+        labels = patch_labels(turned, width, height, grid, cover) if grid else None
         out.append((image, " and ".join(parts), truth, labels))
     return out
 
@@ -154,12 +155,12 @@ def still_caption(truth: list) -> str:
     return " and ".join(f"a {colour} {kind}" for colour, kind, *_ in sorted(truth, key=lambda t: t[2]))
 
 
-def _render_part(job: tuple[int, int, int, int, bool, int]) -> tuple[np.ndarray, list[str], list, list]:
-    n, size, seed, versions, compress, grid = job
+def _render_part(job: tuple[int, int, int, int, bool, int, float]) -> tuple[np.ndarray, list[str], list, list]:
+    n, size, seed, versions, compress, grid, cover = job
     rng = np.random.default_rng(seed)
     images, captions, truths, labels = [], [], [], []
     while len(images) < n:
-        for image, caption, truth, label in render_group(rng, size, versions, compress, grid=grid)[: n - len(images)]:
+        for image, caption, truth, label in render_group(rng, size, versions, compress, grid=grid, cover=cover)[: n - len(images)]:
             images.append(image)
             captions.append(caption)
             truths.append(truth)
@@ -168,12 +169,12 @@ def _render_part(job: tuple[int, int, int, int, bool, int]) -> tuple[np.ndarray,
 
 
 def render_pairs(n: int, size: int, seed: int, workers: int = 1, versions: int = 1, compress: bool = False,
-                 grid: int = 0) -> tuple[np.ndarray, list[str], list, np.ndarray | None]:
+                 grid: int = 0, cover: float = 0.3) -> tuple[np.ndarray, list[str], list, np.ndarray | None]:
     """n pairs (images (n, size, size, 3) uint8, captions, truths, and with `grid` > 0 each still's
     `patch_labels` (n, grid, grid), else None), in groups of `versions` consecutive stills of one scene
     (`render_group`); the same for any `workers`."""
     chunks = np.array_split(np.arange(n // versions), max(1, n // 500))
-    parts = [(len(p) * versions, size, seed * 1000 + i, versions, compress, grid) for i, p in enumerate(chunks)]
+    parts = [(len(p) * versions, size, seed * 1000 + i, versions, compress, grid, cover) for i, p in enumerate(chunks)]
     if workers > 1 and len(parts) > 1:
         import multiprocessing as mp
 
@@ -229,6 +230,30 @@ def pixels(images: np.ndarray) -> torch.Tensor:
     """uint8 (B, S, S, 3) -> (B, 3, S, S) in [-1, 1] (SigLIP's mean = std = 0.5), as the encoder does."""
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
     return (x - 0.5) / 0.5
+
+
+def keep_patches(rng: np.random.Generator, touched: np.ndarray, keep: int) -> torch.Tensor:
+    """(B, keep) patch indices, sorted: every patch a shape touches (`touched` (B, P) bool; a random
+    `keep` of them if more), the rest background patches at random (FLIP's masking, shapes kept)."""
+    score = rng.random(touched.shape) + 2.0 * touched
+    return torch.from_numpy(np.sort(np.argsort(-score, axis=1)[:, :keep], axis=1))
+
+
+def kept_logits(model, input_ids: torch.Tensor, pixel_values: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
+    """SiglipModel's logits_per_image with each image's tower reading only its `kept` (B, K) patches, each
+    with its own position embedding (the whole image when None: the model's own forward)."""
+    if kept is None:
+        return model(input_ids=input_ids, pixel_values=pixel_values).logits_per_image
+    vision = model.vision_model
+    embed = vision.embeddings
+    x = embed.patch_embedding(pixel_values.to(embed.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
+    x = x + embed.position_embedding.weight[None]
+    x = torch.gather(x, 1, kept.to(x.device)[..., None].expand(-1, -1, x.shape[-1]))
+    image = vision.head(vision.post_layernorm(vision.encoder(inputs_embeds=x).last_hidden_state))
+    text = model.get_text_features(input_ids=input_ids)
+    text = getattr(text, "pooler_output", text)
+    image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+    return (image @ text.T) * model.logit_scale.exp() + model.logit_bias
 
 
 def sigmoid_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
@@ -291,9 +316,12 @@ def pretrain(out: Path, spec: SiglipTowerConfig, steps: int = 1200, batch: int =
     started = time.monotonic()
     tokenizer = word_tokenizer()
     versions = spec.versions
-    grid = spec.image_size // spec.patch_size if spec.dense > 0 else 0
+    grid = spec.image_size // spec.patch_size if spec.dense > 0 or spec.keep > 0 else 0
+    # keep: the patches a shape touches at all (cover 0.02) are the ones always kept
     images, captions, _, labels = render_pairs(spec.images, spec.image_size, seed, workers=2, versions=versions,
-                                               compress=spec.compress, grid=grid)
+                                               compress=spec.compress, grid=grid, cover=0.3 if spec.dense > 0 else 0.02)
+    touched = labels.reshape(len(labels), -1) > 0 if spec.keep > 0 else None
+    masked_steps = int(round(steps * (1 - spec.full_steps))) if spec.keep > 0 else 0
     n_images = len(images)
     log(f"rendered {len(images)} image-caption pairs at {spec.image_size} px in {time.monotonic() - started:.0f} s")
     if heldout is not None:
@@ -307,7 +335,7 @@ def pretrain(out: Path, spec: SiglipTowerConfig, steps: int = 1200, batch: int =
     model.train()
     # the dense head (grid > 0): each patch's (colour, kind) class from the vision tower's last hidden state,
     # the one the VLM reads; trained with the towers, not saved
-    head = torch.nn.Linear(spec.hidden, 1 + len(sq.COLOURS) * len(sq.SHAPES)) if grid else None
+    head = torch.nn.Linear(spec.hidden, 1 + len(sq.COLOURS) * len(sq.SHAPES)) if spec.dense > 0 else None
     params = [*model.parameters(), *(head.parameters() if head is not None else [])]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
@@ -316,9 +344,13 @@ def pretrain(out: Path, spec: SiglipTowerConfig, steps: int = 1200, batch: int =
         groups = rng.choice(n_images // versions, max(1, batch // versions), replace=False)
         pick = (groups[:, None] * versions + np.arange(versions)).reshape(-1)  # whole groups: shape contrasts
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            output = model(input_ids=ids[pick], pixel_values=pixels(images[pick]))
-            patches = head(output.vision_model_output.last_hidden_state) if head is not None else None
-        loss = sigmoid_loss(output.logits_per_image.float(), same_caption([captions[i] for i in pick]))
+            if head is not None:
+                output = model(input_ids=ids[pick], pixel_values=pixels(images[pick]))
+                logits, patches = output.logits_per_image, head(output.vision_model_output.last_hidden_state)
+            else:  # keep > 0: only some patches of each image until the last full_steps
+                kept = keep_patches(rng, touched[pick], spec.keep) if step <= masked_steps else None
+                logits, patches = kept_logits(model, ids[pick], pixels(images[pick]), kept), None
+        loss = sigmoid_loss(logits.float(), same_caption([captions[i] for i in pick]))
         if patches is not None:
             target = torch.from_numpy(labels[pick]).long().reshape(len(pick), -1)
             dense_loss = F.cross_entropy(patches.float().reshape(-1, patches.shape[-1]), target.reshape(-1))
@@ -337,7 +369,8 @@ def pretrain(out: Path, spec: SiglipTowerConfig, steps: int = 1200, batch: int =
                 shapes = target > 0
                 hit = (patches.argmax(-1) == target)[shapes].float().mean().item() if shapes.any() else 0.0
                 dense = f" dense {dense_loss.item():.3f} (shape patches {hit:.2f})"
-            log(f"step {step}/{steps} loss {loss.item():.4f}{dense} zero-shot colour {acc['colour']} "
+            seen = f" patches {spec.keep if step <= masked_steps else grid * grid}/{grid * grid}" if spec.keep > 0 else ""
+            log(f"step {step}/{steps} loss {loss.item():.4f}{dense}{seen} zero-shot colour {acc['colour']} "
                 f"shape {acc['shape']} ({time.monotonic() - started:.0f} s)")
     model.eval()
     result = zero_shot(model, tokenizer, test_images, test_truths)

@@ -107,6 +107,62 @@ def test_pretrain_siglip_with_the_dense_head_learns_patch_classes(tmp_path):
     assert (out / "model.safetensors").is_file() and (out / "pretrain.json").is_file()
 
 
+def test_kept_patches_forward_is_the_towers_own_on_those_patches():
+    """train.siglip.keep: the tower reads a subset of each image's patches with their own position
+    embeddings. All patches kept: exactly SiglipModel's logits; a subset: the encoder, post-layernorm and
+    pooling head run on HF's own embeddings (patch + position) of those patches, and nothing else."""
+    tok = sp.word_tokenizer()
+    model = sp.build_model(TINY, len(tok), seed=2).eval()
+    images, captions, _, _ = sp.render_pairs(5, TINY.image_size, seed=9)
+    ids, px = sp.tokenize(tok, captions), sp.pixels(images)
+    patches = (TINY.image_size // TINY.patch_size) ** 2
+    with torch.no_grad():
+        whole = model(input_ids=ids, pixel_values=px).logits_per_image
+        torch.testing.assert_close(sp.kept_logits(model, ids, px, torch.arange(patches).expand(5, -1)), whole)
+        torch.testing.assert_close(sp.kept_logits(model, ids, px, None), whole)
+        kept = torch.tensor([[0, 3, 5, 15], [1, 2, 8, 9], [4, 6, 7, 12], [0, 1, 2, 3], [10, 11, 13, 14]])
+        vision = model.vision_model
+        embedded = vision.embeddings(px)  # HF: patch embedding + position embedding
+        rows = torch.stack([embedded[i, kept[i]] for i in range(5)])
+        image = vision.head(vision.post_layernorm(vision.encoder(inputs_embeds=rows).last_hidden_state))
+        text = model.get_text_features(input_ids=ids)
+        text = getattr(text, "pooler_output", text)
+        cos = torch.nn.functional.normalize(image, dim=-1) @ torch.nn.functional.normalize(text, dim=-1).T
+        expected = cos * model.logit_scale.exp() + model.logit_bias
+        got = sp.kept_logits(model, ids, px, kept)
+        torch.testing.assert_close(got, expected)
+        assert not torch.allclose(got, whole, atol=1e-3)  # the dropped patches are really gone
+
+
+def test_keep_patches_keeps_every_shape_patch_then_background():
+    rng = np.random.default_rng(4)
+    touched = np.zeros((3, 16), bool)
+    touched[0, [2, 3, 7]] = True  # fewer than keep: all of them + background
+    touched[1, :10] = True  # more than keep: only shape patches
+    kept = sp.keep_patches(rng, touched, 6).numpy()
+    assert kept.shape == (3, 6)
+    assert all(len(set(row)) == 6 and list(row) == sorted(row) for row in kept)
+    assert {2, 3, 7} <= set(kept[0]) and touched[1][kept[1]].all() and not touched[2][kept[2]].any()
+    # the rendered stills: patches a shape touches (cover 0.02) include those it mostly covers (0.3)
+    _, _, _, loose = sp.render_pairs(8, 32, seed=3, grid=4, cover=0.02)
+    _, _, _, tight = sp.render_pairs(8, 32, seed=3, grid=4, cover=0.3)
+    assert ((tight > 0) <= (loose > 0)).all() and (loose > 0).sum() > (tight > 0).sum()
+
+
+def test_pretrain_siglip_with_kept_patches_then_whole_images(tmp_path):
+    """train.siglip.keep: the steps before the last full_steps see `keep` patches of each image, the rest
+    all of them; the loss falls and the folder saved is a whole SigLIP."""
+    out = tmp_path / "siglip"
+    done = _vidstorm("pretrain-siglip", f"train.out={out}", "train.steps=30", "train.val_data=''",
+                     "train.batch_size=32", "train.lr=0.003", "train.siglip.images=256", "train.siglip.keep=6",
+                     "train.siglip.full_steps=0.1", *TINY_ARGS)
+    lines = [line for line in done.stderr.splitlines() if " loss " in line]
+    assert len(lines) == 2 and " patches 6/16 " in lines[0] and " patches 16/16 " in lines[1], done.stderr
+    losses = [float(line.split("loss ")[1].split()[0]) for line in lines]
+    assert losses[-1] < losses[0]
+    assert (out / "model.safetensors").is_file() and json.loads((out / "pretrain.json").read_text())["steps"] == 30
+
+
 def test_pretrain_siglip_saves_a_siglip_that_encoder_model_loads(tmp_path):
     """A few steps through the CLI: the loss falls, the zero-shot check is printed, and the folder is a SigLIP
     checkpoint the encoder stage loads (the vision tower, its own size and normalisation)."""
@@ -133,6 +189,11 @@ def test_pretrain_siglip_bad_input_is_one_line(tmp_path):
     done = _vidstorm("pretrain-siglip", "train.siglip.dense=-1", f"train.out={tmp_path}/s", check=False)
     assert done.returncode == 2 and "train.siglip.dense must be >= 0" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+    for bad, says in (("train.siglip.keep=17", "train.siglip.keep must be 0"),
+                      ("train.siglip.full_steps=2", "train.siglip.full_steps must be"),
+                      ("train.siglip.keep=4 train.siglip.dense=1", "do not combine")):
+        done = _vidstorm("pretrain-siglip", *bad.split(), *TINY_ARGS, f"train.out={tmp_path}/s", check=False)
+        assert done.returncode == 2 and says in done.stderr and len(done.stderr.strip().splitlines()) == 1, bad
     done = _vidstorm("pretrain-siglip", f"train.out={tmp_path}/s", f"train.val_data={tmp_path}/none.jsonl", check=False)
     assert done.returncode == 2 and "none.jsonl" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
