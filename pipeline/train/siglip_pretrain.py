@@ -333,7 +333,7 @@ def pretrain(out: Path, spec: SiglipTowerConfig, steps: int = 1200, batch: int =
     ids = tokenize(tokenizer, captions)
     model = build_model(spec, len(tokenizer), seed)
     model.train()
-    # the dense head (grid > 0): each patch's (colour, kind) class from the vision tower's last hidden state,
+    # the dense head (dense > 0): each patch's (colour, kind) class from the vision tower's last hidden state,
     # the one the VLM reads; trained with the towers, not saved
     head = torch.nn.Linear(spec.hidden, 1 + len(sq.COLOURS) * len(sq.SHAPES)) if spec.dense > 0 else None
     params = [*model.parameters(), *(head.parameters() if head is not None else [])]
