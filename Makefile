@@ -68,13 +68,11 @@ WARMUP := train.stage=warmup train.batch_size=32 train.warmup_steps=20 train.aut
 	train.grad_clip=0 train.save_every=200 train.val_samples=0
 
 toy-model: toy-vlm
-	rm -rf $(DATA)/toy-warmup-direction $(DATA)/toy-warmup-all $(DATA)/toy-warmup
+	rm -rf $(DATA)/toy-warmup-direction $(DATA)/toy-warmup
 	$(VS) train --local --config configs/toy.yaml $(WARMUP) "train.tasks=[direction]" "train.init_from=''" \
 	  train.out=$(DATA)/toy-warmup-direction train.steps=400 train.eval_every=200 train.lr=0.002
 	$(VS) train --local --config configs/toy.yaml $(WARMUP) train.init_from=$(DATA)/toy-warmup-direction \
-	  train.out=$(DATA)/toy-warmup-all train.steps=600 train.eval_every=300 train.lr=0.001
-	$(VS) train --local --config configs/toy.yaml $(WARMUP) train.init_from=$(DATA)/toy-warmup-all \
-	  train.out=$(DATA)/toy-warmup train.steps=900 train.eval_every=300 train.lr=0.001
+	  train.out=$(DATA)/toy-warmup train.steps=600 train.eval_every=300 train.lr=0.001
 	$(VS) train --local --config configs/toy.yaml
 	rm -f $(TOY)/storm/optimizer.pt
 

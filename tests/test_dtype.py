@@ -69,3 +69,37 @@ def test_a_damaged_cache_is_measured_again(monkeypatch, cache, tiny_siglip):
     cache.write_text("{not json")
     SiglipEncoder(str(tiny_siglip), "cpu", "auto", 8, -1)
     assert len(json.loads(cache.read_text())) == 1
+
+
+def test_frozen_linears_held_in_bf16_give_the_same_logits_and_gradients_under_autocast():
+    """Training under bf16 autocast holds the frozen LLM's Linear weights in bf16 (autocast re-casts a frozen
+    fp32 weight at every call). The products are the same: logits and the adapters' gradients equal, bit for
+    bit; the tied head and input embedding, and every trainable tensor, stay fp32."""
+    import copy
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pipeline.models.lora import apply_lora, lora_parameters
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    held = LlamaForCausalLM(config).eval().requires_grad_(False)
+    apply_lora(held, 2, 4.0, seed=0)
+    with torch.no_grad():
+        for p in lora_parameters(held):
+            p.normal_(0, 0.1)  # adapters off their no-op start, so they take part in the products
+    cast = copy.deepcopy(held)
+    assert auto.frozen_linears_to_bf16(cast) == 7 * 2  # q k v o gate up down in each of 2 layers
+    assert cast.lm_head.weight.dtype == cast.get_input_embeddings().weight.dtype == torch.float32
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in lora_parameters(cast))
+    assert {p.dtype for n, p in cast.named_parameters() if n.endswith("base.weight")} == {torch.bfloat16}
+    ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(1))
+    grads = []
+    for model in (held, cast):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(ids).logits
+        logits.float().logsumexp(-1).sum().backward()
+        grads.append((logits, [p.grad for p in lora_parameters(model)]))
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(grads[0][1], grads[1][1]))

@@ -369,3 +369,38 @@ def test_llm_space_stream_in_frame_chunks_equals_one_pass(adapter_dim):
     torch.testing.assert_close(torch.cat(parts, dim=1), whole, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="whole frames"):
         enc.forward_tokens(x.reshape(1, 28, 16)[:, :6], frame_tokens=4)
+
+
+@pytest.mark.parametrize("adapter_dim", [0, 8], ids=["llm-width", "adapter"])
+def test_a_frozen_identity_module_is_skipped_under_autograd_with_the_same_output_and_gradient(adapter_dim,
+                                                                                               monkeypatch):
+    """While the VLM's connector aligns under a fresh module (frozen, at the identity), training skips the
+    module's branch: the output is the full pass's output (the input itself) and the gradient reaches the
+    input unchanged. Without autograd (ingest) the branch runs; a trainable or a trained module always runs."""
+    from pipeline.models import temporal
+
+    calls = []
+    layer_forward = temporal.TemporalLayer.forward
+    monkeypatch.setattr(temporal.TemporalLayer, "forward", lambda self, *a, **k: calls.append(1) or
+                        layer_forward(self, *a, **k))
+    fresh = TemporalEncoder(16, d_model=16, n_layers=2, mode="chunk_bidirectional", d_state=4, in_llm_space=True,
+                            adapter_dim=adapter_dim, center_frames=True)
+    assert not fresh.frozen_identity()  # it trains: never skipped
+    fresh.requires_grad_(False)
+    assert fresh.frozen_identity()
+    x = torch.randn(2, 3, 2, 2, 16, generator=torch.Generator().manual_seed(6)).requires_grad_(True)
+    with torch.no_grad():
+        full, full_state = fresh.forward_projected(x)
+    assert len(calls) == 2  # without autograd: both layers ran
+    out, state = fresh.forward_projected(x)
+    assert len(calls) == 2  # under autograd: skipped
+    assert torch.equal(out, full) and torch.equal(out, x)
+    assert (state.frames_seen, state.tokens_seen) == (full_state.frames_seen, full_state.tokens_seen)
+    out.pow(2).sum().backward()
+    assert torch.equal(x.grad, 2 * x.detach())
+
+    trained = _llm_space_encoder("chunk_bidirectional", adapter_dim=adapter_dim).requires_grad_(False)
+    assert not trained.frozen_identity()
+    vision = _encoder("chunk_bidirectional")  # the vision-space module ends in a LayerNorm: never the identity
+    vision.zero_outputs()
+    assert not vision.requires_grad_(False).frozen_identity()

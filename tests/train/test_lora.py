@@ -127,3 +127,29 @@ def test_ingest_applies_the_adapters_to_captions_and_not_to_text_summaries(lora_
     assert seen and all(seen)
     assert all(layer.enabled for layer in lora_layers(ours.model))  # generate restores the switch
     json.dumps(ours.adapters)  # plain settings, for the log and the checkpoint metadata
+
+
+def test_a_bf16_training_build_holds_the_frozen_llm_in_bf16_and_saves_fp32_adapters(tiny_overrides, qa_set,
+                                                                                      tmp_path):
+    """train.autocast=bf16: the frozen LLM's Linear weights are held in bf16 (the same products, no cast a
+    call; tests/test_dtype.py) and attention is eager; the adapters train and save in fp32; a build for
+    eval or ingest keeps the model as loaded."""
+    from safetensors.torch import load_file
+
+    from pipeline.models.lora import lora_parameters
+
+    out = tmp_path / "ckpt"
+    cfg = load_config(None, _overrides(tiny_overrides, qa_set, out, steps=2, stage="sft", autocast="bf16",
+                                       trainable="[projector,lora]", save_every=2))
+    models = build_models(cfg, torch.device("cpu"), log=None)
+    llm = models.vlm.llm.model
+    assert {layer.base.weight.dtype for layer in lora_layers(llm)} == {torch.bfloat16}
+    assert llm.get_input_embeddings().weight.dtype == torch.float32
+    assert llm.config._attn_implementation == "eager"
+    train(cfg, log=lambda m: None, models=models)
+    assert all(p.dtype == torch.float32 for p in lora_parameters(llm))
+    assert {v.dtype for v in load_file(str(out / LORA_NAME)).values()} == {torch.float32}
+    served = build_models(load_config(None, [*tiny_overrides, f"temporal.checkpoint={out}"]), torch.device("cpu"),
+                          log=None, training=False).vlm.llm.model
+    assert {p.dtype for p in served.parameters()} == {torch.float32}
+    assert served.config._attn_implementation != "eager"
