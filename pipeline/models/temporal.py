@@ -22,7 +22,6 @@ Modes:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -436,35 +435,29 @@ class TemporalEncoder(nn.Module):
         """
         b, seq_len, _ = seq.shape
         residual = seq
-        # A frozen module at the identity (Up zero: the VLM's connector aligning under it) adds exactly 0 and
-        # passes no gradient back through its branch. Under autograd (training) the branch is skipped: its
-        # forward and backward were ~1/3 of a connector step (README "The toy model, measured"); the state's
-        # layers are then not advanced, which no output of an identity can show. Without autograd (ingest,
-        # eval) it runs as always, so a stored stream state is the module's true state.
-        identity = self.frozen_identity()
-        if identity and torch.is_grad_enabled():
-            if self.mode == "offline" or state is None:
-                state = self.initial_state(b)
-            meta = dict(state.meta, model=self.signature())
+        # A frozen module at the identity (its output projections zero: the VLM's connector aligning under
+        # it) adds exactly 0 and passes the gradient through unchanged. Under autograd (training) it is
+        # skipped: its forward and backward were ~1/3 of a connector step (README "The toy model, measured");
+        # the state's layers are then not advanced, which no output of an identity can show. Without autograd
+        # (ingest, eval) it runs as always, so a stored stream state is the module's true state.
+        skip = torch.is_grad_enabled() and self.frozen_identity()
+        if self.mode == "offline" or state is None:
+            state = self.initial_state(b)
+        else:
+            self.check_state(state, b)
+        meta = dict(state.meta, model=self.signature())
+        if skip:
             return residual, TemporalState(state.layers, state.frames_seen, state.tokens_seen + seq_len, meta)
-        branch = torch.no_grad() if identity else contextlib.nullcontext()
-        with branch:
-            if self.down is not None:
-                seq = self.adapter_in(seq, frame_tokens)
-            if self.mode == "offline" or state is None:
-                state = self.initial_state(b)
-            else:
-                self.check_state(state, b)
-            state = state.to(seq.device)
-            scan = SCAN_IMPLS[self.scan_impl]
-            new_layers = []
-            for layer, layer_state in zip(self.layers, state.layers):
-                seq, new_layer_state = layer(seq, layer_state, scan, frame_tokens)
-                new_layers.append(new_layer_state)
-            meta = dict(state.meta, model=self.signature())
-            new_state = TemporalState(new_layers, state.frames_seen, state.tokens_seen + seq_len, meta)
-            top = self.branch_out(seq)
-        return (top if self.up is None else residual + top), new_state
+        if self.down is not None:
+            seq = self.adapter_in(seq, frame_tokens)
+        state = state.to(seq.device)
+        scan = SCAN_IMPLS[self.scan_impl]
+        new_layers = []
+        for layer, layer_state in zip(self.layers, state.layers):
+            seq, new_layer_state = layer(seq, layer_state, scan, frame_tokens)
+            new_layers.append(new_layer_state)
+        new_state = TemporalState(new_layers, state.frames_seen, state.tokens_seen + seq_len, meta)
+        return self.adapter_out(residual, seq), new_state
 
     def frozen_identity(self) -> bool:
         """No trainable parameter, and the projections `zero_outputs` zeroes are all zeros (with no final
@@ -483,12 +476,7 @@ class TemporalEncoder(nn.Module):
         """LLM-space tokens (B, L, D) -> the adapter's Mamba layers' input (B, L, k)."""
         return self.down(center_frames(x, frame_tokens) if self.center_frames else x)
 
-    def branch_out(self, top: torch.Tensor) -> torch.Tensor:
-        """The last layer's output -> the final norm (with an adapter: then Up), before any residual."""
-        out = self.norm_f(top)
-        return out if self.up is None else self.up(out)
-
     def adapter_out(self, residual: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
         """The last layer's output -> the module's output (with an adapter: the residual + Up of it)."""
-        out = self.branch_out(top)
-        return out if self.up is None else residual + out
+        out = self.norm_f(top)
+        return out if self.up is None else residual + self.up(out)

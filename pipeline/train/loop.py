@@ -106,8 +106,8 @@ def build_models(cfg: Config, device: torch.device, log=print, training: bool = 
         from pipeline.models.dtype import frozen_linears_to_bf16
 
         frozen_linears_to_bf16(llm.model)
-    if training:  # sequences of ~80 tokens: eager attention's backward beats SDPA's CPU flash kernel here
-        llm.model.set_attn_implementation("eager")  # (~0.4 s of a 3.9 s connector step; README)
+    if training and dev == "cpu":  # sequences of ~80 tokens: eager attention's backward beats SDPA's CPU
+        llm.model.set_attn_implementation("eager")  # flash kernel (~0.4 s of a 3.9 s connector step; README)
     train_reducer = TokenReducer.from_config(p, sample_s=t.sample_s)
     test_reducer = TokenReducer.from_config(p)
     chunk = cfg.decode.chunk_frames
