@@ -337,18 +337,17 @@ class TemporalEncoder(nn.Module):
         """Every mixer's output projection to zero (with an adapter: its Up projection): each residual block,
         hence the module, is the identity. Gradients still reach those projections (d W = y^T dL), so
         training moves off it."""
-        if self.up is not None:
-            self.up.weight.zero_()
-            self.up.bias.zero_()
-            self._signature = None
-            return
-        for layer in self.layers:
-            for mixer in (layer.fwd, layer.bwd):
-                if mixer is not None:
-                    mixer.out_proj.weight.zero_()
-                    if mixer.out_proj.bias is not None:
-                        mixer.out_proj.bias.zero_()
+        for projection in self.output_projections():
+            projection.weight.zero_()
+            if projection.bias is not None:
+                projection.bias.zero_()
         self._signature = None
+
+    def output_projections(self) -> list[nn.Linear]:
+        """What `zero_outputs` zeroes: the adapter's Up projection, else every mixer's output projection."""
+        if self.up is not None:
+            return [self.up]
+        return [m.out_proj for layer in self.layers for m in (layer.fwd, layer.bwd) if m is not None]
 
     @torch.no_grad()
     def set_input_stats(self, grids: torch.Tensor) -> None:
@@ -464,13 +463,9 @@ class TemporalEncoder(nn.Module):
         norm after them): the output is the input exactly, and no gradient flows through the branch."""
         if any(p.requires_grad for p in self.parameters()):
             return False
-        if self.up is not None:
-            outputs = [self.up]
-        elif isinstance(self.norm_f, nn.Identity):
-            outputs = [m.out_proj for layer in self.layers for m in (layer.fwd, layer.bwd) if m is not None]
-        else:
+        if self.up is None and not isinstance(self.norm_f, nn.Identity):
             return False
-        return not any(o.weight.any() or (o.bias is not None and o.bias.any()) for o in outputs)
+        return not any(o.weight.any() or (o.bias is not None and o.bias.any()) for o in self.output_projections())
 
     def adapter_in(self, x: torch.Tensor, frame_tokens: int | None) -> torch.Tensor:
         """LLM-space tokens (B, L, D) -> the adapter's Mamba layers' input (B, L, k)."""
