@@ -31,9 +31,29 @@ def redis_server_binary() -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int, exclude: set[int] | frozenset[int] = frozenset()) -> list[int]:
+    """n distinct free ports, none in exclude. Every socket stays bound until all n are chosen, so
+    the OS cannot hand the same port out twice (free_port() called n times can: it did, and a
+    `ray start` given one port for two of its components refused to start)."""
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            held.append(s)
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            if port not in exclude:
+                ports.append(port)
+            if len(held) > n + 64:
+                raise OSError(f"no {n} free ports outside the {len(exclude)} excluded")
+        return ports
+    finally:
+        for s in held:
+            s.close()
 
 
 class EmbeddedRedis:

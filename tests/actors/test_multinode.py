@@ -27,7 +27,7 @@ import redis
 from pipeline.config import load_config
 from pipeline.decode import Source
 from pipeline.ingest import LocalIngest
-from pipeline.queue.server import EmbeddedRedis, free_port
+from pipeline.queue.server import EmbeddedRedis, free_port, free_ports
 from test_distributed import CHUNKS, _rows, clips  # noqa: F401  (clips: a fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +41,17 @@ FAST_NODE_DEATH = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_chec
                    "RAY_health_check_timeout_ms": "500", "RAY_health_check_failure_threshold": "3"}
 
 
+_TAKEN: set[int] = set()
+
+
+def taken_ports(n: int) -> list[int]:
+    """n free ports, distinct from each other and from every port handed to a node of this module
+    (the head's, the dashboard's and each node's six), so no two Ray components are given one."""
+    ports = free_ports(n, exclude=_TAKEN)
+    _TAKEN.update(ports)
+    return ports
+
+
 class RayNode:
     """One `ray start --block` we own. It runs in a session of its own; stop() ends it (SIGTERM: Ray
     takes its node down), kill() takes the node away at once, as a machine that lost power."""
@@ -48,9 +59,9 @@ class RayNode:
     def __init__(self, args: list[str], env: dict, temp_dir: Path):
         temp_dir.mkdir(parents=True, exist_ok=True)
         self.log = temp_dir / "ray-start.log"
-        ports = [(flag, str(free_port())) for flag in (
-            "--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
-            "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")]
+        flags = ("--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
+                 "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")
+        ports = list(zip(flags, map(str, taken_ports(len(flags)))))
         self.args = [RAY, "start", "--block", *args, "--node-ip-address", "127.0.0.1", "--temp-dir",
                      str(temp_dir), "--num-cpus", "1", "--object-store-memory", str(100 * 2**20),
                      "--disable-usage-stats", *[x for flag_port in ports for x in flag_port]]
@@ -134,10 +145,10 @@ class TwoNodeCluster:
         self.token = secrets.token_hex(16)  # fresh for each run of the suite; never stored in the repo
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
                     "RAY_USAGE_STATS_ENABLED": "0", **FAST_NODE_DEATH}
-        self.port = free_port()
+        self.port, dashboard_port = taken_ports(2)
         self.address = f"127.0.0.1:{self.port}"
         self.head = RayNode(["--head", "--port", str(self.port), "--include-dashboard", "false",
-                             "--dashboard-port", str(free_port())], self.env, root / "head")
+                             "--dashboard-port", str(dashboard_port)], self.env, root / "head")
         self.worker: RayNode | None = None
         self.redis = EmbeddedRedis(root / "redis", password=secrets.token_hex(12))
 

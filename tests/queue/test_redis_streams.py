@@ -131,3 +131,18 @@ def test_password_in_the_url(tmp_path):
         assert connect(srv.url).ping()
         with pytest.raises(redis.AuthenticationError):
             connect(srv.url.replace("s3cret", "wrong")).ping()
+
+
+def test_free_ports_are_distinct_free_and_outside_the_excluded():
+    """free_port() n times may hand one port out twice (a `ray start` given one port for two
+    components refused to start in CI); free_ports holds each until all are chosen."""
+    import socket
+
+    from pipeline.queue.server import free_ports
+
+    first = free_ports(8)
+    ports = free_ports(40, exclude=set(first))
+    assert len(set(ports)) == 40 and not set(ports) & set(first)
+    for port in ports:  # each one could be bound now
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
