@@ -1,7 +1,6 @@
 """`vidstorm ingest --local` end to end: real files, real Parquet, clean failures, resume, live streams."""
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import numpy as np
 from pipeline.config import load_config
 from pipeline.decode import Source
 from pipeline.ingest import LocalIngest
+from pipeline.queue.server import free_port
 from pipeline.store.query import StoreQuery
 from pipeline.synth import write_clip
 
@@ -221,14 +221,8 @@ def test_the_segments_listing_marks_only_untrained_captions(tmp_path):
     assert sum("untrained" in line for line in lines) == 1
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_live_stream_is_ingested_while_it_plays(tmp_path, tiny_overrides):
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "helpers" / "live_server.py"), f"tcp://127.0.0.1:{port}?listen=1", "10"],
         stdout=subprocess.PIPE, text=True,
@@ -273,7 +267,7 @@ def test_live_source_that_drops_reconnects_and_records_the_gap(tmp_path, tiny_ov
 
     from actors.server.app import create_app
 
-    port, data = _free_port(), tmp_path / "data"
+    port, data = free_port(), tmp_path / "data"
     first = _live_server(port, 60)
     ingest = subprocess.Popen(
         [sys.executable, "-m", "actors.cli", "ingest", f"tcp://127.0.0.1:{port}", "--stream", "lobby", "--local",
@@ -328,7 +322,7 @@ def test_live_source_that_drops_reconnects_and_records_the_gap(tmp_path, tiny_ov
 def test_live_sources_use_their_own_shorter_chunks(tmp_path, tiny_overrides):
     """decode.live_chunk_frames: a live source is cut into shorter chunks (captions, and alerts, come
     sooner); a file with the same config keeps decode.chunk_frames."""
-    port = _free_port()
+    port = free_port()
     settings = ["decode.fps=2", "decode.chunk_frames=8", "decode.live_chunk_frames=4", "pooling.sample_s=1",
                 "decode.reconnect_outage=0"]
     server = _live_server(port, 6)
