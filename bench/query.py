@@ -25,7 +25,6 @@ import datetime as dt
 import gc
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 CACHE = ROOT / "bench" / ".cache"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+from pipeline.queue.server import free_port  # noqa: E402
 from pipeline.store.schema import SEGMENTS, SUMMARIES, TEXT_DIM  # noqa: E402
 
 CHUNK_S, WINDOW_S, NOISE = 16.0, 300.0, 0.02
@@ -298,12 +298,6 @@ def exact_top(store: Path, queries: np.ndarray, k: int = 10) -> list[list[tuple]
 
 
 # --- the server ---
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_server(data: Path, port: int) -> tuple[subprocess.Popen, float]:

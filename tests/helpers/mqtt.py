@@ -7,10 +7,7 @@ import socket
 import subprocess
 import time
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from pipeline.queue.server import free_port
 
 
 class Broker:
